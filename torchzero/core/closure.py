@@ -1,0 +1,113 @@
+"""The closure protocol.
+
+A closure re-evaluates the loss at the current parameters.  Two styles are accepted:
+
+* ``closure(backward: bool = True)`` (torchzero style, any argument name): with ``backward=True``
+  it zeroes the grads and backpropagates; with ``backward=False`` it only returns the loss.  Loss-only
+  calls run under ``torch.no_grad()``.
+* ``closure()`` (torch.optim and Lightning style): it always backpropagates.  For a loss-only
+  evaluation we detach every ``.grad`` before the call and put the old tensors back afterwards, so the
+  grads a module holds are never touched.  The price is the wasted backward pass: a loss-only call
+  of a no-argument closure costs as much as a full one.
+
+Every decision a module makes (accepting a line-search trial, curvature checks) uses the value the
+closure returns.  In a distributed run, return a loss that is already averaged over processes
+(``torchzero_accelerate`` and ``torchzero_lightning`` do this for you) and every process takes the
+same branch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The closure returned NaN or infinity where the step needs a finite loss."""
+
+
+def _takes_backward_argument(fn: Callable[..., Any]) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins and C callables have no signature
+        return False
+    positional = [
+        p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    required = [p for p in positional if p.default is p.empty]
+    required_kw = [p for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    if len(required) > 1 or required_kw:
+        names = ", ".join(p.name for p in (*required, *required_kw))
+        raise TypeError(
+            f"the closure passed to step() requires the arguments ({names}), but the optimizer calls it "
+            "with at most one: closure(backward: bool). Define it as `def closure(backward=True): ...` "
+            "(zero grads and call loss.backward() only when backward is true) or with no arguments."
+        )
+    return len(positional) >= 1
+
+
+def as_loss(value: Any, *, where: str = "the closure") -> Tensor:
+    """Check a closure's return value and turn it into a detached 0-dim tensor."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise TypeError(
+                f"{where} returned a tensor of shape {tuple(value.shape)}; it must return the loss as a "
+                "scalar. Reduce it first, e.g. `return loss.mean()`."
+            )
+        return value.detach().reshape(())
+    if isinstance(value, (float, int)) and not isinstance(value, bool):
+        return torch.tensor(float(value))
+    raise TypeError(
+        f"{where} returned {type(value).__name__}; it must return the loss as a scalar tensor or a "
+        "Python number. Did you forget `return loss`?"
+    )
+
+
+class Closure:
+    """A user closure with the calling convention normalised to ``evaluate(backward)``."""
+
+    def __init__(self, fn: Callable[..., Any], params: Callable[[], Iterable[Tensor]]) -> None:
+        if not callable(fn):
+            raise TypeError(f"closure must be callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.takes_backward = _takes_backward_argument(fn)
+        self._params = params
+        self.calls = 0
+        """how many times the closure was evaluated during this step"""
+
+    def __call__(self, backward: bool = True) -> Tensor:
+        self.calls += 1
+        if self.takes_backward:
+            if backward:
+                with torch.enable_grad():
+                    return as_loss(self.fn(True))
+            with torch.no_grad():
+                return as_loss(self.fn(False))
+        if backward:
+            with torch.enable_grad():
+                return as_loss(self.fn())
+        # loss only, but the closure always backpropagates: keep the grads we hold out of its reach
+        params = list(self._params())
+        saved = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        try:
+            with torch.enable_grad():
+                return as_loss(self.fn())
+        finally:
+            for p, g in zip(params, saved):
+                p.grad = g
+
+
+def check_finite(loss: Tensor, what: str = "loss") -> None:
+    """Raise :class:`NonFiniteLossError` unless ``loss`` is finite (one host sync: closure steps only)."""
+    if not bool(torch.isfinite(loss)):
+        raise NonFiniteLossError(
+            f"the closure returned a non-finite {what} ({loss.item()}); the step was not taken and the "
+            "parameters and optimizer state are unchanged. Lower the learning rate, check the data for "
+            "NaNs, or use a line search (it rejects non-finite trial points)."
+        )

@@ -1,0 +1,201 @@
+"""The object carried through the chain during one ``step``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ..foreach import Layout
+from .closure import Closure, check_finite
+
+if TYPE_CHECKING:
+    from .modular import Modular
+    from .module import Module
+
+StateInit = Callable[[Tensor], Tensor]
+
+
+class Segment:
+    """A contiguous slice of the step's tensors: one device, one dtype, one set of settings.
+
+    ``settings`` are the resolved settings of the module being applied; ``scale`` is the learning rate
+    of a fused :class:`~torchzero.m.LR` (1.0 when nothing is fused).
+    """
+
+    __slots__ = ("ctx", "module", "start", "stop", "device", "dtype", "settings", "scale", "groups")
+
+    def __init__(
+        self,
+        ctx: StepContext,
+        module: Module,
+        start: int,
+        stop: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        settings: dict[str, Any],
+        scale: float,
+        group: int,
+    ) -> None:
+        self.ctx = ctx
+        self.module = module
+        self.start = start
+        self.stop = stop
+        self.device = device
+        self.dtype = dtype
+        self.settings = settings
+        self.scale = scale
+        self.groups = [group]
+
+    @property
+    def update(self) -> list[Tensor]:
+        return self.ctx.update[self.start : self.stop]
+
+    @update.setter
+    def update(self, tensors: Sequence[Tensor]) -> None:
+        self.ctx.update[self.start : self.stop] = list(tensors)
+
+    @property
+    def params(self) -> list[Tensor]:
+        return self.ctx.params[self.start : self.stop]
+
+    @property
+    def grad(self) -> list[Tensor]:
+        return self.ctx.get_grad()[self.start : self.stop]
+
+    def state(self, *names: str, init: StateInit | dict[str, StateInit] | None = None) -> list[list[Tensor]]:
+        """Per-parameter state tensors of this segment, created on first use (zeros unless ``init``)."""
+        return self.ctx.state(self.module, *names, init=init, start=self.start, stop=self.stop)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __repr__(self) -> str:
+        return f"Segment({self.start}:{self.stop}, {self.device}, {self.dtype}, {self.settings}, scale={self.scale})"
+
+
+class StepContext:
+    """What one ``Modular.step`` passes from module to module.
+
+    Attributes:
+        params: real views of the parameters taking part in the step, in the layout's canonical order.
+        update: the current update, initially the gradient (not a copy); modules transform it in place
+            or assign a new list.  ``Modular`` subtracts it from ``params`` at the end.
+        loss: the loss at the current parameters if known (a 0-dim tensor), else None.
+        closure: the normalised closure, or None.
+        is_last: True while the running stage is the last one; such a stage may write the parameters
+            itself (and must then call :meth:`mark_params_written`).
+    """
+
+    def __init__(self, opt: Modular, layout: Layout, closure: Closure | None, loss: Tensor | None) -> None:
+        self.opt = opt
+        self.layout = layout
+        self.params: list[Tensor] = layout.views
+        self.closure = closure
+        self.loss = loss
+        self._grad: list[Tensor] | None = None
+        self.update: list[Tensor] = []
+        self.is_last = True
+        self.params_written = False
+        self.info: dict[str, Any] = {}
+        """free-form per-step information modules may publish (line-search step size, ...)"""
+
+    # ---------------------------------------------------------------- gradient and closure
+    def get_grad(self) -> list[Tensor]:
+        """The raw gradient at the current parameters (computed with the closure if missing)."""
+        if self._grad is None:
+            if self.closure is None:
+                raise RuntimeError("the gradient is not available: no .grad and no closure")
+            self.evaluate(backward=True)
+        assert self._grad is not None
+        return self._grad
+
+    def set_grad(self, grad: list[Tensor]) -> None:
+        self._grad = grad
+
+    def collect_grad(self) -> list[Tensor]:
+        """Read ``.grad`` of every parameter of the layout (zeros where a parameter got none)."""
+        grads = self.layout.grads()
+        if any(g is None for g in grads):
+            grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, self.params)]
+        self._grad = grads  # type: ignore[assignment]
+        return self._grad  # type: ignore[return-value]
+
+    def evaluate(self, backward: bool = True, *, check: bool = False) -> Tensor:
+        """Evaluate the closure at the current parameters and return the loss (0-dim tensor).
+
+        With ``backward=True`` the gradient is recomputed and ``ctx.get_grad()`` returns it.  With
+        ``check=True`` a non-finite loss raises :class:`~torchzero.NonFiniteLossError`.
+        """
+        if self.closure is None:
+            raise RuntimeError("this module needs a closure, but step() was called without one")
+        loss = self.closure(backward)
+        if check:
+            check_finite(loss)
+        if backward:
+            self.collect_grad()
+        if self.loss is None:
+            self.loss = loss
+        return loss
+
+    def mark_params_written(self) -> None:
+        """Tell the optimizer the parameters were already updated by the last stage."""
+        if not self.is_last:
+            raise RuntimeError("only the last stage of the chain may write the parameters")
+        self.params_written = True
+
+    # ---------------------------------------------------------------- settings and state
+    def segments(self, module: Module, fused: Module | None = None) -> list[Segment]:
+        """The segments ``module`` is applied to, with its settings resolved once per run."""
+        return self.opt._segments(self, module, fused)
+
+    def settings(self, module: Module) -> dict[str, Any]:
+        """Settings of a module that works on all parameters at once (one history, one line search).
+
+        Raises if the settings differ between param groups, instead of silently using the first.
+        """
+        segs = self.segments(module)
+        first = segs[0].settings if segs else dict(module.defaults)
+        for seg in segs[1:]:
+            if seg.settings != first:
+                diff = {k: (first[k], seg.settings[k]) for k in first if first[k] != seg.settings[k]}
+                raise ValueError(
+                    f"{type(module).__name__} treats all parameters as one vector, so its settings must be "
+                    f"the same in every param group, but they differ: {diff} (first group vs group "
+                    f"{seg.groups[0]}). Set them on the module instead of per group."
+                )
+        return first
+
+    def state(
+        self,
+        module: Module,
+        *names: str,
+        init: StateInit | dict[str, StateInit] | None = None,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> list[list[Tensor]]:
+        """Per-parameter state of ``module`` for params ``[start:stop]``, created on first use.
+
+        State lives in ``optimizer.state[param][module.key][name]`` (torch's format, so Lightning and
+        Accelerate can move, cast, save and load it).
+        """
+        key = module.key
+        assert key is not None, "module is not bound to an optimizer"
+        state = self.opt.state
+        stop = len(self.params) if stop is None else stop
+        originals = self.layout.originals[start:stop]
+        views = self.params[start:stop]
+        out: list[list[Tensor]] = [[] for _ in names]
+        for p, v in zip(originals, views):
+            ms = state[p].get(key)
+            if ms is None:
+                ms = state[p][key] = {}
+            for lst, name in zip(out, names):
+                t = ms.get(name)
+                if t is None:
+                    fn = init.get(name) if isinstance(init, dict) else init
+                    t = ms[name] = torch.zeros_like(v, memory_format=torch.preserve_format) if fn is None else fn(v)
+                lst.append(t)
+        return out

@@ -1,0 +1,318 @@
+"""``tz.Modular``: a chain of modules as a real ``torch.optim.Optimizer``."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..foreach import Layout, ops
+from . import settings as S
+from .closure import Closure, check_finite
+from .context import Segment, StepContext
+from .module import Chain, Module
+
+_STATE_KEY = "torchzero"
+
+
+class ParamGroup(dict):  # noqa: FURB189 - a plain dict in every way except the error for a missing key
+    """A torch param group (a ``dict``) whose missing-key error says what to do."""
+
+    def __missing__(self, key: Any) -> Any:
+        if key == "lr":
+            raise KeyError(
+                "'lr': this tz.Modular chain has no tz.m.LR module, so there is no learning rate for a "
+                "scheduler (or anything else) to read or set. Add one, e.g. tz.Modular(params, tz.m.Adam(), "
+                "tz.m.LR(1e-3))."
+            )
+        raise KeyError(key)
+
+
+class Modular(torch.optim.Optimizer):
+    r"""An optimizer made of a chain of modules.
+
+    Each module takes the update (first the gradient), transforms it and passes it on; the final update
+    is subtracted from the parameters:
+
+    .. math::  \theta_{t+1} = \theta_t - (m_n \circ \dots \circ m_1)(g_t)
+
+    Args:
+        params: tensors, ``(name, tensor)`` pairs or param-group dicts, as for any torch optimizer.  A
+            group may set any key that a module of the chain declares (``lr``, ``eps``, ...).
+        *modules: the modules, or one list of them; nested lists become :class:`~torchzero.m.Chain`.
+        fuse: run a fusable module and the ``LR`` right after it as one pass (default True).
+
+    Example::
+
+        opt = tz.Modular(model.parameters(), tz.m.Adam(), tz.m.Cautious(), tz.m.LR(1e-3))
+        loss_fn(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    """
+
+    def __init__(self, params: Iterable[Any], *modules: Any, fuse: bool = True) -> None:
+        if len(modules) == 1 and isinstance(modules[0], Chain):
+            root = modules[0]
+        else:
+            root = Chain(*modules)
+        if not root.modules:
+            raise ValueError("tz.Modular needs at least one module, e.g. tz.Modular(params, tz.m.Adam(), tz.m.LR(1e-3))")
+        self._root = root
+        self._leaves = _bind(root, fuse)
+        self._owners = S.find_owners(self._leaves)
+        self._given: list[frozenset[str]] = []
+        self._layout_params: list[Tensor] = []
+        self._layout_meta: list[tuple[torch.device, torch.dtype]] = []
+        self._layouts: dict[tuple[bool, ...] | None, Layout] = {}
+        self._partitioned = [m for m in self._leaves if m.own_groups is not None]
+        self._creates_update = self._leaves[0].creates_update
+        # the gradient must stay intact if a module reads it after others changed the update
+        self._copy_grad = any(m.needs_raw_grad for m in self._leaves[1:])
+        defaults = {key: owner.defaults[key] for key, owner in self._owners.items()}
+        super().__init__(params, defaults)
+        self._positions = _module_positions(self._partitioned, self.param_groups)
+        for i, m in enumerate(self._partitioned):
+            m.partition = i
+        for m in self._leaves:
+            bind = getattr(m, "bind", None)
+            if bind is not None:
+                bind(self)
+
+    # ---------------------------------------------------------------- groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not isinstance(param_group, dict):
+            raise TypeError(f"a param group must be a dict, got {type(param_group).__name__}")
+        S.check_group_keys(param_group, len(self.param_groups), self._leaves)
+        given = frozenset(k for k in param_group if k not in S.FRAMEWORK_KEYS)
+        super().add_param_group(param_group)
+        self.param_groups[-1] = ParamGroup(self.param_groups[-1])
+        self._given.append(given)
+        self._layout_params = []  # force a new layout
+
+    @property
+    def modules(self) -> list[Module]:
+        """The modules of the chain in execution order (nested chains flattened)."""
+        return list(self._leaves)
+
+    def get_lr_module(self) -> Module:
+        """The first :class:`~torchzero.m.LR` module of the chain, wherever it is nested.
+
+        torch schedulers accept it: ``OneCycleLR(opt.get_lr_module(), max_lr=0.1, total_steps=1000)``.
+        It shares this optimizer's ``param_groups``, so a scheduler on it is a scheduler on the optimizer.
+        """
+        from ..modules.lr import LR
+
+        for m in self._leaves:
+            if isinstance(m, LR):
+                return m
+        raise ValueError(
+            "this tz.Modular chain has no tz.m.LR module, so there is no learning rate to schedule. Add one, "
+            "e.g. tz.Modular(params, tz.m.Adam(), tz.m.LR(1e-3))."
+        )
+
+    # ---------------------------------------------------------------- step
+    def _layout(self, include_fn: Callable[[Tensor], bool]) -> Layout | None:
+        params = [p for g in self.param_groups for p in g["params"]]
+        cached = self._layout_params
+        meta = [(p.device, p.dtype) for p in params]
+        if len(params) != len(cached) or not all(map(operator.is_, params, cached)) or meta != self._layout_meta:
+            self._layout_params, self._layout_meta, self._layouts = params, meta, {}
+        include = [include_fn(p) for p in params]
+        if all(include):
+            key = None
+        elif not any(include):
+            return None
+        else:
+            key = tuple(include)
+        layout = self._layouts.get(key)
+        if layout is None:
+            groups = [g["params"] for g in self.param_groups]
+            layout = self._layouts[key] = Layout(groups, self._positions, None if key is None else include)
+        return layout
+
+    def _segments(self, ctx: StepContext, module: Module, fused: Module | None) -> list[Segment]:
+        out: list[Segment] = []
+        prev: Segment | None = None
+        groups, given, defaults, owners = self.param_groups, self._given, self.defaults, self._owners
+        for run in ctx.layout.runs:
+            group = groups[run.group]
+            settings = S.resolve(module, group, given[run.group], defaults, owners, run.sig)
+            scale = 1.0
+            if fused is not None:
+                scale = S.resolve(fused, group, given[run.group], defaults, owners, run.sig)["lr"]
+            if (
+                prev is not None
+                and prev.stop == run.start
+                and prev.device == run.device
+                and prev.dtype == run.dtype
+                and S.same_value(prev.scale, scale)
+                and S.same_settings(prev.settings, settings)
+            ):
+                prev.stop = run.stop
+                prev.groups.append(run.group)
+            else:
+                prev = Segment(ctx, module, run.start, run.stop, run.device, run.dtype, settings, scale, run.group)
+                out.append(prev)
+        return out
+
+    def _all_params(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def _check_ready(self, closure: Any) -> None:
+        if closure is None and self._root.requires_closure:
+            names = ", ".join(type(m).__name__ for m in self._leaves if m.needs_closure)
+            raise RuntimeError(
+                f"{names} must re-evaluate the loss, so step() needs a closure: "
+                "opt.step(closure) with `def closure(backward=True): ...` that returns the loss (see the "
+                "closure section of the docs). Nothing was changed."
+            )
+        if "lr" not in self.defaults and any("initial_lr" in g for g in self.param_groups):
+            raise RuntimeError(
+                "a learning-rate scheduler is attached to this optimizer, but the chain has no tz.m.LR module, "
+                "so it would change nothing. Add tz.m.LR(lr) to the chain."
+            )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[..., Any] | None = None) -> Tensor | None:  # type: ignore[override]
+        """Run the chain once and update the parameters; returns the loss if a closure was given."""
+        self._check_ready(closure)
+        wrapped = Closure(closure, self._all_params) if closure is not None else None
+        loss = None
+        if wrapped is not None and not self._creates_update:
+            loss = wrapped(True)
+            check_finite(loss)
+
+        if self._creates_update:
+            layout = self._layout(lambda p: p.requires_grad)
+        else:
+            layout = self._layout(lambda p: p.grad is not None)
+        if layout is None:
+            return loss
+
+        ctx = StepContext(self, layout, wrapped, loss)
+        if not self._creates_update:
+            grad = ctx.collect_grad()
+            ctx.update = ops.clone(grad) if self._copy_grad else list(grad)
+        self._root.step(ctx)
+        if not ctx.params_written:
+            params, update = ctx.params, ctx.update
+            if len(update) != len(params):
+                raise RuntimeError(f"the chain produced {len(update)} update tensors for {len(params)} parameters")
+            for a, b in layout.buckets:
+                ops.sub_(params[a:b], update[a:b])
+        for m in self._leaves:
+            m.after_step(ctx)
+        self.last_info = {"closure_calls": 0 if wrapped is None else wrapped.calls, **ctx.info}
+        return ctx.loss
+
+    # ---------------------------------------------------------------- state
+    def _signature(self) -> list[str]:
+        return [f"{m.key}:{type(m).__name__}" for m in self._leaves]
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd[_STATE_KEY] = {
+            "chain": self._signature(),
+            "modules": {m.key: m.get_global_state() for m in self._leaves},
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        extra = state_dict.get(_STATE_KEY)
+        if extra is None:
+            raise ValueError(
+                "this state dict was not saved by tz.Modular (it has no 'torchzero' entry); load it into the "
+                "optimizer class that saved it."
+            )
+        saved, mine = list(extra["chain"]), self._signature()
+        if saved != mine:
+            raise ValueError(
+                f"this state dict was saved from a different chain: saved {saved}, this optimizer has {mine}. "
+                "Build the optimizer with the same modules in the same order before loading."
+            )
+        groups, saved_groups = self.param_groups, state_dict["param_groups"]
+        if len(groups) != len(saved_groups) or any(
+            len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups)
+        ):
+            raise ValueError(
+                "this state dict was saved for a different parameter layout: saved group sizes "
+                f"{[len(s['params']) for s in saved_groups]}, this optimizer has {[len(g['params']) for g in groups]}."
+            )
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != _STATE_KEY})
+        self.param_groups[:] = [ParamGroup(g) for g in self.param_groups]
+        for m in self._leaves:
+            m.set_global_state(extra["modules"].get(m.key, {}))
+        for m in self._leaves:
+            on_load = getattr(m, "on_load", None)
+            if on_load is not None:
+                on_load()
+        self._layout_params = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}("]
+        for m in self._leaves:
+            lines.append(f"  {m.key}: {m!r}")
+        for i, g in enumerate(self.param_groups):
+            overrides = {k: v for k, v in g.items() if k not in S.FRAMEWORK_KEYS and (k in self._given[i] or not S.same_value(v, self.defaults.get(k)))}
+            extra = "".join(f", {k}={v!r}" for k, v in overrides.items())
+            lines.append(f"  group {i}: {len(g['params'])} params{extra}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def _bind(root: Chain, fuse: bool) -> list[Module]:
+    leaves: list[Module] = []
+    seen: set[int] = set()
+
+    def visit(module: Module, key: str) -> None:
+        if id(module) in seen:
+            raise ValueError(f"the module {module!r} appears twice in the chain; create a separate instance for each place")
+        seen.add(id(module))
+        module.key = key
+        if isinstance(module, Chain):
+            module.fuse = fuse
+            module._stages = None
+            for i, child in enumerate(module.modules):
+                visit(child, f"{key}.{i}" if key else str(i))
+        elif module.children():
+            for i, child in enumerate(module.children()):
+                visit(child, f"{key}.{i}")
+            leaves.append(module)
+        else:
+            leaves.append(module)
+
+    visit(root, "")
+    for i, m in enumerate(leaves):
+        if m.creates_update and i > 0:
+            before = ", ".join(type(x).__name__ for x in leaves[:i])
+            raise ValueError(
+                f"{type(m).__name__} builds the update from scratch (it does not use the incoming one), so it "
+                f"must be the first module of the chain, but it comes after {before}. Move it to the front: "
+                f"tz.Modular(params, tz.m.{type(m).__name__}(...), ...)."
+            )
+    return leaves
+
+
+def _module_positions(modules: list[Module], groups: list[dict[str, Any]]) -> list[dict[tuple[int, int], int]]:
+    where = {id(p): (gi, i) for gi, g in enumerate(groups) for i, p in enumerate(g["params"])}
+    out = []
+    for m in modules:
+        assert m.own_groups is not None
+        positions: dict[tuple[int, int], int] = {}
+        for mg, group in enumerate(m.own_groups):
+            for p in group["params"]:
+                pos = where.get(id(p))
+                if pos is None:
+                    raise ValueError(
+                        f"{type(m).__name__}.set_params was given a parameter of shape {tuple(p.shape)} that is not "
+                        "among the optimizer's parameters; set_params groups must be subsets of them."
+                    )
+                positions[pos] = mg
+        out.append(positions)
+    return out

@@ -1,0 +1,218 @@
+"""Modules: the links of a torchzero chain.
+
+A :class:`Module` receives the :class:`~torchzero.core.context.StepContext` of a step, transforms
+``ctx.update`` (initially the gradient) in place, keeps its own state, and hands the update on.
+Only :class:`~torchzero.Modular` subtracts the final update from the parameters.
+
+Subclass :class:`Transform` for elementwise rules: it calls :meth:`Transform.apply` once per
+segment, a slice of parameters on one device with one dtype and one set of resolved settings.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .context import Segment, StepContext
+
+
+class Module:
+    """Base class of every module.
+
+    Capabilities are declared, never guessed:
+
+    * ``needs_closure``: the module calls ``ctx.evaluate`` and cannot work from ``.grad`` alone.
+    * ``creates_update``: the module builds the update from scratch (ignoring the incoming one), so it
+      must come first in the chain.
+    * ``needs_raw_grad``: the module reads ``ctx.grad`` after earlier modules changed the update; the
+      chain then keeps the gradient separate from the update (one copy per step).
+
+    Args:
+        defaults: the module's settings and their default values.  Every key can be overridden per
+            param group, either in the groups of :class:`~torchzero.Modular` (applies to every module
+            that declares the key) or in :meth:`set_params` (applies to this module only).
+    """
+
+    needs_closure: ClassVar[bool] = False
+    creates_update: ClassVar[bool] = False
+    needs_raw_grad: ClassVar[bool] = False
+
+    def __init__(self, defaults: dict[str, Any] | None = None) -> None:
+        self.defaults: dict[str, Any] = dict(defaults or {})
+        self.own_groups: list[dict[str, Any]] | None = None
+        """groups given to :meth:`set_params`, or None"""
+        self.global_state: dict[str, Any] = {}
+        """per-module state that is not per parameter (counters, scalars); saved in ``state_dict``"""
+        self.key: str | None = None
+        """position in the chain (``"2"``, ``"1.0"``), set when a Modular binds the module"""
+        self.partition: int | None = None
+        """index of this module's ``set_params`` groups in the layout signature, set when bound"""
+
+    # ---------------------------------------------------------------- settings
+    def set_params(self, param_groups: Iterable[Any]) -> Module:
+        """Give this module its own param groups; their settings win over the optimizer's groups.
+
+        ``param_groups`` is a list of dicts with ``"params"`` and any of this module's settings,
+        like torch.optim param groups.  Parameters not in any group use the optimizer's settings.
+        Returns the module, so it can be used inline.
+        """
+        groups = list(param_groups)
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        checked = []
+        for i, group in enumerate(groups):
+            if not isinstance(group, dict) or "params" not in group:
+                raise TypeError(f"set_params expects param-group dicts with a 'params' key; group {i} is {group!r}")
+            unknown = sorted(k for k in group if k != "params" and k not in self.defaults)
+            if unknown:
+                raise KeyError(
+                    f"{type(self).__name__}.set_params: group {i} sets {unknown}, which "
+                    f"{type(self).__name__} does not have. Its settings are {sorted(self.defaults)}."
+                )
+            params = group["params"]
+            params = [params] if isinstance(params, Tensor) else list(params)
+            params = [p[1] if isinstance(p, tuple) else p for p in params]
+            checked.append({**group, "params": params})
+        self.own_groups = checked
+        return self
+
+    # ---------------------------------------------------------------- structure
+    def children(self) -> list[Module]:
+        """Sub-modules (a chain's links); empty for leaf modules."""
+        return []
+
+    def walk(self) -> Iterator[Module]:
+        """This module and every module under it, in execution order."""
+        yield self
+        for child in self.children():
+            yield from child.walk()
+
+    @property
+    def requires_closure(self) -> bool:
+        return self.needs_closure or any(c.requires_closure for c in self.children())
+
+    # ---------------------------------------------------------------- stepping
+    def step(self, ctx: StepContext) -> None:
+        """Transform ``ctx.update`` in place (or replace it)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement step(ctx)")
+
+    def after_step(self, ctx: StepContext) -> None:
+        """Called after the parameters were updated (for example to step a scheduler)."""
+
+    # ---------------------------------------------------------------- state
+    def get_global_state(self) -> dict[str, Any]:
+        return copy.deepcopy(self.global_state)
+
+    def set_global_state(self, state: dict[str, Any]) -> None:
+        restored = {}
+        for k, v in state.items():
+            old = self.global_state.get(k)
+            # Accelerate and some loaders turn Python numbers into tensors; give them back their type
+            if isinstance(old, (int, float)) and isinstance(v, Tensor) and v.numel() == 1:
+                v = type(old)(v.item())
+            elif isinstance(old, int) and isinstance(v, float) and v.is_integer():
+                v = int(v)
+            restored[k] = copy.deepcopy(v)
+        self.global_state = restored
+
+    # ---------------------------------------------------------------- display
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.defaults.items())
+
+    def __repr__(self) -> str:
+        own = f", set_params={len(self.own_groups)} groups" if self.own_groups else ""
+        return f"{type(self).__name__}({self.extra_repr()}{own})"
+
+    # torch.optim.Optimizer defines pickling hooks that modules mixing it in must not inherit
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+class Transform(Module):
+    """A module whose rule is applied per segment (same device, dtype and settings).
+
+    Subclasses implement :meth:`apply`.  A transform that sets ``fuses_lr = True`` also accepts
+    ``seg.scale``: when it is directly followed by :class:`~torchzero.m.LR`, the chain runs the pair as
+    one stage and passes the learning rate as ``seg.scale`` (one pass instead of two).
+    """
+
+    fuses_lr: ClassVar[bool] = False
+
+    def step(self, ctx: StepContext, fused: Module | None = None) -> None:
+        for seg in ctx.segments(self, fused):
+            self.apply(ctx, seg)
+
+    def apply(self, ctx: StepContext, seg: Segment) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement apply(ctx, seg)")
+
+
+def flatten_modules(modules: Iterable[Any]) -> list[Module]:
+    out: list[Module] = []
+    for m in modules:
+        if isinstance(m, Module):
+            out.append(m)
+        elif isinstance(m, (list, tuple)):
+            out.append(Chain(*m))
+        else:
+            raise TypeError(
+                f"expected a torchzero module (e.g. tz.m.Adam()) or a list of modules, got {m!r}. "
+                "Did you pass the class instead of an instance, e.g. tz.m.Adam instead of tz.m.Adam()?"
+            )
+    return out
+
+
+class Chain(Module):
+    """Modules applied one after another; lists inside ``tz.Modular(...)`` become chains too."""
+
+    def __init__(self, *modules: Any) -> None:
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
+            modules = tuple(modules[0])
+        self.modules: list[Module] = flatten_modules(modules)
+        self.fuse = True
+        self._stages: list[tuple[Module, Module | None]] | None = None
+
+    def children(self) -> list[Module]:
+        return self.modules
+
+    def stages(self) -> list[tuple[Module, Module | None]]:
+        """The modules grouped into stages: a fusable transform and the ``LR`` right after it are one."""
+        if self._stages is None:
+            from ..modules.lr import LR  # local import: modules depend on core, not the reverse
+
+            stages: list[tuple[Module, Module | None]] = []
+            i = 0
+            while i < len(self.modules):
+                m = self.modules[i]
+                nxt = self.modules[i + 1] if i + 1 < len(self.modules) else None
+                if self.fuse and getattr(m, "fuses_lr", False) and type(nxt) is LR:
+                    stages.append((m, nxt))
+                    i += 2
+                else:
+                    stages.append((m, None))
+                    i += 1
+            self._stages = stages
+        return self._stages
+
+    def step(self, ctx: StepContext) -> None:
+        outer_last = ctx.is_last
+        stages = self.stages()
+        for i, (module, fused) in enumerate(stages):
+            ctx.is_last = outer_last and i == len(stages) - 1
+            if fused is None:
+                module.step(ctx)
+            else:
+                module.step(ctx, fused)  # type: ignore[call-arg]
+            if ctx.params_written and not ctx.is_last:
+                raise RuntimeError(f"{type(module).__name__} wrote the parameters but is not the last stage")
+        ctx.is_last = outer_last
+
+    def extra_repr(self) -> str:
+        return ", ".join(repr(m) for m in self.modules)

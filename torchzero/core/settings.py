@@ -1,0 +1,101 @@
+"""The one settings mechanism.
+
+Per-group values come from ``param_groups`` (plain dicts in torch's format).  For a module and a run of
+parameters, the value of a setting is, in order of precedence:
+
+1. the module's own groups from :meth:`Module.set_params`, if the parameter is in one of them;
+2. the optimizer's param group, if the module declares the key (see *exposed keys* below);
+3. the module's constructor value.
+
+**Exposed keys.**  ``lr`` (owned by the first ``LR`` module), ``betas`` and ``momentum`` (owned by the
+first module that has them) are also put into ``optimizer.defaults`` and every group, because torch
+schedulers need them there (``OneCycleLR(cycle_momentum=True)`` looks for ``betas`` or ``momentum``).
+Such a key always applies to its owner.  It applies to other modules that declare it only when the
+user gave it in that group or something (a scheduler) changed it from the default, so a default
+filled in by torch never leaks from one module into another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from torch import Tensor
+
+from .module import Module
+
+EXPOSED_KEYS = ("lr", "betas", "momentum")
+"""keys that ``optimizer.defaults`` and every group carry, for torch schedulers"""
+
+FRAMEWORK_KEYS = frozenset(
+    {"params", "param_names", "initial_lr", "max_lr", "min_lr", "base_lr", "base_momentum", "max_momentum"}
+)
+"""keys torch and its schedulers keep in groups; never an error, never a module setting"""
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equality that never syncs with a device: tensors compare by identity."""
+    if a is b:
+        return True
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:  # values with odd __eq__
+        return False
+
+
+def same_settings(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(same_value(v, b[k]) for k, v in a.items())
+
+
+def find_owners(leaves: Iterable[Module]) -> dict[str, Module]:
+    owners: dict[str, Module] = {}
+    for m in leaves:
+        for key in EXPOSED_KEYS:
+            if key in m.defaults and key not in owners:
+                owners[key] = m
+    return owners
+
+
+def check_group_keys(group: Mapping[str, Any], index: int, leaves: list[Module]) -> None:
+    """Raise if a group sets a key that no module of the chain declares."""
+    declared = {k for m in leaves for k in m.defaults}
+    unknown = [k for k in group if k not in declared and k not in FRAMEWORK_KEYS]
+    if not unknown:
+        return
+    by_module = "; ".join(f"{type(m).__name__}: {', '.join(m.defaults) or '(none)'}" for m in leaves)
+    hint = ""
+    if "lr" in unknown:
+        hint = " The chain has no learning rate: add tz.m.LR(lr) to it (usually after the update rule)."
+    elif "weight_decay" in unknown:
+        hint = " Weight decay is a module here: add tz.m.WeightDecay(...) to the chain."
+    raise KeyError(
+        f"param group {index} sets {unknown}, but no module in this chain has a setting of that name, so "
+        f"it would be ignored. Settings by module: {by_module}.{hint}"
+    )
+
+
+def resolve(
+    module: Module,
+    group: Mapping[str, Any],
+    given: frozenset[str],
+    defaults: Mapping[str, Any],
+    owners: Mapping[str, Module],
+    sig: tuple[int, ...],
+) -> dict[str, Any]:
+    """Settings of ``module`` for one run of parameters (see the module docstring for the rules)."""
+    settings = dict(module.defaults)
+    for key in settings:
+        if key in group:
+            owner = owners.get(key)
+            if owner is None or owner is module or key in given or not same_value(group[key], defaults[key]):
+                settings[key] = group[key]
+    if module.partition is not None:
+        idx = sig[module.partition]
+        if idx >= 0:
+            assert module.own_groups is not None
+            for key, value in module.own_groups[idx].items():
+                if key != "params":
+                    settings[key] = value
+    return settings

@@ -1,0 +1,152 @@
+"""Thin wrappers over ``torch._foreach_*`` with a per-tensor reference path.
+
+Modules call these instead of ``torch._foreach_*`` directly.  In normal use each call is a single
+``torch._foreach_*`` dispatch over a list of tensors that share a device and dtype (the layout hands
+modules such lists).  Inside :func:`reference_mode` every call runs the same op tensor by tensor
+instead; the test-suite uses it as the ground truth for the multi-tensor path, the way torch's tests
+compare ``_multi_tensor_adam`` against ``_single_tensor_adam``.
+
+Ops that have no foreach kernel (``where``, ``numel``-aware means) live here too, written with
+foreach primitives where possible and with an exact per-tensor fallback otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+TensorList = list[Tensor]
+
+_local = threading.local()
+
+
+def is_reference_mode() -> bool:
+    """True inside :func:`reference_mode`."""
+    return getattr(_local, "reference", False)
+
+
+@contextlib.contextmanager
+def reference_mode(enabled: bool = True) -> Iterator[None]:
+    """Run every foreach op tensor by tensor (the reference path) inside this block."""
+    previous = is_reference_mode()
+    _local.reference = enabled
+    try:
+        yield
+    finally:
+        _local.reference = previous
+
+
+def _is_list(x: Any) -> bool:
+    return isinstance(x, (list, tuple))
+
+
+def _loop(method: Callable[..., Any], xs: Sequence[Tensor], args: tuple, kwargs: dict) -> list[Any]:
+    out = []
+    for i, x in enumerate(xs):
+        a = [arg[i] if _is_list(arg) else arg for arg in args]
+        k = {key: (v[i] if _is_list(v) else v) for key, v in kwargs.items()}
+        out.append(method(x, *a, **k))
+    return out
+
+
+def _make(name: str, single: Callable[..., Any] | None = None) -> Callable[..., Any]:
+    multi = getattr(torch, f"_foreach_{name}")
+    if single is None:
+        single = getattr(torch.Tensor, name)
+    inplace = name.endswith("_")
+
+    def op(xs: Sequence[Tensor], *args: Any, **kwargs: Any) -> Any:
+        if not xs:
+            return None if inplace else []
+        if is_reference_mode():
+            out = _loop(single, xs, args, kwargs)
+            return None if inplace else out
+        return multi(xs, *args, **kwargs)
+
+    op.__name__ = name
+    op.__doc__ = f"``torch._foreach_{name}`` with a per-tensor reference path."
+    return op
+
+
+# in place
+add_ = _make("add_")
+sub_ = _make("sub_")
+mul_ = _make("mul_")
+div_ = _make("div_")
+addcmul_ = _make("addcmul_")
+addcdiv_ = _make("addcdiv_")
+lerp_ = _make("lerp_")
+sqrt_ = _make("sqrt_")
+abs_ = _make("abs_")
+neg_ = _make("neg_")
+sign_ = _make("sign_")
+zero_ = _make("zero_")
+copy_ = _make("copy_")
+maximum_ = _make("maximum_", lambda x, y: x.copy_(torch.maximum(x, y)))
+minimum_ = _make("minimum_", lambda x, y: x.copy_(torch.minimum(x, y)))
+clamp_min_ = _make("clamp_min_")
+clamp_max_ = _make("clamp_max_")
+reciprocal_ = _make("reciprocal_")
+pow_ = _make("pow_")
+exp_ = _make("exp_")
+
+# out of place
+add = _make("add")
+sub = _make("sub")
+mul = _make("mul")
+div = _make("div")
+sqrt = _make("sqrt")
+abs = _make("abs")  # noqa: A001 - mirrors torch's name
+sign = _make("sign")
+neg = _make("neg")
+maximum = _make("maximum")
+pow = _make("pow")  # noqa: A001 - mirrors torch's name
+addcmul = _make("addcmul")
+addcdiv = _make("addcdiv")
+norm = _make("norm", lambda x, ord=2, dtype=None: torch.linalg.vector_norm(x, ord, dtype=dtype))
+
+
+def clone(xs: Sequence[Tensor]) -> TensorList:
+    """Copies of ``xs`` (one allocation per tensor, no foreach kernel needed)."""
+    return [x.clone() for x in xs]
+
+
+def zeros_like(xs: Sequence[Tensor]) -> TensorList:
+    return [torch.zeros_like(x) for x in xs]
+
+
+def dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    """Sum over all tensors of ``<x, y>`` as a 0-dim tensor (no host sync)."""
+    if not xs:
+        return torch.zeros(())
+    prods = mul(xs, ys)
+    return torch.stack([p.sum() for p in prods]).sum() if is_reference_mode() else _sum_all(prods)
+
+
+def _sum_all(xs: Sequence[Tensor]) -> Tensor:
+    # sum of every element of every tensor; _foreach_norm(ord=1) would take abs values
+    return torch.stack([x.sum() for x in xs]).sum() if len(xs) > 1 else xs[0].sum()
+
+
+def global_norm(xs: Sequence[Tensor], ord: float = 2) -> Tensor:
+    """Norm of all tensors taken together, as a 0-dim tensor (no host sync).
+
+    Tensors on several devices are reduced on the first tensor's device.
+    """
+    if not xs:
+        return torch.zeros(())
+    norms = norm(xs, ord)
+    device = norms[0].device
+    stacked = torch.stack([n.to(device) for n in norms])
+    return torch.linalg.vector_norm(stacked, ord)
+
+
+def where_(xs: Sequence[Tensor], masks: Sequence[Tensor], value: float) -> None:
+    """``x[~mask] = value`` for each pair (exact, per tensor: torch has no foreach ``where``)."""
+    for x, m in zip(xs, masks):
+        x.masked_fill_(~m, value)

@@ -1,0 +1,103 @@
+"""Adam (Kingma & Ba, 2015), with AMSGrad, and a fused path for ``Adam`` followed by ``LR``."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+from ..core.module import Transform
+from ..foreach import ops
+
+if TYPE_CHECKING:
+    from ..core.context import Segment, StepContext
+
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+class Adam(Transform):
+    r"""Adam's update rule, with the learning rate left to :class:`LR` (``alpha`` multiplies the step).
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,\\
+        u \leftarrow \alpha \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t / (1-\beta_2^t)} + \epsilon}
+
+    With ``amsgrad=True``, :math:`v_t` in the denominator is replaced by :math:`\max_{\tau\le t} v_\tau`.
+
+    Args:
+        betas: coefficients :math:`(\beta_1, \beta_2)` of the running averages.
+        eps: term added to the denominator.
+        amsgrad: use the AMSGrad variant (Reddi et al., 2018).
+        alpha: step size multiplier.
+        fused: when ``Adam`` + ``LR`` end the chain, use torch's fused Adam kernel where the device and
+            dtype support it (``None``: yes; ``False``: always the foreach path).
+
+    ``tz.Modular(p, tz.m.Adam(), tz.m.LR(1e-3))`` equals ``torch.optim.Adam(p, lr=1e-3)``.  The step
+    count is per module (parameters that join later share it).
+
+    Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
+    """
+
+    fuses_lr = True
+
+    def __init__(
+        self,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        amsgrad: bool = False,
+        alpha: float = 1.0,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__({"betas": tuple(betas), "eps": eps, "amsgrad": amsgrad, "alpha": alpha})
+        self.fused = fused
+
+    def step(self, ctx: StepContext, fused: Any = None) -> None:
+        self.global_state["step"] = self.global_state.get("step", 0) + 1
+        super().step(ctx, fused)
+
+    def apply(self, ctx: StepContext, seg: Segment) -> None:
+        s = seg.settings
+        beta1, beta2 = s["betas"]
+        t = self.global_state["step"]
+        names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if s["amsgrad"] else ("exp_avg", "exp_avg_sq")
+        states = seg.state(*names)
+        exp_avg, exp_avg_sq = states[0], states[1]
+        update = seg.update
+        lr = s["alpha"] * seg.scale
+
+        if ctx.is_last and self.fused is not False and _fused_ok(seg):
+            step_t = torch.full((), float(t), dtype=torch.float32, device=seg.device)
+            torch._fused_adam_(
+                seg.params, update, exp_avg, exp_avg_sq, states[2] if s["amsgrad"] else [], [step_t] * len(seg),
+                lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=s["eps"], amsgrad=s["amsgrad"], maximize=False,
+            )  # fmt: skip
+            ctx.mark_params_written()
+            return
+
+        ops.lerp_(exp_avg, update, 1 - beta1)
+        ops.mul_(exp_avg_sq, beta2)
+        ops.addcmul_(exp_avg_sq, update, update, 1 - beta2)
+        second = exp_avg_sq
+        if s["amsgrad"]:
+            ops.maximum_(states[2], exp_avg_sq)
+            second = states[2]
+        step_size = lr / (1 - beta1**t)
+        denom = ops.sqrt(second)
+        ops.div_(denom, math.sqrt(1 - beta2**t))
+        ops.add_(denom, s["eps"])
+        if ctx.is_last:
+            ops.addcdiv_(seg.params, exp_avg, denom, -step_size)
+            ctx.mark_params_written()
+        else:
+            ops.zero_(update)
+            ops.addcdiv_(update, exp_avg, denom, step_size)
+
+
+def _fused_ok(seg: Segment) -> bool:
+    return (
+        seg.dtype in _FUSED_DTYPES
+        and seg.device.type in _get_fused_kernels_supported_devices()
+        and not ops.is_reference_mode()
+    )

@@ -1,0 +1,81 @@
+"""SGD with momentum, dampening and Nesterov momentum (torch.optim.SGD without the lr)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ..core.module import Transform
+from ..foreach import ops
+
+if TYPE_CHECKING:
+    from ..core.context import Segment, StepContext
+
+
+class SGD(Transform):
+    r"""The update rule of ``torch.optim.SGD``, with the learning rate left to :class:`LR`.
+
+    .. math::
+        b_t = \mu b_{t-1} + (1 - \tau) u_t \quad (b_1 = u_1), \qquad
+        u \leftarrow \alpha \cdot \begin{cases} u_t + \mu b_t & \text{nesterov} \\ b_t & \text{otherwise}\end{cases}
+
+    Args:
+        momentum: momentum factor :math:`\mu` (0 disables the buffer).
+        dampening: dampening :math:`\tau` for momentum.
+        nesterov: use Nesterov momentum.
+        alpha: step size multiplier (use :class:`LR` for the learning rate).
+
+    Example::
+
+        opt = tz.Modular(model.parameters(), tz.m.SGD(momentum=0.9), tz.m.LR(0.1))  # == torch.optim.SGD(lr=0.1, momentum=0.9)
+    """
+
+    fuses_lr = True
+
+    def __init__(self, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False, alpha: float = 1.0) -> None:
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
+        super().__init__({"momentum": momentum, "dampening": dampening, "nesterov": nesterov, "alpha": alpha})
+
+    def apply(self, ctx: StepContext, seg: Segment) -> None:
+        s = seg.settings
+        momentum, scale = s["momentum"], s["alpha"] * seg.scale
+        update = seg.update
+        direction = update
+        if momentum != 0:
+            new: list[Tensor] = []
+
+            def fresh(v: Tensor) -> Tensor:
+                new.append(torch.empty_like(v, memory_format=torch.preserve_format))
+                return new[-1]
+
+            (buf,) = seg.state("momentum_buffer", init=fresh)
+            if new:  # first step of these tensors: the buffer starts at the update (torch.optim.SGD semantics)
+                fresh_ids = {id(t) for t in new}
+                old = [(b, u) for b, u in zip(buf, update) if id(b) not in fresh_ids]
+                for b, u in zip(buf, update):
+                    if id(b) in fresh_ids:
+                        b.copy_(u)
+                if old:
+                    _momentum_(momentum, s["dampening"], [b for b, _ in old], [u for _, u in old])
+            else:
+                _momentum_(momentum, s["dampening"], buf, update)
+            if s["nesterov"]:
+                ops.add_(update, buf, alpha=momentum)
+            else:
+                direction = buf
+        if ctx.is_last:
+            ops.add_(seg.params, direction, alpha=-scale)
+            ctx.mark_params_written()
+        else:
+            if direction is not update:
+                ops.copy_(update, direction)
+            if scale != 1:
+                ops.mul_(update, scale)
+
+
+def _momentum_(momentum: Any, dampening: Any, buf: list[Tensor], update: list[Tensor]) -> None:
+    ops.mul_(buf, momentum)
+    ops.add_(buf, update, alpha=1 - dampening)

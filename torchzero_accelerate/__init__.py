@@ -1,0 +1,1 @@
+"""Hugging Face Accelerate integration for torchzero (filled in by the Accelerate adapter)."""

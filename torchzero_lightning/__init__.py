@@ -1,0 +1,1 @@
+"""PyTorch Lightning integration for torchzero (filled in by the Lightning adapter)."""
