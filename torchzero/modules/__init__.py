@@ -1,8 +1,18 @@
-"""All modules (``tz.m``), one family per file."""
+"""All modules (``tz.m``), one family per subpackage, one concept per file."""
 
 from ..core.module import Chain, Module, Transform
-from .adam import Adam
+from .external import *  # noqa: F403
+from .grad_approx import *  # noqa: F403
+from .line_search import *  # noqa: F403
 from .lr import LR
-from .sgd import SGD
+from .optimizers import *  # noqa: F403
+from .quasi_newton import *  # noqa: F403
+from .second_order import *  # noqa: F403
+from .smoothing import *  # noqa: F403
+from .transforms import *  # noqa: F403
 
-__all__ = ["LR", "SGD", "Adam", "Chain", "Module", "Transform"]
+from . import external, grad_approx, line_search, optimizers, quasi_newton, second_order, smoothing, transforms  # noqa: E402, I001
+
+__all__ = ["LR", "Chain", "Module", "Transform"]
+for _family in (external, grad_approx, line_search, optimizers, quasi_newton, second_order, smoothing, transforms):
+    __all__ += _family.__all__

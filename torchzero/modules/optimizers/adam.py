@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
-from ..core.module import Transform
-from ..foreach import ops
+from ...core.module import Transform
+from ...foreach import ops
 
 if TYPE_CHECKING:
-    from ..core.context import Segment, StepContext
+    from ...core.context import Segment, StepContext
 
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..core.module import Transform
-from ..foreach import ops
+from ...core.module import Transform
+from ...foreach import ops
 
 if TYPE_CHECKING:
-    from ..core.context import Segment, StepContext
+    from ...core.context import Segment, StepContext
 
 
 class SGD(Transform):

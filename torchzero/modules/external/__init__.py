@@ -1,0 +1,3 @@
+"""external modules."""
+
+__all__: list[str] = []

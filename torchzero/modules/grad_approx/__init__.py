@@ -1,0 +1,3 @@
+"""grad_approx modules."""
+
+__all__: list[str] = []

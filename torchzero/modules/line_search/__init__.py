@@ -1,0 +1,3 @@
+"""line_search modules."""
+
+__all__: list[str] = []

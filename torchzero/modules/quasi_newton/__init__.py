@@ -1,0 +1,3 @@
+"""quasi_newton modules."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""second_order modules."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""smoothing modules."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""transforms modules."""
+
+__all__: list[str] = []
