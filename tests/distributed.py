@@ -1,0 +1,41 @@
+"""Run a script under ``torchrun --nproc_per_node N`` on CPU (gloo) with a free port and a hard timeout.
+
+A desynchronised run (one rank waiting in an all-reduce the others never reach) fails the test with the
+output of every rank instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: float = 180, env: dict | None = None) -> str:
+    """Run ``script`` on ``nproc`` processes; return the combined output, fail the test on error or timeout."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nproc_per_node={nproc}", "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+        str(script), *args,
+    ]  # fmt: skip
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, _ = proc.communicate()
+        pytest.fail(f"torchrun timed out after {timeout}s (ranks out of lockstep?)\n{out[-6000:]}")
+    if proc.returncode != 0:
+        pytest.fail(f"torchrun exited with {proc.returncode}\n{out[-6000:]}")
+    return out
