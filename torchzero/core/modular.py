@@ -54,6 +54,11 @@ class Modular(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable[Any], *modules: Any, fuse: bool = True) -> None:
+        if isinstance(params, (set, frozenset)):
+            raise TypeError(
+                "params were given as a set, whose order changes from run to run, so state could not be matched to "
+                "parameters on reload. Pass a list instead, e.g. list(model.parameters())."
+            )
         if len(modules) == 1 and isinstance(modules[0], Chain):
             root = modules[0]
         else:
