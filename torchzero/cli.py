@@ -1,8 +1,327 @@
-"""The ``torchzero`` command (placeholder until the demo lands)."""
+"""The ``torchzero`` command (also ``python -m torchzero``).
+
+* ``torchzero demo``: train a small task with several chains side by side and compare them.
+* ``torchzero modules``: every module in ``tz.m`` with its settings and defaults.
+* ``torchzero bench``: run ``benchmarks/step_time.py`` and print its table.
+
+The output uses ``rich`` (``pip install torchzero[demo]``); the plot uses ``matplotlib``.
+"""
 
 from __future__ import annotations
 
+import argparse
+import inspect
+import math
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-def main(argv: list[str] | None = None) -> int:
-    print("torchzero: the demo is not built yet")
+from . import __version__
+
+DEFAULT_STEPS = 300
+
+
+# ---------------------------------------------------------------------------------------------- argument types
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _chain_list(text: str) -> list[str]:
+    from .demo.chains import CHAINS
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"give at least one chain name; choose from: {', '.join(CHAINS)}")
+    unknown = [n for n in names if n not in CHAINS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown chain(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(CHAINS)} "
+            "(comma-separated, e.g. --chains adam,lbfgs)"
+        )
+    return list(dict.fromkeys(names))
+
+
+def _plot_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise argparse.ArgumentTypeError(f"the plot is saved as .png, .pdf or .svg; got {text!r} (e.g. --plot losses.png)")
+    if not path.parent.resolve().is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {str(path.parent)!r} does not exist; create it or pick another path")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .demo.chains import CHAINS
+    from .demo.runner import TRAINERS
+
+    parser = argparse.ArgumentParser(
+        prog="torchzero", description="Modular optimizers for PyTorch: demo, module list and benchmark."
+    )
+    parser.add_argument("--version", action="version", version=f"torchzero {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,modules,bench}")
+
+    demo = sub.add_parser(
+        "demo",
+        help="train a small task with several chains side by side",
+        description="Train an MLP on a two-spirals task (made on the fly) with several optimizer chains, "
+        "then compare final loss, accuracy, steps, closure evaluations and wall time.",
+        epilog="chains: " + "; ".join(f"{s.name} = {s.label}" for s in CHAINS.values()),
+    )
+    demo.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, help=f"optimizer steps per chain (default {DEFAULT_STEPS})")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data and the initial weights (default 0)")
+    demo.add_argument("--chains", type=_chain_list, default=None, help="comma-separated chain names (default: all)")
+    demo.add_argument("--trainer", choices=list(TRAINERS), default="plain", help="training loop to run the chains in (default plain)")
+    demo.add_argument("--plot", type=_plot_path, default=None, metavar="PATH", help="save the loss curves (e.g. losses.png)")
+    demo.add_argument("--samples", type=_positive_int, default=512, help="training (and test) points (default 512)")
+
+    modules = sub.add_parser("modules", help="list every module with its settings and defaults")
+    modules.add_argument("--family", default=None, help="only this family (optimizers, transforms, line_search, ...)")
+
+    bench = sub.add_parser(
+        "bench", help="run benchmarks/step_time.py and print its table", description="Arguments after `bench` go to the benchmark script."
+    )
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="passed on to benchmarks/step_time.py")
+    return parser
+
+
+def _console() -> Any:
+    try:
+        from rich.console import Console
+    except ImportError:
+        raise SystemExit("torchzero: this command prints with `rich`; install it with `pip install torchzero[demo]`") from None
+    return Console()
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.panel import Panel
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from .demo import make_task, resolve_chains, run_chain
+
+    console = _console()
+    specs = resolve_chains(args.chains)
+    task = make_task(args.samples, args.samples, seed=args.seed)
+    legend = "\n".join(f"  [bold]{s.name:<13}[/bold] {s.label}  [dim]({s.note})[/dim]" for s in specs)
+    console.print(
+        Panel.fit(
+            f"Two interleaved spirals, {args.samples} training and {args.samples} test points; an MLP 2-32-32-2 "
+            f"from the same initial weights for every chain.\n{args.steps} optimizer steps per chain on the full "
+            f"batch, trainer: [bold]{args.trainer}[/bold], seed {args.seed}.\n\n{legend}",
+            title="torchzero demo",
+        )
+    )
+    warm_up(task, args.trainer)
+    results = []
+    columns = (
+        TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=console) as progress:
+        tasks = {s.name: progress.add_task(s.name, total=args.steps, loss="-") for s in specs}
+        for spec in specs:
+            tid = tasks[spec.name]
+
+            def on_step(i: int, loss: float, tid: Any = tid) -> None:
+                progress.update(tid, completed=i, loss=f"{loss:.4f}")
+
+            result = run_chain(spec, task, steps=args.steps, seed=args.seed, trainer=args.trainer, on_step=on_step)
+            if result.status != "ok":
+                progress.update(tid, loss=f"[yellow]{result.status}[/yellow]")
+            results.append(result)
+
+    table = Table(title=f"{args.steps} steps per chain, trainer {args.trainer}")
+    for name, justify in (
+        ("chain", "left"), ("final loss", "right"), ("train acc", "right"),
+        ("test acc", "right"), ("steps", "right"), ("closure evals", "right"), ("wall time", "right"),
+    ):  # fmt: skip
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    ok = [r for r in results if r.status == "ok" and math.isfinite(r.final_loss)]
+    best = min(ok, key=lambda r: r.final_loss).chain if ok else None
+    for r in results:
+        if r.status == "unavailable":
+            table.add_row(r.chain, f"[dim]unavailable: {r.message}[/dim]", "", "", "", "", "")
+            continue
+        name = f"[bold green]{r.chain}[/bold green]" if r.chain == best else r.chain
+        loss = f"{r.final_loss:.4f}" if r.status == "ok" else f"[red]{r.status}[/red]"
+        table.add_row(
+            name, loss, _pct(r.train_acc), _pct(r.test_acc), str(r.steps), str(r.closure_calls), f"{r.wall_time:.2f} s"
+        )
+    console.print(table)
+    for r in results:
+        if r.status in ("failed", "diverged"):
+            console.print(f"[red]{r.chain}[/red] {r.status}: {r.message}")
+    console.print(
+        "[dim]closure evals: loss evaluations over the run (opt.last_info['closure_calls']); a plain chain makes one "
+        "per step, line searches and finite differences more.[/dim]"
+    )
+    if args.plot is not None:
+        save_plot(results, args.plot, args.steps)
+        console.print(f"loss curves saved to [bold]{args.plot}[/bold]")
+    return 0 if any(r.status == "ok" for r in results) else 1
+
+
+def warm_up(task: Any, trainer: str) -> None:
+    """Run torch's one-time initialisation (first backward, kernels) outside the timed runs."""
+    from .demo import CHAINS, run_chain
+
+    if trainer == "plain":
+        run_chain(CHAINS["adam"], task, steps=2)
+
+
+def _pct(x: float) -> str:
+    return "-" if math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def save_plot(results: Sequence[Any], path: Path, steps: int) -> None:
+    """Save the training loss of every chain against the step (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        if r.losses:
+            ax.plot(range(1, len(r.losses) + 1), r.losses, label=f"{r.chain}: {r.label}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (cross-entropy)")
+    ax.set_title(f"torchzero demo: two spirals, {steps} steps")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- modules
+def module_catalog() -> list[dict[str, Any]]:
+    """One row per module class in ``tz.m``: name, family, settings with defaults, capabilities."""
+    from . import m
+    from .core.module import Chain, Module, Transform
+
+    rows = []
+    for name in sorted(m.__all__, key=str.lower):
+        cls = getattr(m, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, Module)) or cls in (Module, Transform, Chain):
+            continue
+        parts = cls.__module__.split(".")
+        family = parts[2] if len(parts) > 3 else parts[-1]
+        try:
+            settings = dict(cls().defaults)
+            required: list[str] = []
+        except Exception:  # needs arguments (e.g. Wrap(opt_cls)): read the signature instead
+            settings, required = _signature_defaults(cls)
+        doc = (inspect.getdoc(cls) or "").strip().splitlines()
+        rows.append(
+            {
+                "name": name, "family": family, "settings": settings, "required": required,
+                "needs_closure": bool(cls.needs_closure), "creates_update": bool(cls.creates_update),
+                "summary": _plain(doc[0]) if doc else "",
+            }
+        )  # fmt: skip
+    return rows
+
+
+def _plain(text: str) -> str:
+    """Docstring markup to plain text: ``:class:`LR``` -> ``LR``, double backticks -> nothing."""
+    text = re.sub(r":\w+:`~?([^`]*)`", r"\1", text)
+    return text.replace("``", "")
+
+
+def _signature_defaults(cls: type) -> tuple[dict[str, Any], list[str]]:
+    settings: dict[str, Any] = {}
+    required: list[str] = []
+    for p in inspect.signature(cls.__init__).parameters.values():
+        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is p.empty:
+            required.append(p.name)
+        else:
+            settings[p.name] = p.default
+    return settings, required
+
+
+def cmd_modules(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    console = _console()
+    rows = module_catalog()
+    if args.family is not None:
+        families = sorted({r["family"] for r in rows})
+        rows = [r for r in rows if r["family"] == args.family]
+        if not rows:
+            console.print(f"[red]no modules in family {args.family!r}[/red]; families: {', '.join(families)}")
+            return 2
+    table = Table(title=f"tz.m: {len(rows)} modules")
+    table.add_column("module", style="bold")
+    table.add_column("family")
+    table.add_column("settings (defaults)")
+    table.add_column("closure", justify="center")
+    table.add_column("first", justify="center")
+    table.add_column("what it does")
+    for r in rows:
+        settings = ", ".join(f"{k}={v!r}" for k, v in r["settings"].items())
+        if r["required"]:
+            settings = ", ".join([*(f"{k} (required)" for k in r["required"]), settings]).rstrip(", ")
+        table.add_row(
+            r["name"], r["family"], settings or "-", "yes" if r["needs_closure"] else "", "yes" if r["creates_update"] else "", r["summary"]
+        )
+    console.print(table)
+    console.print("[dim]closure: step() needs a closure. first: builds the update from scratch, so it must come first.[/dim]")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------- bench
+def find_benchmark() -> Path | None:
+    """``benchmarks/step_time.py`` in the current folder or in the source tree this package runs from."""
+    here = Path(__file__).resolve().parent.parent
+    for root in (Path.cwd(), here):
+        path = root / "benchmarks" / "step_time.py"
+        if path.is_file():
+            return path
+    return None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    path = find_benchmark()
+    if path is None:
+        print(
+            "torchzero bench: benchmarks/step_time.py was not found (looked in the current folder and next to the "
+            "torchzero package). The benchmark ships with the source repository, not with the installed package: run "
+            "`torchzero bench` from a checkout of the repository.",
+            file=sys.stderr,
+        )
+        return 2
+    extra = [a for a in args.args if a != "--"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.call([sys.executable, str(path), *extra], env=env)
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "demo":
+        return cmd_demo(args)
+    if args.command == "modules":
+        return cmd_modules(args)
+    return cmd_bench(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

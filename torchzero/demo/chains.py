@@ -1,0 +1,120 @@
+"""The chains the demo compares.
+
+Each chain is a recipe (a function of the model and the step budget) plus the names of the ``tz.m``
+modules it uses.  Modules are looked up when a chain is built, never at import time, so a chain whose
+module is not in this version of torchzero is reported as unavailable instead of breaking the demo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .. import m
+from ..core import Modular
+
+
+class UnavailableChain(RuntimeError):
+    """A chain uses a module that this installation of torchzero does not have."""
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """A named optimizer chain for the demo.
+
+    Args:
+        name: short name used on the command line (``--chains adam,lbfgs``).
+        label: what the table and the plot call it (the chain written out).
+        modules: names in ``tz.m`` the recipe uses; checked before building.
+        build: ``build(model, steps) -> tz.Modular``.
+        note: one line on what the chain shows.
+    """
+
+    name: str
+    label: str
+    modules: tuple[str, ...]
+    build: Callable[[nn.Module, int], Modular] = field(repr=False)
+    note: str = ""
+
+    def missing(self) -> list[str]:
+        """Modules of this chain that ``tz.m`` does not have."""
+        return [name for name in self.modules if not hasattr(m, name)]
+
+
+def build_chain(spec: ChainSpec, model: nn.Module, steps: int) -> Modular:
+    """Build ``spec`` on ``model``'s parameters; :class:`UnavailableChain` names what is missing."""
+    missing = spec.missing()
+    if missing:
+        raise UnavailableChain(f"needs tz.m.{', tz.m.'.join(missing)}, which this torchzero does not have")
+    return spec.build(model, steps)
+
+
+def _adam(model: nn.Module, steps: int) -> Modular:
+    return Modular(model.parameters(), m.Adam(), m.LR(1e-2))
+
+
+def _adam_cautious(model: nn.Module, steps: int) -> Modular:
+    return Modular(model.parameters(), m.Adam(), m.Cautious(), m.LR(1e-2))
+
+
+def _sgd_onecycle(model: nn.Module, steps: int) -> Modular:
+    def one_cycle(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        # cycles the learning rate up and down and SGD's momentum the other way
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=max(steps, 2), cycle_momentum=True)
+
+    return Modular(model.parameters(), m.SGD(momentum=0.9, nesterov=True), m.LR(1.0, scheduler_cls=one_cycle))
+
+
+def _lbfgs(model: nn.Module, steps: int) -> Modular:
+    return Modular(model.parameters(), m.LBFGS(), m.StrongWolfe())
+
+
+def _fdm_adam(model: nn.Module, steps: int) -> Modular:
+    return Modular(model.parameters(), m.RandomizedFDM(), m.Adam(), m.LR(1e-2))
+
+
+def _muon(model: nn.Module, steps: int) -> Modular:
+    return Modular(model.parameters(), m.Muon(), m.LR(2e-2))
+
+
+CHAINS: dict[str, ChainSpec] = {
+    spec.name: spec
+    for spec in (
+        ChainSpec("adam", "Adam, LR(1e-2)", ("Adam", "LR"), _adam, "the baseline: equals torch.optim.Adam"),
+        ChainSpec(
+            "cautious", "Adam, Cautious, LR(1e-2)", ("Adam", "Cautious", "LR"), _adam_cautious,
+            "drops update entries whose sign disagrees with the gradient",
+        ),
+        ChainSpec(
+            "sgd-onecycle", "SGD(momentum=0.9, nesterov), LR(1.0, OneCycleLR)", ("SGD", "LR"), _sgd_onecycle,
+            "the scheduler cycles lr and SGD's momentum",
+        ),
+        ChainSpec(
+            "lbfgs", "LBFGS, StrongWolfe", ("LBFGS", "StrongWolfe"), _lbfgs,
+            "quasi-Newton with a line search: several closure calls per step",
+        ),
+        ChainSpec(
+            "fdm-adam", "RandomizedFDM, Adam, LR(1e-2)", ("RandomizedFDM", "Adam", "LR"), _fdm_adam,
+            "gradient-free: loss evaluations only, no backward pass",
+        ),
+        ChainSpec("muon", "Muon, LR(2e-2)", ("Muon", "LR"), _muon, "orthogonalised updates for matrices"),
+    )
+}  # fmt: skip
+"""every chain the demo knows, by command-line name"""
+
+DEFAULT_CHAINS = tuple(CHAINS)
+
+
+def resolve_chains(names: Sequence[str] | None) -> list[ChainSpec]:
+    """The specs for ``names`` (all chains when None); unknown names raise ``ValueError`` listing the known ones."""
+    if names is None:
+        return [CHAINS[n] for n in DEFAULT_CHAINS]
+    unknown = [n for n in names if n not in CHAINS]
+    if unknown:
+        raise ValueError(f"unknown chain(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(CHAINS)}")
+    if not names:
+        raise ValueError(f"no chains given; choose from: {', '.join(CHAINS)}")
+    return [CHAINS[n] for n in dict.fromkeys(names)]

@@ -1,0 +1,139 @@
+"""Train one demo chain with a chosen trainer: a plain PyTorch loop, Lightning, or Accelerate.
+
+Every trainer trains the same model from the same initial weights on the full training set (one batch,
+so closure chains see the same loss on every call), steps the optimizer ``steps`` times with a closure,
+and reports the loss after every step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core import NonFiniteLossError
+from .chains import ChainSpec, UnavailableChain, build_chain
+from .data import Task
+from .models import make_model
+
+OnStep = Callable[[int, float], None]
+"""``on_step(step, loss)``: called after every optimizer step (step counts from 1)"""
+
+
+@dataclass
+class RunResult:
+    """What one chain did: per-step losses, final metrics, closure evaluations and wall time."""
+
+    chain: str
+    label: str
+    status: str = "ok"
+    """``ok``, ``unavailable`` (a module is missing), ``diverged`` (non-finite loss) or ``failed``"""
+    message: str = ""
+    losses: list[float] = field(default_factory=list)
+    final_loss: float = math.nan
+    train_acc: float = math.nan
+    test_acc: float = math.nan
+    steps: int = 0
+    closure_calls: int = 0
+    wall_time: float = 0.0
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, result: RunResult) -> None:
+    """Fill in the final training loss and the train/test accuracy."""
+    logits = model(task.x_train)
+    result.final_loss = float(F.cross_entropy(logits, task.y_train))
+    result.train_acc = float((logits.argmax(1) == task.y_train).float().mean())
+    result.test_acc = float((model(task.x_test).argmax(1) == task.y_test).float().mean())
+
+
+# ---------------------------------------------------------------------------------------------- plain
+def train_plain(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult) -> nn.Module:
+    """A plain PyTorch loop: ``loss = opt.step(closure)``."""
+    model = make_model(task.n_features, task.n_classes, seed=seed)
+    opt = build_chain(spec, model, steps)
+    x, y = task.x_train, task.y_train
+
+    def closure(backward: bool = True) -> torch.Tensor:
+        loss = F.cross_entropy(model(x), y)
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+    for i in range(steps):
+        loss = opt.step(closure)
+        result.closure_calls += opt.last_info["closure_calls"]
+        result.steps = i + 1
+        result.losses.append(float(loss))
+        on_step(i + 1, result.losses[-1])
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- lightning
+def train_lightning(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult) -> nn.Module:
+    """Lightning's automatic optimization; the chain is returned from ``configure_optimizers``."""
+    from .integrations import train_with_lightning
+
+    return train_with_lightning(spec, task, steps, seed, on_step, result)
+
+
+# ---------------------------------------------------------------------------------------------- accelerate
+def train_accelerate(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult) -> nn.Module:
+    """``accelerator.prepare(model, opt)`` and torchzero_accelerate's closure helper."""
+    from .integrations import train_with_accelerate
+
+    return train_with_accelerate(spec, task, steps, seed, on_step, result)
+
+
+TRAINERS: dict[str, Callable[..., nn.Module]] = {
+    "plain": train_plain,
+    "lightning": train_lightning,
+    "accelerate": train_accelerate,
+}
+
+
+def run_chain(
+    spec: ChainSpec,
+    task: Task,
+    *,
+    steps: int,
+    seed: int = 0,
+    trainer: str = "plain",
+    on_step: OnStep | None = None,
+) -> RunResult:
+    """Train ``spec`` on ``task`` and return its :class:`RunResult`; never raises for a bad chain.
+
+    A chain whose module is missing comes back as ``unavailable``; a non-finite loss as ``diverged``;
+    any other error as ``failed`` with the error message, so one chain cannot stop the comparison.
+    """
+    if trainer not in TRAINERS:
+        raise ValueError(f"unknown trainer {trainer!r}; choose from: {', '.join(TRAINERS)}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    result = RunResult(spec.name, spec.label)
+    missing = spec.missing()
+    if missing:
+        result.status, result.message = "unavailable", f"needs tz.m.{', tz.m.'.join(missing)}"
+        return result
+    start = time.perf_counter()
+    model = None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = TRAINERS[trainer](spec, task, steps, seed, on_step or (lambda i, loss: None), result)
+    except UnavailableChain as e:
+        result.status, result.message = "unavailable", str(e)
+    except NonFiniteLossError:
+        result.status, result.message = "diverged", f"non-finite loss at step {result.steps + 1}"
+    except Exception as e:  # one broken chain must not end the comparison
+        result.status, result.message = "failed", f"{type(e).__name__}: {e}"
+    result.wall_time = time.perf_counter() - start
+    if model is not None:
+        evaluate(model, task, result)
+    return result
