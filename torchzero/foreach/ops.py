@@ -66,7 +66,8 @@ def _make(name: str, single: Callable[..., Any] | None = None) -> Callable[..., 
         if is_reference_mode():
             out = _loop(single, xs, args, kwargs)
             return None if inplace else out
-        return multi(xs, *args, **kwargs)
+        out = multi(xs, *args, **kwargs)
+        return None if inplace else out
 
     op.__name__ = name
     op.__doc__ = f"``torch._foreach_{name}`` with a per-tensor reference path."
@@ -78,8 +79,8 @@ add_ = _make("add_")
 sub_ = _make("sub_")
 mul_ = _make("mul_")
 div_ = _make("div_")
-addcmul_ = _make("addcmul_")
-addcdiv_ = _make("addcdiv_")
+addcmul_ = _make("addcmul_", lambda x, a, b, value=1: x.addcmul_(a, b, value=value))
+addcdiv_ = _make("addcdiv_", lambda x, a, b, value=1: x.addcdiv_(a, b, value=value))
 lerp_ = _make("lerp_")
 sqrt_ = _make("sqrt_")
 abs_ = _make("abs_")
@@ -106,8 +107,8 @@ sign = _make("sign")
 neg = _make("neg")
 maximum = _make("maximum")
 pow = _make("pow")  # noqa: A001 - mirrors torch's name
-addcmul = _make("addcmul")
-addcdiv = _make("addcdiv")
+addcmul = _make("addcmul", lambda x, a, b, value=1: x.addcmul(a, b, value=value))
+addcdiv = _make("addcdiv", lambda x, a, b, value=1: x.addcdiv(a, b, value=value))
 norm = _make("norm", lambda x, ord=2, dtype=None: torch.linalg.vector_norm(x, ord, dtype=dtype))
 
 

@@ -1,0 +1,108 @@
+"""The foreach layer: grouping by (device, dtype), caching, param swaps, reference path, no host syncs."""
+
+import pytest
+import torch
+
+import torchzero as tz
+from torchzero.foreach import Layout, ops
+
+from .helpers import clone_params, make_params, set_grads
+
+
+def test_layout_groups_by_device_dtype_then_group():
+    f32, f64, c64 = torch.zeros(2), torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.complex64)
+    f32b = torch.zeros(3)
+    layout = Layout([[f32, f64], [c64, f32b]])
+    # complex64 is handled as a float32 view and lands in the float32 bucket
+    assert layout.originals == [f32, c64, f32b, f64] or [id(t) for t in layout.originals] == [id(f32), id(c64), id(f32b), id(f64)]
+    assert layout.buckets == [(0, 3), (3, 4)]
+    assert [(r.group, r.dtype) for r in layout.runs] == [(0, torch.float32), (1, torch.float32), (0, torch.float64)]
+    assert layout.views[1].shape == (2, 2)
+
+
+def test_mixed_dtypes_in_one_optimizer_match_separate_torch_optimizers():
+    params = make_params((torch.float32, torch.float64, torch.bfloat16))
+    ref = clone_params(params)
+    opt = tz.Modular(params, tz.m.Adam(), tz.m.LR(1e-2))
+    refs = [torch.optim.Adam([q], lr=1e-2) for q in ref]
+    for i in range(10):
+        set_grads(i, params, ref)
+        opt.step()
+        for r in refs:
+            r.step()
+    for p, q in zip(params, ref):
+        torch.testing.assert_close(p, q)
+
+
+def test_param_swap_in_groups_is_picked_up():
+    params = make_params()
+    opt = tz.Modular(params, tz.m.SGD(momentum=0.9), tz.m.LR(0.1))
+    set_grads(0, params)
+    opt.step()
+    new = params[0].detach().clone().requires_grad_()
+    opt.param_groups[0]["params"][0] = new  # what Accelerate/FSDP do
+    opt.state[new] = opt.state.pop(params[0])
+    before = new.detach().clone()
+    new.grad = torch.ones_like(new)
+    params[1].grad = torch.ones_like(params[1])
+    opt.step()
+    assert not torch.equal(new, before)
+
+
+def test_dtype_change_rebuilds_layout():
+    p = torch.randn(4, requires_grad=True)
+    opt = tz.Modular([p], tz.m.SGD(), tz.m.LR(0.1))
+    p.grad = torch.ones(4)
+    opt.step()
+    p.data = p.data.double()
+    p.grad = torch.ones(4, dtype=torch.float64)
+    opt.step()
+    assert opt._layout(lambda t: True).buckets == [(0, 1)] and opt._layout_meta[0][1] == torch.float64
+
+
+@pytest.mark.parametrize("name", ["add_", "mul_", "lerp_", "addcmul_", "addcdiv_", "maximum_", "sqrt"])
+def test_reference_mode_equals_foreach(name):
+    xs = [torch.rand(3) + 0.5, torch.rand(2, 2) + 0.5]
+    ys = [torch.rand(3) + 0.5, torch.rand(2, 2) + 0.5]
+    args = {
+        "add_": (ys,), "mul_": (2.0,), "lerp_": (ys, 0.3), "addcmul_": (ys, ys, 0.5),
+        "addcdiv_": (ys, ys, 0.5), "maximum_": (ys,), "sqrt": (),
+    }[name]  # fmt: skip
+    a, b = [x.clone() for x in xs], [x.clone() for x in xs]
+    out_a = getattr(ops, name)(a, *args)
+    with ops.reference_mode():
+        out_b = getattr(ops, name)(b, *args)
+    torch.testing.assert_close(a, b)
+    if out_a is not None:
+        torch.testing.assert_close(out_a, out_b)
+
+
+def test_global_norm_is_a_tensor():
+    xs = [torch.ones(3), torch.ones(4, dtype=torch.float64)]
+    n = ops.global_norm(xs)
+    assert isinstance(n, torch.Tensor)
+    torch.testing.assert_close(n.double(), torch.tensor(7.0, dtype=torch.float64).sqrt())
+
+
+@pytest.mark.parametrize(
+    "chain",
+    [
+        lambda: [tz.m.Adam(), tz.m.LR(1e-3)],
+        lambda: [tz.m.Adam(fused=False), tz.m.LR(1e-3)],
+        lambda: [tz.m.Adam(amsgrad=True), tz.m.LR(1e-3), tz.m.SGD()],
+        lambda: [tz.m.SGD(momentum=0.9, nesterov=True), tz.m.LR(1e-3)],
+    ],
+)
+def test_no_host_sync_on_step(chain, monkeypatch):
+    params = make_params((torch.float32, torch.complex64))
+    groups = [{"params": params[:2], "lr": 0.1}, {"params": params[2:]}]
+    opt = tz.Modular(groups, *chain())
+    set_grads(0, params)
+
+    def boom(*a, **k):
+        raise AssertionError("host sync on the step path")
+
+    for name in ("item", "__bool__", "__float__", "__int__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, boom)
+    opt.step()
+    opt.step()

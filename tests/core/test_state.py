@@ -1,0 +1,122 @@
+"""state and state_dict: torch's format, weights_only loading, bit-for-bit resume, clear mismatch errors."""
+
+import copy
+
+import pytest
+import torch
+
+import torchzero as tz
+
+from .helpers import Scale, clone_params, make_params, roundtrip, set_grads
+
+
+def _chain():
+    return [
+        tz.m.SGD(momentum=0.9),
+        Scale(0.5),
+        tz.m.Adam(amsgrad=True),
+        tz.m.LR(1e-2, scheduler_cls=lambda o: torch.optim.lr_scheduler.StepLR(o, 3, gamma=0.5)),
+    ]
+
+
+def _groups(params):
+    return [{"params": params[:2], "lr": 0.1, "eps": 1e-6}, {"params": params[2:], "momentum": 0.5}]
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_resume_equals_uninterrupted_bit_for_bit(k):
+    dtypes = (torch.float32, torch.float64, torch.complex64)
+    a, b = make_params(dtypes), make_params(dtypes)
+    straight = tz.Modular(_groups(a), *_chain())
+    first = tz.Modular(_groups(b), *_chain())
+    for i in range(k):
+        set_grads(i, a, b)
+        straight.step()
+        first.step()
+    saved = roundtrip({"opt": first.state_dict(), "params": [p.detach().clone() for p in b]})
+
+    c = make_params(dtypes, seed=123)  # a fresh "process": different initial values, then restored
+    with torch.no_grad():
+        for p, s in zip(c, saved["params"]):
+            p.copy_(s)
+    resumed = tz.Modular(_groups(c), *_chain())
+    resumed.load_state_dict(saved["opt"])
+    for i in range(k, 2 * k + 3):
+        set_grads(i, a, c)
+        straight.step()
+        resumed.step()
+    for p, q in zip(a, c):
+        assert torch.equal(p, q)
+    assert resumed.param_groups[0]["lr"] == straight.param_groups[0]["lr"]
+
+
+def test_state_is_torch_format_and_namespaced():
+    params = make_params()
+    opt = tz.Modular(params, tz.m.SGD(momentum=0.9), tz.m.Adam(), tz.m.LR())
+    set_grads(0, params)
+    opt.step()
+    st = opt.state[params[0]]
+    assert set(st) == {"0", "1"}
+    assert set(st["0"]) == {"momentum_buffer"} and set(st["1"]) == {"exp_avg", "exp_avg_sq"}
+    sd = opt.state_dict()
+    assert set(sd["state"]) == {0, 1}
+    assert all(isinstance(k, int) for k in sd["state"])
+    assert sd["param_groups"][0]["params"] == [0, 1]
+    assert sd["torchzero"]["modules"]["1"] == {"step": 1}
+
+
+def test_load_fills_existing_optimizer_and_casts_like_torch():
+    params = make_params((torch.float32,))
+    opt = tz.Modular(params, tz.m.Adam(), tz.m.LR())
+    set_grads(0, params)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    for s in sd["state"].values():
+        for k, v in s["0"].items():
+            s["0"][k] = v.double()
+    ids = [id(p) for p in opt.param_groups[0]["params"]]
+    opt.load_state_dict(sd)
+    assert [id(p) for p in opt.param_groups[0]["params"]] == ids
+    assert opt.state[params[0]]["0"]["exp_avg"].dtype == torch.float32
+
+
+def test_different_chain_is_a_clear_error():
+    params = make_params()
+    saved = tz.Modular(params, tz.m.Adam(), tz.m.LR()).state_dict()
+    with pytest.raises(ValueError, match="different chain"):
+        tz.Modular(clone_params(params), tz.m.SGD(), tz.m.LR()).load_state_dict(saved)
+
+
+def test_different_layout_is_a_clear_error():
+    params = make_params()
+    saved = tz.Modular(params, tz.m.Adam(), tz.m.LR()).state_dict()
+    with pytest.raises(ValueError, match="parameter layout"):
+        tz.Modular(params[:1], tz.m.Adam(), tz.m.LR()).load_state_dict(saved)
+
+
+def test_foreign_state_dict_is_a_clear_error():
+    params = make_params()
+    saved = torch.optim.Adam(params).state_dict()
+    with pytest.raises(ValueError, match="not saved by tz.Modular"):
+        tz.Modular(params, tz.m.Adam(), tz.m.LR()).load_state_dict(saved)
+
+
+def test_counters_coming_back_as_tensors_are_restored():
+    # Accelerate's device placement may turn numbers into tensors
+    params = make_params()
+    opt = tz.Modular(params, tz.m.Adam(), tz.m.LR())
+    set_grads(0, params)
+    opt.step()
+    sd = opt.state_dict()
+    sd["torchzero"]["modules"]["0"]["step"] = torch.tensor(1.0)
+    opt.load_state_dict(sd)
+    assert opt.modules[0].global_state["step"] == 1 and isinstance(opt.modules[0].global_state["step"], int)
+
+
+def test_deepcopy_and_pickle_of_optimizer():
+    params = make_params()
+    opt = tz.Modular(params, tz.m.Adam(), tz.m.LR())
+    set_grads(0, params)
+    opt.step()
+    clone = copy.deepcopy(opt)
+    assert clone.modules[0].global_state == {"step": 1}
