@@ -70,12 +70,15 @@ def as_loss(value: Any, *, where: str = "the closure") -> Tensor:
 class Closure:
     """A user closure with the calling convention normalised to ``evaluate(backward)``."""
 
-    def __init__(self, fn: Callable[..., Any], params: Callable[[], Iterable[Tensor]]) -> None:
+    def __init__(self, fn: Callable[..., Any], params: Callable[[], Iterable[Tensor]], *, none_ok: bool = False) -> None:
         if not callable(fn):
             raise TypeError(f"closure must be callable, got {type(fn).__name__}")
         self.fn = fn
         self.takes_backward = _takes_backward_argument(fn)
         self._params = params
+        self.none_ok = none_ok and not self.takes_backward
+        """a no-argument closure may return None (torch.optim's convention; Lightning's manual optimization
+        passes such a closure on every ``opt.step()``) when the chain does not need the loss"""
         self.calls = 0
         """how many times the closure was evaluated during this step"""
 
@@ -89,7 +92,10 @@ class Closure:
                 return as_loss(self.fn(False))
         if backward:
             with torch.enable_grad():
-                return as_loss(self.fn())
+                value = self.fn()
+            if value is None and self.none_ok:
+                return None  # type: ignore[return-value]
+            return as_loss(value)
         # loss only, but the closure always backpropagates: keep the grads we hold out of its reach
         params = list(self._params())
         saved = [p.grad for p in params]

@@ -184,11 +184,13 @@ class Modular(torch.optim.Optimizer):
     def step(self, closure: Callable[..., Any] | None = None) -> Tensor | None:  # type: ignore[override]
         """Run the chain once and update the parameters; returns the loss if a closure was given."""
         self._check_ready(closure)
-        wrapped = Closure(closure, self._all_params) if closure is not None else None
+        needs_loss = self._root.requires_closure
+        wrapped = Closure(closure, self._all_params, none_ok=not needs_loss) if closure is not None else None
         loss = None
         if wrapped is not None and not self._creates_update:
             loss = wrapped(True)
-            check_finite(loss)
+            if loss is not None:
+                check_finite(loss)
 
         if self._creates_update:
             layout = self._layout(lambda p: p.requires_grad)
