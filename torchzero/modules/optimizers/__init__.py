@@ -1,6 +1,21 @@
 """Update rules of first-order optimizers (the learning rate is left to ``LR``)."""
 
+from .adadelta import Adadelta
+from .adagrad import Adagrad
 from .adam import Adam
+from .adamax import Adamax
+from .adamw import AdamW
+from .lion import Lion
+from .momentum import HeavyBall, NesterovMomentum
+from .muon import Muon
+from .nadam import NAdam
+from .orthogonalize import Orthogonalize
+from .radam import RAdam
+from .rmsprop import RMSprop
+from .rprop import Rprop
 from .sgd import SGD
 
-__all__ = ["Adam", "SGD"]
+__all__ = [
+    "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lion", "Muon", "NAdam",
+    "NesterovMomentum", "Orthogonalize", "RAdam", "RMSprop", "Rprop",
+]  # fmt: skip

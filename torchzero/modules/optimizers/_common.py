@@ -1,0 +1,76 @@
+"""Small helpers shared by the update rules of this package (not part of the public API)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from ...foreach import ops
+
+if TYPE_CHECKING:
+    from ...core.context import Segment, StepContext
+    from ...core.module import Module
+
+
+def check(cond: bool, cls: str, what: str, got: Any, fix: str) -> None:
+    """Raise ``ValueError`` naming the module, the expectation, the value given and the fix."""
+    if not cond:
+        raise ValueError(f"{cls}: expected {what}, got {got!r}. {fix}")
+
+
+def check_betas(cls: str, betas: Any, names: str = "betas") -> tuple[float, float]:
+    betas = tuple(betas)
+    check(len(betas) == 2, cls, f"{names} to be a pair (beta1, beta2)", betas, "Pass two numbers, e.g. (0.9, 0.999).")
+    for i, b in enumerate(betas):
+        check(0.0 <= b < 1.0, cls, f"{names}[{i}] in [0, 1)", b, "Use a value such as 0.9 or 0.999.")
+    return betas  # type: ignore[return-value]
+
+
+def next_step(module: Module) -> int:
+    """Increment and return the module's step counter (kept in ``global_state``, so it is checkpointed)."""
+    t = module.global_state.get("step", 0) + 1
+    module.global_state["step"] = t
+    return t
+
+
+def _is_one(x: Any) -> bool:
+    # a tensor learning rate is never compared on the host (that would sync with the device)
+    return not isinstance(x, Tensor) and x == 1
+
+
+def same_tensors(a: list[Tensor], b: list[Tensor]) -> bool:
+    """True when two lists hold the same tensor objects (``seg.update`` returns a new list each time)."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+def emit(ctx: StepContext, seg: Segment, direction: list[Tensor], scale: Any) -> None:
+    """Hand on ``scale * direction`` as the update; the last stage subtracts it from the params instead."""
+    if ctx.is_last:
+        ops.add_(seg.params, direction, alpha=-scale)
+        ctx.mark_params_written()
+        return
+    update = seg.update
+    if not same_tensors(direction, update):
+        ops.copy_(update, direction)
+    if not _is_one(scale):
+        ops.mul_(update, scale)
+
+
+def emit_div(ctx: StepContext, seg: Segment, num: list[Tensor], den: list[Tensor], scale: Any) -> None:
+    """Hand on ``scale * num / den``; the last stage subtracts it from the params instead.
+
+    ``den`` is only read; ``num`` may be the update itself.
+    """
+    if ctx.is_last:
+        ops.addcdiv_(seg.params, num, den, -scale)
+        ctx.mark_params_written()
+        return
+    update = seg.update
+    if same_tensors(num, update):
+        ops.div_(update, den)
+        if not _is_one(scale):
+            ops.mul_(update, scale)
+    else:
+        ops.zero_(update)
+        ops.addcdiv_(update, num, den, scale)

@@ -1,0 +1,71 @@
+"""Adagrad (Duchi et al., 2011)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ...core.module import Transform
+from ...foreach import ops
+from ._common import check, emit_div, next_step
+
+if TYPE_CHECKING:
+    from ...core.context import Segment, StepContext
+
+
+class Adagrad(Transform):
+    r"""The update rule of ``torch.optim.Adagrad``, with the learning rate left to :class:`LR`.
+
+    .. math::
+        s_t = s_{t-1} + g_t^2 \quad (s_0 = a_0), \qquad
+        u \leftarrow \frac{\alpha}{1 + (t-1)\,\delta}\; \frac{g_t}{\sqrt{s_t} + \epsilon}
+
+    Args:
+        lr_decay: :math:`\delta`, decay of the step size with the step count.
+        initial_accumulator_value: :math:`a_0`, the starting value of the sum of squares.  Complex
+            parameters are treated as pairs of reals, so both halves start at :math:`a_0` (torch starts
+            the imaginary half at 0).
+        eps: term added to the denominator.
+        alpha: step size multiplier (use :class:`LR` for the learning rate).
+
+    Example::
+
+        opt = tz.Modular(model.parameters(), tz.m.Adagrad(), tz.m.LR(1e-2))  # == torch.optim.Adagrad(lr=1e-2)
+
+    Reference: Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning and Stochastic
+    Optimization", JMLR 2011.
+    """
+
+    fuses_lr = True
+
+    def __init__(
+        self, lr_decay: float = 0.0, initial_accumulator_value: float = 0.0, eps: float = 1e-10, alpha: float = 1.0
+    ) -> None:
+        check(lr_decay >= 0, "Adagrad", "lr_decay >= 0", lr_decay, "Use 0 to disable the decay.")
+        check(initial_accumulator_value >= 0, "Adagrad", "initial_accumulator_value >= 0", initial_accumulator_value,
+              "The accumulator is a sum of squares; start it at 0 or a positive value.")  # fmt: skip
+        check(eps >= 0, "Adagrad", "eps >= 0", eps, "Use a small positive value such as 1e-10.")
+        super().__init__(
+            {"lr_decay": lr_decay, "initial_accumulator_value": initial_accumulator_value, "eps": eps, "alpha": alpha}
+        )
+
+    def step(self, ctx: StepContext, fused: Any = None) -> None:
+        next_step(self)
+        super().step(ctx, fused)
+
+    def apply(self, ctx: StepContext, seg: Segment) -> None:
+        s = seg.settings
+        t = self.global_state["step"]
+        start = s["initial_accumulator_value"]
+
+        def init(v: Tensor) -> Tensor:
+            return torch.full_like(v, start, memory_format=torch.preserve_format)
+
+        (acc,) = seg.state("sum", init=init)
+        update = seg.update
+        ops.addcmul_(acc, update, update)
+        std = ops.sqrt(acc)
+        ops.add_(std, s["eps"])
+        emit_div(ctx, seg, update, std, s["alpha"] * seg.scale / (1 + (t - 1) * s["lr_decay"]))

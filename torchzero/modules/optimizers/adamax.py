@@ -1,0 +1,57 @@
+"""Adamax: Adam with the infinity norm (Kingma & Ba, 2015, section 7)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ...core.module import Transform
+from ...foreach import ops
+from ._common import check, check_betas, emit_div, next_step
+
+if TYPE_CHECKING:
+    from ...core.context import Segment, StepContext
+
+
+class Adamax(Transform):
+    r"""The update rule of ``torch.optim.Adamax``, with the learning rate left to :class:`LR`.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+        u_t^{\infty} = \max(\beta_2 u_{t-1}^{\infty},\ |g_t| + \epsilon), \quad
+        u \leftarrow \frac{\alpha}{1-\beta_1^t}\, \frac{m_t}{u_t^{\infty}}
+
+    Args:
+        betas: :math:`(\beta_1, \beta_2)`.
+        eps: term added to :math:`|g_t|`.
+        alpha: step size multiplier (use :class:`LR` for the learning rate; torch's default lr is 2e-3).
+
+    Example::
+
+        opt = tz.Modular(model.parameters(), tz.m.Adamax(), tz.m.LR(2e-3))  # == torch.optim.Adamax()
+
+    Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, section 7.1.
+    """
+
+    fuses_lr = True
+
+    def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, alpha: float = 1.0) -> None:
+        betas = check_betas("Adamax", betas)
+        check(eps >= 0, "Adamax", "eps >= 0", eps, "Use a small positive value such as 1e-8.")
+        super().__init__({"betas": betas, "eps": eps, "alpha": alpha})
+
+    def step(self, ctx: StepContext, fused: Any = None) -> None:
+        next_step(self)
+        super().step(ctx, fused)
+
+    def apply(self, ctx: StepContext, seg: Segment) -> None:
+        s = seg.settings
+        beta1, beta2 = s["betas"]
+        t = self.global_state["step"]
+        update = seg.update
+        exp_avg, exp_inf = seg.state("exp_avg", "exp_inf")
+        ops.lerp_(exp_avg, update, 1 - beta1)
+        ops.mul_(exp_inf, beta2)
+        norm = ops.abs(update)
+        ops.add_(norm, s["eps"])
+        ops.maximum_(exp_inf, norm)
+        emit_div(ctx, seg, exp_avg, exp_inf, s["alpha"] * seg.scale / (1 - beta1**t))

@@ -1,0 +1,91 @@
+"""NAdam: Adam with Nesterov momentum (Dozat, 2016)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ...core.module import Transform
+from ...foreach import ops
+from ._common import check, check_betas, next_step
+
+if TYPE_CHECKING:
+    from ...core.context import Segment, StepContext
+
+
+class NAdam(Transform):
+    r"""The update rule of ``torch.optim.NAdam``, with the learning rate left to :class:`LR`.
+
+    .. math::
+        \mu_t = \beta_1\big(1 - \tfrac12\, 0.96^{t\psi}\big), \quad
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,\\
+        u \leftarrow \alpha\,\Big(\frac{1-\mu_t}{1-\prod_{i\le t}\mu_i}\, g_t
+            + \frac{\mu_{t+1}}{1-\prod_{i\le t+1}\mu_i}\, m_t\Big) \Big/ \Big(\sqrt{v_t/(1-\beta_2^t)} + \epsilon\Big)
+
+    The product :math:`\prod \mu_i` is a Python number per param group (kept in the checkpoint), so no
+    step reads a tensor back to the host.  torch keeps it as a float32 tensor; ours is a double, which can
+    differ in the last digits of float64 runs.
+
+    Args:
+        betas: :math:`(\beta_1, \beta_2)`.
+        eps: term added to the denominator.
+        momentum_decay: :math:`\psi`.
+        alpha: step size multiplier (use :class:`LR` for the learning rate; torch's default lr is 2e-3).
+
+    Example::
+
+        opt = tz.Modular(model.parameters(), tz.m.NAdam(), tz.m.LR(2e-3))  # == torch.optim.NAdam()
+
+    Reference: Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop.
+    """
+
+    fuses_lr = True
+
+    def __init__(
+        self,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        momentum_decay: float = 4e-3,
+        alpha: float = 1.0,
+    ) -> None:
+        betas = check_betas("NAdam", betas)
+        check(eps >= 0, "NAdam", "eps >= 0", eps, "Use a small positive value such as 1e-8.")
+        check(momentum_decay >= 0, "NAdam", "momentum_decay >= 0", momentum_decay, "Use e.g. 4e-3.")
+        super().__init__({"betas": betas, "eps": eps, "momentum_decay": momentum_decay, "alpha": alpha})
+
+    def step(self, ctx: StepContext, fused: Any = None) -> None:
+        next_step(self)
+        super().step(ctx, fused)
+
+    def apply(self, ctx: StepContext, seg: Segment) -> None:
+        s = seg.settings
+        beta1, beta2 = s["betas"]
+        psi = s["momentum_decay"]
+        t = self.global_state["step"]
+        # one product per param group; groups merged into one segment share settings and history
+        products: dict[str, float] = self.global_state.setdefault("mu_product", {})
+        mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * psi))
+        mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
+        product = products.get(str(seg.groups[0]), 1.0) * mu
+        for g in seg.groups:
+            products[str(g)] = product
+        product_next = product * mu_next
+
+        update = seg.update
+        exp_avg, exp_avg_sq = seg.state("exp_avg", "exp_avg_sq")
+        ops.lerp_(exp_avg, update, 1 - beta1)
+        ops.mul_(exp_avg_sq, beta2)
+        ops.addcmul_(exp_avg_sq, update, update, 1 - beta2)
+        denom = ops.div(exp_avg_sq, 1 - beta2**t)
+        ops.sqrt_(denom)
+        ops.add_(denom, s["eps"])
+        scale = s["alpha"] * seg.scale
+        c_grad = scale * (1.0 - mu) / (1.0 - product)
+        c_avg = scale * mu_next / (1.0 - product_next)
+        if ctx.is_last:
+            ops.addcdiv_(seg.params, update, denom, -c_grad)
+            ops.addcdiv_(seg.params, exp_avg, denom, -c_avg)
+            ctx.mark_params_written()
+        else:
+            ops.div_(update, denom)
+            ops.mul_(update, c_grad)
+            ops.addcdiv_(update, exp_avg, denom, c_avg)
