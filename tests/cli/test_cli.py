@@ -1,0 +1,185 @@
+"""The ``torchzero`` command: demo, modules, bench, and its errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchzero as tz
+from torchzero import cli
+from torchzero.demo import CHAINS, ChainSpec, make_model, make_task, run_chain
+
+pytest.importorskip("rich")
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps table headers in narrow terminals
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_bad(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        cli.main(list(argv))
+    assert info.value.code == 2, f"bad flags should exit with argparse's code 2, got {info.value.code}"
+    return capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def test_demo_prints_a_row_per_chain(capsys):
+    code, out, _ = run(capsys, "demo", "--steps", "3", "--samples", "64", "--chains", "adam,sgd-onecycle")
+    assert code == 0
+    for header in ("final loss", "test acc", "closure", "wall time"):
+        assert header in out, f"missing column {header!r} in:\n{out}"
+    assert "adam" in out and "sgd-onecycle" in out
+
+
+def test_demo_with_every_chain_never_crashes(capsys):
+    # chains whose modules have not landed show up as unavailable instead of stopping the demo
+    code, out, _ = run(capsys, "demo", "--steps", "2", "--samples", "32")
+    assert code == 0
+    for name in CHAINS:
+        assert name in out
+
+
+def test_demo_plot_writes_a_png(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "losses.png"
+    code, out, _ = run(capsys, "demo", "--steps", "3", "--samples", "32", "--chains", "adam", "--plot", str(path))
+    assert code == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "the plot is not a PNG file"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--steps", "0"], "must be at least 1"),
+        (["demo", "--steps", "ten"], "expected a whole number"),
+        (["demo", "--chains", "adam,nope"], "unknown chain(s) 'nope'; choose from: adam"),
+        (["demo", "--chains", ","], "give at least one chain name"),
+        (["demo", "--trainer", "keras"], "invalid choice: 'keras'"),
+        (["demo", "--plot", "losses.txt"], ".png, .pdf or .svg"),
+        (["demo", "--plot", "/no/such/folder/x.png"], "does not exist"),
+        (["demoo"], "invalid choice: 'demoo'"),
+    ],
+)
+def test_bad_flags_say_what_is_wrong(capsys, argv, message):
+    err = run_bad(capsys, *argv)
+    assert message in err, f"expected {message!r} in the error, got:\n{err}"
+
+
+def test_demo_adam_equals_a_torch_optim_loop():
+    task = make_task(64, 32, seed=3)
+    result = run_chain(CHAINS["adam"], task, steps=10, seed=3)
+    assert result.status == "ok", result.message
+
+    model = make_model(seed=3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(task.x_train), task.y_train)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        final = F.cross_entropy(model(task.x_train), task.y_train).item()
+    torch.testing.assert_close(torch.tensor(result.losses), torch.tensor(losses))
+    torch.testing.assert_close(torch.tensor(result.final_loss), torch.tensor(final))
+    assert result.steps == 10
+    assert result.closure_calls == 10, "a chain without line search evaluates the closure once per step"
+
+
+def test_unavailable_and_failing_chains_are_reported_not_raised():
+    task = make_task(32, 32)
+    missing = ChainSpec("x", "X", ("NoSuchModule",), lambda model, steps: None)
+    r = run_chain(missing, task, steps=2)
+    assert r.status == "unavailable" and "NoSuchModule" in r.message
+
+    def broken(model, steps):
+        raise ValueError("bad setting")
+
+    r = run_chain(ChainSpec("y", "Y", ("Adam",), broken), task, steps=2)
+    assert r.status == "failed" and "ValueError: bad setting" in r.message
+
+    def diverging(model, steps):
+        return tz.Modular(model.parameters(), tz.m.SGD(), tz.m.LR(float("nan")))
+
+    r = run_chain(ChainSpec("z", "Z", ("SGD", "LR"), diverging), task, steps=5)
+    assert r.status == "diverged", (r.status, r.message)
+
+
+def test_run_chain_rejects_bad_arguments():
+    task = make_task(32, 32)
+    with pytest.raises(ValueError, match="unknown trainer 'keras'"):
+        run_chain(CHAINS["adam"], task, steps=2, trainer="keras")
+    with pytest.raises(ValueError, match="at least 1"):
+        run_chain(CHAINS["adam"], task, steps=0)
+
+
+# ---------------------------------------------------------------------------------------------- modules
+def test_modules_lists_every_module_with_its_defaults(capsys):
+    rows = {r["name"]: r for r in cli.module_catalog()}
+    expected = {
+        n for n in tz.m.__all__
+        if isinstance(getattr(tz.m, n), type) and issubclass(getattr(tz.m, n), tz.Module)
+        and getattr(tz.m, n) not in (tz.Module, tz.Transform, tz.Chain)
+    }  # fmt: skip
+    assert set(rows) == expected
+    for name, row in rows.items():
+        cls = getattr(tz.m, name)
+        assert row["needs_closure"] == cls.needs_closure
+        assert row["creates_update"] == cls.creates_update
+        if not row["required"]:
+            assert row["settings"] == cls().defaults
+    assert rows["Adam"]["settings"]["betas"] == (0.9, 0.999)
+    assert rows["LR"]["settings"] == {"lr": 1e-3}
+
+    code, out, _ = run(capsys, "modules")
+    assert code == 0
+    assert "Adam" in out and "betas" in out
+
+
+def test_modules_family_filter(capsys):
+    code, out, _ = run(capsys, "modules", "--family", "optimizers")
+    assert code == 0 and "Adam" in out
+    code, out, _ = run(capsys, "modules", "--family", "nope")
+    assert code == 2 and "no modules in family 'nope'" in out
+
+
+# ---------------------------------------------------------------------------------------------- bench
+def test_bench_without_the_script_says_where_it_looked(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "find_benchmark", lambda: None)
+    code, _, err = run(capsys, "bench")
+    assert code == 2
+    assert "benchmarks/step_time.py was not found" in err
+
+
+def test_bench_runs_the_script_and_passes_arguments(capsys, monkeypatch, tmp_path):
+    script = tmp_path / "benchmarks" / "step_time.py"
+    script.parent.mkdir()
+    script.write_text("import sys\nprint('| chain | ms |', sys.argv[1:])\nsys.exit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.find_benchmark() == script
+    # the script's exit status comes back; its output goes straight to the terminal
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from torchzero.cli import main; sys.exit(main(['bench', '--', '--quick']))"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "| chain | ms | ['--quick']" in result.stdout
+
+
+def test_python_dash_m_torchzero():
+    result = subprocess.run([sys.executable, "-m", "torchzero", "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"torchzero {tz.__version__}"
