@@ -1,0 +1,117 @@
+"""Scaling the update by its norm: clipping (:class:`ClipNorm`) and normalization (:class:`Normalize`).
+
+The norm is computed over all parameters together by default (one 0-dim tensor, no host sync), or per
+tensor.  Complex parameters are handled as real views; for ``ord=2`` that is the complex norm.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ...core.module import Transform
+from ...foreach import ops
+
+if TYPE_CHECKING:
+    from ...core.context import Segment, StepContext
+
+
+class _NormScale(Transform):
+    """Multiply the update by ``coef(norm, settings)``; the norm is global or per tensor."""
+
+    def __init__(self, defaults: dict[str, Any], ord: float, per_tensor: bool) -> None:
+        if not ord > 0:
+            raise ValueError(f"{type(self).__name__} needs a norm order ord > 0 (2, 1, inf, ...), got ord={ord!r}")
+        super().__init__(defaults)
+        self.ord = ord
+        self.per_tensor = per_tensor
+
+    def coef_(self, norm: Tensor | list[Tensor], settings: dict[str, Any]) -> Any:
+        """Turn norms into multipliers (in place for a list of per-tensor norms)."""
+        raise NotImplementedError
+
+    def step(self, ctx: StepContext, fused: Any = None) -> None:
+        segments = ctx.segments(self)
+        if self.per_tensor:
+            for seg in segments:
+                norms = ops.norm(seg.update, self.ord)
+                self.coef_(norms, seg.settings)
+                ops.mul_(seg.update, norms)
+            return
+        total = ops.global_norm(ctx.update, self.ord)
+        cache: dict[tuple[Any, ...], Tensor] = {}
+        for seg in segments:
+            key = (*seg.settings.values(), seg.device)
+            coef = cache.get(key)
+            if coef is None:
+                coef = cache[key] = self.coef_(total, seg.settings).to(seg.device, non_blocking=True)
+            ops.mul_(seg.update, coef)
+
+
+class ClipNorm(_NormScale):
+    r"""Scale the update down when its norm exceeds ``max_norm``.
+
+    .. math::  u \leftarrow u \cdot \min\left(1, \frac{c}{\lVert u \rVert_p + \epsilon}\right)
+
+    With the defaults and as the first module this is ``torch.nn.utils.clip_grad_norm_``: the norm is
+    taken over all parameters together.  ``max_norm`` may differ per param group (each group is
+    scaled by its own threshold against the same global norm).
+
+    Args:
+        max_norm: the threshold :math:`c`.
+        ord: order :math:`p` of the norm (``2``, ``1``, ``float("inf")``, ...).
+        per_tensor: clip each tensor by its own norm instead of the global one.
+        eps: added to the norm, as in torch.
+
+    Example::
+
+        opt = tz.Modular(model.parameters(), tz.m.ClipNorm(1.0), tz.m.Adam(), tz.m.LR(1e-3))
+    """
+
+    def __init__(self, max_norm: float, ord: float = 2, per_tensor: bool = False, eps: float = 1e-6) -> None:
+        if not max_norm > 0:
+            raise ValueError(f"ClipNorm needs max_norm > 0, got max_norm={max_norm!r}")
+        super().__init__({"max_norm": max_norm, "eps": eps}, ord, per_tensor)
+
+    def coef_(self, norm: Tensor | list[Tensor], settings: dict[str, Any]) -> Any:
+        c, eps = settings["max_norm"], settings["eps"]
+        if isinstance(norm, Tensor):
+            return torch.clamp(c / (norm + eps), max=1.0)
+        ops.add_(norm, eps)
+        ops.reciprocal_(norm)
+        ops.mul_(norm, c)
+        ops.clamp_max_(norm, 1.0)
+        return norm
+
+
+class Normalize(_NormScale):
+    r"""Rescale the update to a fixed norm.
+
+    .. math::  u \leftarrow u \cdot \frac{c}{\max(\lVert u \rVert_p, \epsilon)}
+
+    A zero update stays zero.
+
+    Args:
+        norm: the target norm :math:`c`.
+        ord: order :math:`p` of the norm.
+        per_tensor: give each tensor the norm ``c`` instead of the whole update.
+        eps: lower bound of the measured norm.
+
+    Example::
+
+        opt = tz.Modular(model.parameters(), tz.m.Normalize(), tz.m.LR(1e-2))  # normalized gradient descent
+    """
+
+    def __init__(self, norm: float = 1.0, ord: float = 2, per_tensor: bool = False, eps: float = 1e-12) -> None:
+        super().__init__({"norm": norm, "eps": eps}, ord, per_tensor)
+
+    def coef_(self, norm: Tensor | list[Tensor], settings: dict[str, Any]) -> Any:
+        c, eps = settings["norm"], settings["eps"]
+        if isinstance(norm, Tensor):
+            return c / torch.clamp(norm, min=eps)
+        ops.clamp_min_(norm, eps)
+        ops.reciprocal_(norm)
+        ops.mul_(norm, c)
+        return norm
