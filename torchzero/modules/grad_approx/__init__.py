@@ -1,3 +1,5 @@
-"""grad_approx modules."""
+"""Gradient approximation from loss values: first in the chain, ``closure(False)`` only."""
 
-__all__: list[str] = []
+from .fdm import FDM, RandomizedFDM
+
+__all__ = ["FDM", "RandomizedFDM"]

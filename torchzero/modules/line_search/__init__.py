@@ -1,3 +1,7 @@
-"""line_search modules."""
+"""Line searches: choose how far to move along the update the rest of the chain produced."""
 
-__all__: list[str] = []
+from .backtracking import ArmijoTrials, Backtracking
+from .base import LineSearch
+from .strong_wolfe import StrongWolfe
+
+__all__ = ["ArmijoTrials", "Backtracking", "LineSearch", "StrongWolfe"]

@@ -1,3 +1,5 @@
-"""quasi_newton modules."""
+"""Quasi-Newton directions: L-BFGS, and dense BFGS and SR1 for small problems."""
 
-__all__: list[str] = []
+from .lbfgs import LBFGS
+
+__all__ = ["LBFGS"]

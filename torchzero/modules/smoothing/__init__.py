@@ -1,3 +1,5 @@
-"""smoothing modules."""
+"""Modules that look at a neighbourhood of the parameters: sharpness-aware minimization."""
 
-__all__: list[str] = []
+from .sam import SAM
+
+__all__ = ["SAM"]

@@ -1,0 +1,103 @@
+"""The line-search base class: trial points along the incoming update, an exact restore, one accepted step."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from ...core.module import Module
+from ...foreach import ops
+from ._probe import Probe
+
+if TYPE_CHECKING:
+    from ...core.context import StepContext
+
+
+class Line:
+    r"""The restriction :math:`\phi(t) = f(x_0 - t\,u)` of the loss to the search line.
+
+    ``phi(t)`` moves the parameters to the trial point and evaluates the closure; ``phi(t, True)`` also
+    returns the slope :math:`\phi'(t) = -\langle \nabla f(x_0 - t u), u\rangle`.  A non-finite loss is
+    returned as ``inf`` (so every acceptance test rejects it) with a slope of ``nan``.
+    """
+
+    def __init__(self, ctx: StepContext, probe: Probe, direction: list[Tensor]) -> None:
+        self.ctx = ctx
+        self.probe = probe
+        self.direction = direction
+        self.evals = 0
+
+    def __call__(self, t: float, backward: bool = False) -> tuple[float, float]:
+        self.probe.move(self.direction, -t)
+        loss = float(self.ctx.evaluate(backward))  # the closure's value decides: all-reduce it when distributed
+        self.evals += 1
+        if not math.isfinite(loss):
+            return math.inf, math.nan
+        if not backward:
+            return loss, math.nan
+        return loss, -self.probe.dot(self.ctx.get_grad(), self.direction)
+
+
+class LineSearch(Module):
+    r"""Base class: choose a step size :math:`t` along the incoming update :math:`u`.
+
+    The update is a descent step to subtract, so trial points are :math:`x_0 - t u`.  Trials move the
+    parameters in place; when the search ends they are restored exactly (copied back from a saved
+    :math:`x_0`), and the update becomes :math:`t\,u`, so the optimizer lands on the accepted point,
+    never on the last trial.  A step size of 0 (no acceptable point, or :math:`u` is not a descent
+    direction) leaves the parameters where they are.
+
+    Every decision compares values returned by the closure.  In a distributed run, return the loss
+    averaged over processes (the Lightning and Accelerate adapters do) and every process accepts the
+    same step.  After the search ``ctx.get_grad()`` is again the gradient at :math:`x_0`.
+
+    Subclasses implement :meth:`search`.  They publish the step size as ``opt.last_info["step_size"]``
+    and keep the last accepted one in ``global_state["step_size"]`` (saved in ``state_dict``).
+    """
+
+    needs_closure = True
+    backward_trials = False
+    """True when trials need the gradient (the slope); the gradient at x0 is then kept aside"""
+
+    def step(self, ctx: StepContext) -> None:
+        settings = ctx.settings(self)
+        # the update may be the .grad tensors themselves, which a backward trial overwrites
+        direction = ops.clone(ctx.update)
+        grad0 = ctx.get_grad()
+        if self.backward_trials:
+            grad0 = ops.clone(grad0)
+        loss0 = ctx.loss if ctx.loss is not None else ctx.evaluate(False, check=True)
+        probe = Probe(ctx)
+        line = Line(ctx, probe, direction)
+        slope0 = -probe.dot(grad0, direction)
+        try:
+            t = self.search(line, float(loss0), slope0, settings)
+        finally:
+            probe.restore()
+            if self.backward_trials:
+                ctx.set_grad(grad0)
+        if t != 0.0:
+            self.global_state["step_size"] = t
+        for a, b in ctx.layout.buckets:
+            ops.mul_(direction[a:b], t)
+        ctx.update = direction
+        ctx.info["step_size"] = t
+        ctx.info["line_search_evals"] = line.evals
+
+    def search(self, line: Line, loss0: float, slope0: float, settings: dict[str, Any]) -> float:
+        """Return the accepted step size (0.0 for no step) using ``line(t)`` evaluations."""
+        raise NotImplementedError
+
+    def initial_step(self, settings: dict[str, Any]) -> float:
+        """``init``, or the last accepted step times ``grow`` when ``adaptive`` is set."""
+        previous = self.global_state.get("step_size")
+        if settings.get("adaptive") and previous:
+            return previous * settings["grow"]
+        return float(settings["init"])
+
+
+def check_positive(name: str, value: float, hint: str = "") -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value}.{hint}")

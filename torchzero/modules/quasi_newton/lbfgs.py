@@ -1,0 +1,148 @@
+"""Limited-memory BFGS as a module: the direction only, the step size is left to a line search or LR."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from ...core.module import Module
+from ...foreach import ops
+from ..line_search._probe import add_scaled_, dot_tensor, l1_tensor, scaled
+
+if TYPE_CHECKING:
+    from ...core.context import StepContext
+
+
+class LBFGS(Module):
+    r"""L-BFGS direction: the two-loop recursion applied to the incoming update.
+
+    With curvature pairs :math:`s_i = x_{i+1} - x_i`, :math:`y_i = g_{i+1} - g_i`,
+    :math:`\rho_i = 1 / \langle y_i, s_i\rangle`, the update becomes :math:`u = H_k g_k`, where
+    :math:`H_k` is the L-BFGS inverse-Hessian approximation built from the last ``history_size`` pairs
+    on top of :math:`H^0 = \gamma I`, :math:`\gamma = \langle s, y\rangle / \langle y, y\rangle` of the
+    newest accepted pair ("initial scaling").  A pair with :math:`\langle y, s\rangle \le`
+    ``tol_curvature`` is skipped (kept with weight :math:`\rho = 0`, so the decision needs no host
+    sync).  On the first step :math:`u = \min(1, 1/\lVert g\rVert_1)\, g`.
+
+    :math:`s` is measured from the parameters themselves, so any step-size module can follow: a line
+    search (``StrongWolfe``, ``Backtracking``) or a plain ``LR``.  The "gradient" is the incoming
+    update, so ``LBFGS`` also works on a gradient estimate (``FDM``, ``RandomizedFDM``) or a clipped
+    gradient.  Histories are per-parameter state tensors of shape ``(history_size, *param.shape)``;
+    ``rho`` and :math:`\gamma` live in the state of the first parameter, like ``torch.optim.LBFGS``
+    keeps its scalars, so everything round-trips through ``state_dict`` with ``weights_only=True``.
+
+    Args:
+        history_size: number of curvature pairs kept.
+        tol_curvature: pairs with :math:`\langle y, s\rangle` at or below this are skipped.
+        scale_init: use :math:`H^0 = \gamma I` (otherwise :math:`H^0 = I`).
+        scale_first: scale the first step by :math:`\min(1, 1/\lVert g\rVert_1)`, as torch.optim.LBFGS does.
+
+    Example::
+
+        opt = tz.Modular(model.parameters(), tz.m.LBFGS(), tz.m.StrongWolfe())
+        for _ in range(100):
+            opt.step(closure)
+
+    Reference: Nocedal, "Updating quasi-Newton matrices with limited storage", Math. Comp. 35 (1980);
+    Liu & Nocedal, "On the limited memory BFGS method for large scale optimization" (1989).
+    """
+
+    def __init__(
+        self, history_size: int = 10, tol_curvature: float = 1e-10, scale_init: bool = True, scale_first: bool = True
+    ) -> None:
+        if int(history_size) != history_size or history_size < 1:
+            raise ValueError(f"history_size must be a positive integer, got {history_size}.")
+        super().__init__(
+            {
+                "history_size": int(history_size),
+                "tol_curvature": tol_curvature,
+                "scale_init": scale_init,
+                "scale_first": scale_first,
+            }
+        )
+
+    def step(self, ctx: StepContext) -> None:
+        s = ctx.settings(self)
+        m = s["history_size"]
+        buckets = ctx.layout.buckets
+        grad = ctx.update
+        params = ctx.params
+
+        s_hist, y_hist, prev_x, prev_g = ctx.state(
+            self,
+            "s_history",
+            "y_history",
+            "prev_params",
+            "prev_grad",
+            init={
+                "s_history": lambda v: v.new_zeros((m, *v.shape)),
+                "y_history": lambda v: v.new_zeros((m, *v.shape)),
+            },
+        )
+        if s_hist[0].shape[0] != m:
+            raise ValueError(
+                f"LBFGS history_size is {m}, but its saved history holds {s_hist[0].shape[0]} pairs. Build the "
+                f"module with history_size={s_hist[0].shape[0]} to continue from this state, or start a new optimizer."
+            )
+        first_device = params[0].device
+        rho, gamma = ctx.state(
+            self,
+            "rho",
+            "gamma",
+            init={
+                "rho": lambda v: torch.zeros(m, dtype=torch.float64, device=first_device),
+                "gamma": lambda v: torch.ones((), dtype=torch.float64, device=first_device),
+            },
+            start=0,
+            stop=1,
+        )
+        rho_t, gamma_t = rho[0], gamma[0]
+
+        step = self.global_state.get("step", 0) + 1
+        order: list[int] = list(self.global_state.get("order", []))  # history slots, oldest first
+        if step > 1:
+            sk = ops.sub(params, prev_x) if params else []
+            yk = ops.sub(grad, prev_g) if params else []
+            ys = dot_tensor(buckets, sk, yk)
+            yy = dot_tensor(buckets, yk, yk)
+            accept = ys > s["tol_curvature"]
+            slot = len(order) if len(order) < m else order.pop(0)
+            order.append(slot)
+            ops.copy_([h[slot] for h in s_hist], sk)
+            ops.copy_([h[slot] for h in y_hist], yk)
+            rho_t[slot] = torch.where(accept, 1.0 / ys, torch.zeros_like(ys))
+            if s["scale_init"]:
+                gamma_t.copy_(torch.where(accept, ys / yy, gamma_t))
+
+        if not order:
+            direction = ops.clone(grad)
+            if step == 1 and s["scale_first"]:
+                factor = torch.clamp(1.0 / l1_tensor(buckets, grad), max=1.0)
+                direction = scaled(buckets, direction, factor)
+            elif s["scale_init"]:
+                direction = scaled(buckets, direction, gamma_t)
+        else:
+            q = ops.clone(grad)
+            alphas: dict[int, Tensor] = {}
+            for slot in reversed(order):
+                si, yi = [h[slot] for h in s_hist], [h[slot] for h in y_hist]
+                alphas[slot] = rho_t[slot] * dot_tensor(buckets, si, q)
+                add_scaled_(buckets, q, yi, -alphas[slot])
+            direction = scaled(buckets, q, gamma_t)
+            for slot in order:
+                si, yi = [h[slot] for h in s_hist], [h[slot] for h in y_hist]
+                beta = rho_t[slot] * dot_tensor(buckets, yi, direction)
+                add_scaled_(buckets, direction, si, alphas[slot] - beta)
+
+        for a, b in buckets:
+            ops.copy_(prev_x[a:b], params[a:b])
+            ops.copy_(prev_g[a:b], grad[a:b])
+        self.global_state["step"] = step
+        self.global_state["order"] = order
+        ctx.update = direction
+
+    def reset(self) -> None:
+        """Forget the history (the next step is a scaled gradient step)."""
+        self.global_state.clear()
