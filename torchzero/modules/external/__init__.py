@@ -1,3 +1,6 @@
-"""external modules."""
+"""External optimizers as modules: :class:`Wrap` (any torch optimizer) and :class:`WrapClosure` (LBFGS-like)."""
 
-__all__: list[str] = []
+from .wrap import Wrap
+from .wrap_closure import WrapClosure
+
+__all__ = ["Wrap", "WrapClosure"]
