@@ -24,9 +24,9 @@ class Adagrad(Transform):
 
     Args:
         lr_decay: :math:`\delta`, decay of the step size with the step count.
-        initial_accumulator_value: :math:`a_0`, the starting value of the sum of squares.  Complex
-            parameters are treated as pairs of reals, so both halves start at :math:`a_0` (torch starts
-            the imaginary half at 0).
+        initial_accumulator_value: :math:`a_0`, the starting value of the sum of squares (both halves
+            of a complex parameter start at :math:`a_0`, as in torch).  It can be set per param group;
+            ``torch.optim.Adagrad`` only reads its constructor value.
         eps: term added to the denominator.
         alpha: step size multiplier (use :class:`LR` for the learning rate).
 

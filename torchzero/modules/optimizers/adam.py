@@ -100,4 +100,5 @@ def _fused_ok(seg: Segment) -> bool:
         seg.dtype in _FUSED_DTYPES
         and seg.device.type in _get_fused_kernels_supported_devices()
         and not ops.is_reference_mode()
+        and not torch.is_grad_enabled()  # differentiable mode: fused kernels have no autograd
     )

@@ -87,7 +87,7 @@ class Orthogonalize(Transform):
     Tensors with more than two dimensions are reshaped to ``(shape[0], -1)`` when ``flatten=True``
     (convolution kernels: output channels by everything else), otherwise passed through.  Tensors with
     fewer than two dimensions (biases, norms, scalars) are passed through, scaled by ``alpha`` only.
-    Complex parameters are treated through their real view (a trailing dimension of size 2).  The
+    A complex ``(r, c)`` matrix is orthogonalised as the real ``(r, 2c)`` matrix of its real view.  The
     iteration is a per-tensor matrix product, so this module loops over the tensors.
 
     Args:
@@ -147,14 +147,15 @@ class Orthogonalize(Transform):
         coefficients, steps, eps = tuple(s["ns_coefficients"]), s["ns_steps"], s["eps"]
         flatten, adjust = s["flatten"], s["adjust_lr_fn"]
         update, params = seg.update, seg.params
+        originals = ctx.layout.originals[seg.start : seg.stop]
         passed: list[int] = []
         for i, d in enumerate(direction):
-            if d.ndim < 2 or (d.ndim > 2 and not flatten):
+            ndim = originals[i].ndim  # a complex matrix is a 3-D real view, but still a matrix
+            if ndim < 2 or (ndim > 2 and not flatten):
                 passed.append(i)
                 continue
             matrix = d if d.ndim == 2 else d.reshape(d.shape[0], -1)
-            o = newton_schulz(matrix, steps, coefficients, eps, dtype).view_as(d) if d.ndim == 2 else \
-                newton_schulz(matrix, steps, coefficients, eps, dtype).reshape(d.shape)  # fmt: skip
+            o = newton_schulz(matrix, steps, coefficients, eps, dtype).reshape(d.shape)
             step = scale * lr_ratio(adjust, matrix.shape)
             if ctx.is_last:
                 params[i].add_(o, alpha=-step)
