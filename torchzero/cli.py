@@ -104,14 +104,28 @@ def _console() -> Any:
 
 # ---------------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .demo import resolve_chains
+
+    console = _console()
+    specs = resolve_chains(args.chains)
+    # the model is tiny: one thread is fastest, and steadier when other work shares the cores
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _demo(args, console, specs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _demo(args: argparse.Namespace, console: Any, specs: list[Any]) -> int:
     from rich.panel import Panel
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from .demo import make_task, resolve_chains, run_chain
+    from .demo import make_task, run_chain
 
-    console = _console()
-    specs = resolve_chains(args.chains)
     task = make_task(args.samples, args.samples, seed=args.seed)
     legend = "\n".join(f"  [bold]{s.name:<13}[/bold] {s.label}  [dim]({s.note})[/dim]" for s in specs)
     console.print(
@@ -218,17 +232,25 @@ def module_catalog() -> list[dict[str, Any]]:
             continue
         parts = cls.__module__.split(".")
         family = parts[2] if len(parts) > 3 else parts[-1]
-        try:
-            settings = dict(cls().defaults)
-            required: list[str] = []
-        except Exception:  # needs arguments (e.g. Wrap(opt_cls)): read the signature instead
-            settings, required = _signature_defaults(cls)
+        settings, required = _signature_defaults(cls)
+        needs_closure, creates_update, note = bool(cls.needs_closure), bool(cls.creates_update), ""
+        if not required:
+            try:
+                instance = cls()
+            except Exception as e:  # a preset whose parts are missing, or a bad default: show, don't crash
+                note = f" [cannot be built with defaults: {e}]"
+            else:
+                leaves = list(instance.walk())
+                needs_closure = instance.requires_closure
+                creates_update = any(x.creates_update for x in leaves[:2])
+                if not isinstance(instance, Chain):  # a preset's settings are its arguments; a module's, its defaults
+                    settings = dict(instance.defaults)
         doc = (inspect.getdoc(cls) or "").strip().splitlines()
         rows.append(
             {
                 "name": name, "family": family, "settings": settings, "required": required,
-                "needs_closure": bool(cls.needs_closure), "creates_update": bool(cls.creates_update),
-                "summary": _plain(doc[0]) if doc else "",
+                "needs_closure": needs_closure, "creates_update": creates_update,
+                "summary": (_plain(doc[0]) if doc else "") + note,
             }
         )  # fmt: skip
     return rows
@@ -254,6 +276,7 @@ def _signature_defaults(cls: type) -> tuple[dict[str, Any], list[str]]:
 
 
 def cmd_modules(args: argparse.Namespace) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
     console = _console()
@@ -276,8 +299,9 @@ def cmd_modules(args: argparse.Namespace) -> int:
         if r["required"]:
             settings = ", ".join([*(f"{k} (required)" for k in r["required"]), settings]).rstrip(", ")
         table.add_row(
-            r["name"], r["family"], settings or "-", "yes" if r["needs_closure"] else "", "yes" if r["creates_update"] else "", r["summary"]
-        )
+            r["name"], r["family"], escape(settings or "-"), "yes" if r["needs_closure"] else "",
+            "yes" if r["creates_update"] else "", escape(r["summary"]),
+        )  # fmt: skip
     console.print(table)
     console.print("[dim]closure: step() needs a closure. first: builds the update from scratch, so it must come first.[/dim]")
     return 0

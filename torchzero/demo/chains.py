@@ -63,9 +63,9 @@ def _adam_cautious(model: nn.Module, steps: int) -> Modular:
 def _sgd_onecycle(model: nn.Module, steps: int) -> Modular:
     def one_cycle(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         # cycles the learning rate up and down and SGD's momentum the other way
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=max(steps, 2), cycle_momentum=True)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=max(steps, 2), cycle_momentum=True)
 
-    return Modular(model.parameters(), m.SGD(momentum=0.9, nesterov=True), m.LR(1.0, scheduler_cls=one_cycle))
+    return Modular(model.parameters(), m.SGD(momentum=0.9, nesterov=True), m.LR(0.5, scheduler_cls=one_cycle))
 
 
 def _lbfgs(model: nn.Module, steps: int) -> Modular:
@@ -73,11 +73,11 @@ def _lbfgs(model: nn.Module, steps: int) -> Modular:
 
 
 def _fdm_adam(model: nn.Module, steps: int) -> Modular:
-    return Modular(model.parameters(), m.RandomizedFDM(), m.Adam(), m.LR(1e-2))
+    return Modular(model.parameters(), m.RandomizedFDM(n_samples=4), m.Adam(), m.LR(0.1))
 
 
 def _muon(model: nn.Module, steps: int) -> Modular:
-    return Modular(model.parameters(), m.Muon(), m.LR(2e-2))
+    return Modular(model.parameters(), m.Muon(), m.LR(5e-2))
 
 
 CHAINS: dict[str, ChainSpec] = {
@@ -89,7 +89,7 @@ CHAINS: dict[str, ChainSpec] = {
             "drops update entries whose sign disagrees with the gradient",
         ),
         ChainSpec(
-            "sgd-onecycle", "SGD(momentum=0.9, nesterov), LR(1.0, OneCycleLR)", ("SGD", "LR"), _sgd_onecycle,
+            "sgd-onecycle", "SGD(momentum=0.9, nesterov), LR(0.5, OneCycleLR)", ("SGD", "LR"), _sgd_onecycle,
             "the scheduler cycles lr and SGD's momentum",
         ),
         ChainSpec(
@@ -97,10 +97,10 @@ CHAINS: dict[str, ChainSpec] = {
             "quasi-Newton with a line search: several closure calls per step",
         ),
         ChainSpec(
-            "fdm-adam", "RandomizedFDM, Adam, LR(1e-2)", ("RandomizedFDM", "Adam", "LR"), _fdm_adam,
+            "fdm-adam", "RandomizedFDM(n_samples=4), Adam, LR(0.1)", ("RandomizedFDM", "Adam", "LR"), _fdm_adam,
             "gradient-free: loss evaluations only, no backward pass",
         ),
-        ChainSpec("muon", "Muon, LR(2e-2)", ("Muon", "LR"), _muon, "orthogonalised updates for matrices"),
+        ChainSpec("muon", "Muon, LR(5e-2)", ("Muon", "LR"), _muon, "orthogonalised updates for matrices"),
     )
 }  # fmt: skip
 """every chain the demo knows, by command-line name"""
