@@ -101,10 +101,10 @@ class AcceleratedClosure:
 
     def __call__(self, backward: bool = True) -> Tensor:
         if backward:
-            for p in self._params():
-                p.grad = None
             with torch.enable_grad():
                 loss = self._evaluate()
+                for p in self._params():
+                    p.grad = None
                 self.accelerator.backward(loss)
         else:
             with torch.no_grad():
