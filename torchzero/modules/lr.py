@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..core.module import Transform
+from ..core.settings import EXPOSED_KEYS
 from ..foreach import ops
 
 if TYPE_CHECKING:
@@ -22,20 +23,35 @@ class LR(Transform, torch.optim.Optimizer):
     ``lr`` is the only setting named ``lr`` in torchzero (other modules call their step size ``alpha``),
     so a per-group ``lr`` and every torch scheduler reach exactly this module.
 
+    Three ways to schedule it, all equivalent to the same scheduler on a ``torch.optim`` optimizer:
+
+    * ``LR(lr, scheduler_cls=lambda o: OneCycleLR(o, max_lr=0.1, total_steps=1000))``: the scheduler is
+      built on this module and stepped once after every ``opt.step()``; its ``state_dict`` is saved in
+      the optimizer's.
+    * ``OneCycleLR(opt, ...)`` on the ``tz.Modular`` itself, stepped by you.
+    * ``OneCycleLR(opt.get_lr_module(), ...)`` on this module, stepped by you.
+
+    This module shares the optimizer's ``param_groups`` and exposes its ``betas``/``momentum`` in
+    ``defaults``, so in all three cases momentum-cycling schedulers (``OneCycleLR``, ``CyclicLR``) cycle
+    the ``betas`` or ``momentum`` of the module that owns them (the first module declaring them; other
+    modules declaring the same key follow it once a scheduler changes it).  A scheduler you build
+    yourself keeps its own ``state_dict``, as with torch.
+
     Args:
         lr: learning rate.
-        scheduler_cls: optional callable ``f(optimizer) -> scheduler``; the scheduler is built on this
-            module (which shares the optimizer's param groups) and stepped once after every
-            ``opt.step()``.  Schedulers that cycle momentum (``OneCycleLR``, ``CyclicLR``) reach every
-            module with ``betas`` or ``momentum``.  ``ReduceLROnPlateau`` is stepped with the step's loss
-            (so it needs a closure).
+        scheduler_cls: optional callable ``f(optimizer) -> scheduler`` (see above).
+            ``ReduceLROnPlateau`` is stepped with the loss of each step, so ``step()`` then needs a
+            closure (checked before the step changes anything).
 
     Example::
 
         opt = tz.Modular(model.parameters(), tz.m.Adam(), tz.m.LR(1e-3))
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=1000)
 
-    When ``LR`` follows a module that can fuse it (``Adam``, ``SGD``, ``Wrap``), both run as one pass.
+    When ``LR`` follows a module that can fuse it (``Adam``, ``SGD``, ``Wrap``, ``WeightDecay``), both
+    run as one pass; the fused lr is read at the same step as the unfused one (no lag after a scheduler
+    step).  Without any ``LR`` in the chain there is no ``lr``: a scheduler then fails with an error
+    saying to add one.
     """
 
     def __init__(self, lr: float = 1e-3, scheduler_cls: Callable[[Any], Any] | None = None) -> None:
@@ -57,15 +73,20 @@ class LR(Transform, torch.optim.Optimizer):
 
     def bind(self, opt: Modular) -> None:
         self._opt = opt
+        # A scheduler built on this module sees the optimizer's exposed keys (``betas``/``momentum``) in
+        # ``defaults``, like on the Modular itself, so momentum-cycling schedulers (OneCycleLR's default)
+        # accept it; the groups are shared, so the cycled values reach their modules.  LR ignores them.
+        exposed = {k: v for k, v in opt.defaults.items() if k in EXPOSED_KEYS and k != "lr"}
+        self.defaults = {"lr": self.defaults["lr"], **exposed}
         if self.scheduler_cls is not None:
             if opt.get_lr_module() is not self:
-                raise ValueError("only the first LR module of a chain can own a scheduler (it owns the group 'lr')")
-            # cycle momentum too when the optimizer exposes betas/momentum
-            self.defaults = {**opt.defaults, "lr": self.defaults["lr"]}
-            try:
-                self.scheduler = self.scheduler_cls(self)
-            finally:
-                self.defaults = {"lr": self.defaults["lr"]}
+                raise ValueError(
+                    "only the first LR module of a chain can own a scheduler (it owns the group 'lr'); "
+                    "pass scheduler_cls to the first tz.m.LR of the chain"
+                )
+            self.scheduler = self.scheduler_cls(self)
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                opt.register_step_pre_hook(_needs_closure_for_plateau)
 
     def step(self, ctx: StepContext, fused: Any = None) -> None:  # type: ignore[override]
         segments = ctx.segments(self)
@@ -85,11 +106,7 @@ class LR(Transform, torch.optim.Optimizer):
         if self.scheduler is None:
             return
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            if ctx.loss is None:
-                raise RuntimeError(
-                    "LR(scheduler_cls=ReduceLROnPlateau) steps the scheduler with the step's loss, so step() needs "
-                    "a closure. Without one, build the scheduler yourself and call scheduler.step(val_loss)."
-                )
+            assert ctx.loss is not None  # checked before the step by _needs_closure_for_plateau
             self.scheduler.step(float(ctx.loss))
         else:
             self.scheduler.step()
@@ -109,3 +126,13 @@ class LR(Transform, torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return Transform.__repr__(self)
+
+
+def _needs_closure_for_plateau(opt: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    closure = args[1] if len(args) > 1 else kwargs.get("closure")
+    if closure is None:
+        raise RuntimeError(
+            "LR(scheduler_cls=ReduceLROnPlateau) steps the scheduler with the step's loss, so step() needs a "
+            "closure: opt.step(closure). Without one, build the scheduler yourself on the optimizer and call "
+            "scheduler.step(val_loss) after opt.step(). Nothing was changed."
+        )
