@@ -1,0 +1,159 @@
+"""Shared pieces of the Lightning tests: a tiny regression problem, a LightningModule that counts what
+Lightning runs, a Trainer factory, and the plain-PyTorch reference loop every test compares against."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import torchzero as tz
+import torchzero_lightning as tzl
+
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+warnings.filterwarnings("ignore", message=".*litlogger.*")
+
+N, D, BATCH = 32, 5, 8
+
+
+def data(n: int = N, dtype: torch.dtype = torch.float32, seed: int = 1) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, D, generator=g, dtype=dtype)
+    y = (x[:, :1] * 1.5 - x[:, 1:2] ** 2 + 0.1 * torch.randn(n, 1, generator=g, dtype=dtype)).to(dtype)
+    return TensorDataset(x, y)
+
+
+def loader(ds: TensorDataset | None = None, batch_size: int = BATCH) -> DataLoader:
+    return DataLoader(ds if ds is not None else data(), batch_size=batch_size, shuffle=False)
+
+
+def make_net(dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(D, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).to(dtype)
+
+
+def loss_fn(net: torch.nn.Module, batch: Any) -> torch.Tensor:
+    x, y = batch
+    return torch.nn.functional.mse_loss(net(x), y)
+
+
+class Model(L.LightningModule):
+    """Counts training_step calls (with and without grad), backward hooks, clipping and
+    on_before_optimizer_step calls, and records every logged loss."""
+
+    def __init__(self, make_opt: Callable[[Any], Any], dtype: torch.dtype = torch.float32, manual: bool = False) -> None:
+        super().__init__()
+        self.net = make_net(dtype)
+        self.make_opt = make_opt
+        self.automatic_optimization = not manual
+        self.counts: Counter[str] = Counter()
+        self.logged: list[float] = []
+        self.step_losses: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        self.counts["training_step_grad" if torch.is_grad_enabled() else "training_step_nograd"] += 1
+        loss = loss_fn(self.net, batch)
+        self.log("train_loss", loss)
+        if not self.automatic_optimization:
+            return self.manual_step(batch, loss)
+        return loss
+
+    def manual_step(self, batch: Any, loss: torch.Tensor) -> Any:
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+        return None
+
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        super().log(name, value, *args, **kwargs)
+        self.logged.append(float(value))
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        self.counts["on_before_backward"] += 1
+
+    def on_after_backward(self) -> None:
+        self.counts["on_after_backward"] += 1
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        self.counts["on_before_optimizer_step"] += 1
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None) -> None:
+        self.counts["clip"] += 1
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if outputs is not None and "loss" in outputs:
+            self.step_losses.append(float(outputs["loss"]))
+
+    def configure_optimizers(self) -> Any:
+        return self.make_opt(self.net.parameters())
+
+
+class TzModel(tzl.TorchzeroMixin, Model):
+    """The same model with the one line a closure chain needs."""
+
+
+def trainer(max_steps: int, **kwargs: Any) -> L.Trainer:
+    defaults: dict[str, Any] = dict(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, max_steps=max_steps, num_sanity_val_steps=0,
+    )  # fmt: skip
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def fit(model: L.LightningModule, max_steps: int, dl: DataLoader | None = None, **kwargs: Any) -> L.Trainer:
+    t = trainer(max_steps, **kwargs)
+    t.fit(model, dl if dl is not None else loader())
+    return t
+
+
+def params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def reference_closure_run(
+    make_opt: Callable[[Any], Any],
+    steps: int,
+    dl: DataLoader | None = None,
+    dtype: torch.dtype = torch.float32,
+    autocast: torch.dtype | None = None,
+    clip: float | None = None,
+) -> tuple[list[torch.Tensor], dict[str, int], list[float]]:
+    """Plain PyTorch: the same chain stepped with a closure(backward) over the same batches."""
+    net = make_net(dtype)
+    opt = make_opt(net.parameters())
+    counts: Counter[str] = Counter()
+    losses: list[float] = []
+    dl = dl if dl is not None else loader()
+    done = 0
+    while done < steps:
+        for batch in dl:
+            def closure(backward: bool = True) -> torch.Tensor:
+                counts["backward" if backward else "loss_only"] += 1
+                ctx = torch.autocast("cpu", dtype=autocast) if autocast is not None else torch.autocast("cpu", enabled=False)
+                with ctx:
+                    loss = loss_fn(net, batch)
+                if backward:
+                    opt.zero_grad()
+                    loss.backward()
+                    if clip is not None:
+                        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+                return loss
+
+            loss = opt.step(closure)
+            losses.append(float(loss))
+            counts["closure_calls"] += opt.last_info["closure_calls"]
+            done += 1
+            if done == steps:
+                break
+    return params(net), dict(counts), losses
