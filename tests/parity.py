@@ -119,7 +119,7 @@ def set_grads(step: int, coupling: float, *param_lists: list[Tensor]) -> None:
     gen = torch.Generator().manual_seed(1000 + step)
     noise = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in param_lists[0]]
     for params in param_lists:
-        for p, n in zip(params, noise):
+        for p, n in zip(params, noise, strict=True):
             p.grad = n + coupling * p.detach() if coupling else n.clone()
 
 
@@ -132,12 +132,14 @@ def save_load(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_tz(case: Case, groups: list[list[Tensor]], fuse: bool = True) -> tz.Modular:
-    return tz.Modular([{"params": ps, **s} for ps, s in zip(groups, case.groups)], *case.modules(), fuse=fuse)
+    return tz.Modular(
+        [{"params": ps, **s} for ps, s in zip(groups, case.groups, strict=True)], *case.modules(), fuse=fuse
+    )
 
 
 def build_reference(case: Case, groups: list[list[Tensor]]) -> torch.optim.Optimizer:
     settings = case.groups if case.ref_groups is None else case.ref_groups
-    return case.reference([{"params": ps, **s} for ps, s in zip(groups, settings)])
+    return case.reference([{"params": ps, **s} for ps, s in zip(groups, settings, strict=True)])
 
 
 def _tolerance(case: Case, dtype: torch.dtype) -> dict[str, float]:
@@ -197,7 +199,7 @@ def run_parity(
             set_grads(t, case.coupling, flat, ref_flat)
             opt.step()
             ref.step()
-            for i, (p, q) in enumerate(zip(flat, ref_flat)):
+            for i, (p, q) in enumerate(zip(flat, ref_flat, strict=True)):
                 torch.testing.assert_close(
                     p, q, **tol, msg=lambda m, t=t, i=i: f"{case.name}: step {t + 1}, parameter {i}: {m}"
                 )

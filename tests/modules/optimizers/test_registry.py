@@ -41,8 +41,8 @@ def test_foreach_path_equals_reference_path(case):
     dtype = DTYPES[case.dtypes[0]]
     fast = run_tz(case, dtype, save_at=case.steps // 2)
     slow = run_tz(case, dtype, reference_mode=True)
-    for a, b in zip(fast, slow):
-        for p, q in zip(a, b):
+    for a, b in zip(fast, slow, strict=True):
+        for p, q in zip(a, b, strict=True):
             torch.testing.assert_close(p, q)
 
 

@@ -41,7 +41,7 @@ def _is_one(x: Any) -> bool:
 
 def same_tensors(a: list[Tensor], b: list[Tensor]) -> bool:
     """True when two lists hold the same tensor objects (``seg.update`` returns a new list each time)."""
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def emit(ctx: StepContext, seg: Segment, direction: list[Tensor], scale: Any) -> None:

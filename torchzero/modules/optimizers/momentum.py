@@ -36,7 +36,7 @@ class HeavyBall(Transform):
     fuses_lr = True
 
     def __init__(self, momentum: float = 0.9, dampening: float = 0.0, alpha: float = 1.0) -> None:
-        check(0.0 <= momentum, "HeavyBall", "momentum >= 0", momentum, "Use a value such as 0.9.")
+        check(momentum >= 0.0, "HeavyBall", "momentum >= 0", momentum, "Use a value such as 0.9.")
         super().__init__({"momentum": momentum, "dampening": dampening, "alpha": alpha})
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:
@@ -69,7 +69,7 @@ class NesterovMomentum(Transform):
     fuses_lr = True
 
     def __init__(self, momentum: float = 0.9, dampening: float = 0.0, alpha: float = 1.0) -> None:
-        check(0.0 <= momentum, "NesterovMomentum", "momentum >= 0", momentum, "Use a value such as 0.9.")
+        check(momentum >= 0.0, "NesterovMomentum", "momentum >= 0", momentum, "Use a value such as 0.9.")
         super().__init__({"momentum": momentum, "dampening": dampening, "alpha": alpha})
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:

@@ -34,7 +34,9 @@ class SGD(Transform):
 
     fuses_lr = True
 
-    def __init__(self, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False, alpha: float = 1.0) -> None:
+    def __init__(
+        self, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False, alpha: float = 1.0
+    ) -> None:
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
         super().__init__({"momentum": momentum, "dampening": dampening, "nesterov": nesterov, "alpha": alpha})
@@ -54,8 +56,8 @@ class SGD(Transform):
             (buf,) = seg.state("momentum_buffer", init=fresh)
             if new:  # first step of these tensors: the buffer starts at the update (torch.optim.SGD semantics)
                 fresh_ids = {id(t) for t in new}
-                old = [(b, u) for b, u in zip(buf, update) if id(b) not in fresh_ids]
-                for b, u in zip(buf, update):
+                old = [(b, u) for b, u in zip(buf, update, strict=True) if id(b) not in fresh_ids]
+                for b, u in zip(buf, update, strict=True):
                     if id(b) in fresh_ids:
                         b.copy_(u)
                 if old:
