@@ -170,22 +170,41 @@ def test_bench_without_the_script_says_where_it_looked(capsys, monkeypatch):
     assert "benchmarks/step_time.py was not found" in err
 
 
-def test_bench_runs_the_script_and_passes_arguments(capsys, monkeypatch, tmp_path):
+def test_bench_runs_the_script_and_passes_arguments(capfd, monkeypatch, tmp_path):
     script = tmp_path / "benchmarks" / "step_time.py"
     script.parent.mkdir()
     script.write_text("import sys\nprint('| chain | ms |', sys.argv[1:])\nsys.exit(3)\n")
     monkeypatch.chdir(tmp_path)
     assert cli.find_benchmark() == script
-    # the script's exit status comes back; its output goes straight to the terminal
-    result = subprocess.run(
-        [sys.executable, "-c", "import sys; from torchzero.cli import main; sys.exit(main(['bench', '--', '--quick']))"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 3, result.stderr
-    assert "| chain | ms | ['--quick']" in result.stdout
+    # the script's output goes straight to the terminal and its exit status comes back
+    code = cli.main(["bench", "--", "--quick"])
+    assert code == 3
+    assert "| chain | ms | ['--quick']" in capfd.readouterr().out
 
 
 def test_python_dash_m_torchzero():
     result = subprocess.run([sys.executable, "-m", "torchzero", "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"torchzero {tz.__version__}"
+
+
+# ---------------------------------------------------------------------------------------------- trainers
+@pytest.mark.parametrize("trainer", ["lightning", "accelerate"])
+def test_integrations_train_like_the_plain_loop(trainer):
+    pytest.importorskip(trainer)
+    pytest.importorskip(f"torchzero_{trainer}")
+    task = make_task(64, 32, seed=1)
+    for name in ("sgd-onecycle", "lbfgs"):  # a scheduler inside LR, and a closure chain
+        plain = run_chain(CHAINS[name], task, steps=4, seed=1)
+        other = run_chain(CHAINS[name], task, steps=4, seed=1, trainer=trainer)
+        assert other.status == "ok", f"{trainer}/{name}: {other.message}"
+        torch.testing.assert_close(torch.tensor(other.losses), torch.tensor(plain.losses))
+        torch.testing.assert_close(torch.tensor(other.final_loss), torch.tensor(plain.final_loss))
+        assert (other.steps, other.closure_calls) == (plain.steps, plain.closure_calls)
+
+
+def test_demo_through_lightning_prints_the_table(capsys):
+    pytest.importorskip("lightning")
+    pytest.importorskip("torchzero_lightning")
+    code, out, _ = run(capsys, "demo", "--steps", "2", "--samples", "32", "--chains", "adam", "--trainer", "lightning")
+    assert code == 0 and "trainer lightning" in out and "adam" in out
