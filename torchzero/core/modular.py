@@ -44,6 +44,10 @@ class Modular(torch.optim.Optimizer):
             group may set any key that a module of the chain declares (``lr``, ``eps``, ...).
         *modules: the modules, or one list of them; nested lists become :class:`~torchzero.m.Chain`.
         fuse: run a fusable module and the ``LR`` right after it as one pass (default True).
+        differentiable: run the step with autograd enabled so the new parameters are differentiable with
+            respect to the old ones, the gradients and the settings given as tensors (meta-learning), like
+            torch's ``differentiable=True``. Parameters must then be non-leaf tensors (or not require grad);
+            fused kernels are not used.
 
     Example::
 
@@ -53,7 +57,7 @@ class Modular(torch.optim.Optimizer):
         opt.zero_grad()
     """
 
-    def __init__(self, params: Iterable[Any], *modules: Any, fuse: bool = True) -> None:
+    def __init__(self, params: Iterable[Any], *modules: Any, fuse: bool = True, differentiable: bool = False) -> None:
         if isinstance(params, (set, frozenset)):
             raise TypeError(
                 "params were given as a set, whose order changes from run to run, so state could not be matched to "
@@ -66,6 +70,7 @@ class Modular(torch.optim.Optimizer):
         if not root.modules:
             raise ValueError("tz.Modular needs at least one module, e.g. tz.Modular(params, tz.m.Adam(), tz.m.LR(1e-3))")
         self._root = root
+        self.differentiable = differentiable
         self._leaves = _bind(root, fuse)
         self._owners = S.find_owners(self._leaves)
         self._given: list[frozenset[str]] = []
@@ -77,6 +82,8 @@ class Modular(torch.optim.Optimizer):
         # the gradient must stay intact if a module reads it after others changed the update
         self._copy_grad = any(m.needs_raw_grad for m in self._leaves[1:])
         defaults = {key: owner.defaults[key] for key, owner in self._owners.items()}
+        if differentiable:
+            defaults["differentiable"] = True  # torch then allows non-leaf parameters
         super().__init__(params, defaults)
         self._positions = _module_positions(self._partitioned, self.param_groups)
         for i, m in enumerate(self._partitioned):
@@ -180,9 +187,12 @@ class Modular(torch.optim.Optimizer):
                 "so it would change nothing. Add tz.m.LR(lr) to the chain."
             )
 
-    @torch.no_grad()
     def step(self, closure: Callable[..., Any] | None = None) -> Tensor | None:  # type: ignore[override]
         """Run the chain once and update the parameters; returns the loss if a closure was given."""
+        with torch.set_grad_enabled(self.differentiable):
+            return self._step(closure)
+
+    def _step(self, closure: Callable[..., Any] | None) -> Tensor | None:
         self._check_ready(closure)
         needs_loss = self._root.requires_closure
         wrapped = Closure(closure, self._all_params, none_ok=not needs_loss) if closure is not None else None
@@ -202,7 +212,7 @@ class Modular(torch.optim.Optimizer):
         ctx = StepContext(self, layout, wrapped, loss)
         if not self._creates_update:
             grad = ctx.collect_grad()
-            ctx.update = ops.clone(grad) if self._copy_grad else list(grad)
+            ctx.update = ops.clone(grad) if self._copy_grad or self.differentiable else list(grad)
         self._root.step(ctx)
         if not ctx.params_written:
             params, update = ctx.params, ctx.update

@@ -6,6 +6,9 @@ modules such lists).  Inside :func:`reference_mode` every call runs the same op 
 instead; the test-suite uses it as the ground truth for the multi-tensor path, the way torch's tests
 compare ``_multi_tensor_adam`` against ``_single_tensor_adam``.
 
+With autograd enabled (``tz.Modular(..., differentiable=True)``) the per-tensor path runs too, since
+every single-tensor op has a derivative and not every foreach kernel does.
+
 Ops that have no foreach kernel (``where``, ``numel``-aware means) live here too, written with
 foreach primitives where possible and with an exact per-tensor fallback otherwise.
 """
@@ -54,7 +57,18 @@ def _loop(method: Callable[..., Any], xs: Sequence[Tensor], args: tuple, kwargs:
     return out
 
 
-def _make(name: str, single: Callable[..., Any] | None = None) -> Callable[..., Any]:
+def _safe(t: Tensor) -> Tensor:
+    """``t`` itself, or a copy when autograd may save it and ``t`` is about to be modified in place."""
+    return t.clone() if torch.is_grad_enabled() else t
+
+
+def _detach_safe(arg: Any) -> Any:
+    if _is_list(arg) and arg and isinstance(arg[0], Tensor) and any(t.requires_grad for t in arg):
+        return [t.clone() for t in arg]
+    return arg
+
+
+def _make(name: str, single: Callable[..., Any] | None = None, saves_output: bool = False) -> Callable[..., Any]:
     multi = getattr(torch, f"_foreach_{name}")
     if single is None:
         single = getattr(torch.Tensor, name)
@@ -63,11 +77,23 @@ def _make(name: str, single: Callable[..., Any] | None = None) -> Callable[..., 
     def op(xs: Sequence[Tensor], *args: Any, **kwargs: Any) -> Any:
         if not xs:
             return None if inplace else []
-        if is_reference_mode():
+        differentiable = torch.is_grad_enabled()
+        if differentiable:
+            # differentiable mode: autograd may keep argument tensors for the backward pass, and modules keep
+            # modifying their state in place, so give the op copies of arguments that carry a graph; and run the
+            # per-tensor ops, which all have derivatives (not every foreach kernel does)
+            args = tuple(_detach_safe(a) for a in args)
+        if differentiable or is_reference_mode():
             out = _loop(single, xs, args, kwargs)
-            return None if inplace else out
-        out = multi(xs, *args, **kwargs)
-        return None if inplace else out
+        else:
+            out = multi(xs, *args, **kwargs)
+        if inplace:
+            return None
+        if saves_output and torch.is_grad_enabled() and out[0].requires_grad:
+            # differentiable mode: autograd keeps this output for the backward pass, so hand out a copy that
+            # modules may keep modifying in place
+            out = [t.clone() for t in out]
+        return out
 
     op.__name__ = name
     op.__doc__ = f"``torch._foreach_{name}`` with a per-tensor reference path."
@@ -88,8 +114,8 @@ neg_ = _make("neg_")
 sign_ = _make("sign_")
 zero_ = _make("zero_")
 copy_ = _make("copy_")
-maximum_ = _make("maximum_", lambda x, y: x.copy_(torch.maximum(x, y)))
-minimum_ = _make("minimum_", lambda x, y: x.copy_(torch.minimum(x, y)))
+maximum_ = _make("maximum_", lambda x, y: x.copy_(torch.maximum(_safe(x), y)))
+minimum_ = _make("minimum_", lambda x, y: x.copy_(torch.minimum(_safe(x), y)))
 clamp_min_ = _make("clamp_min_")
 clamp_max_ = _make("clamp_max_")
 reciprocal_ = _make("reciprocal_")
@@ -101,12 +127,13 @@ add = _make("add")
 sub = _make("sub")
 mul = _make("mul")
 div = _make("div")
-sqrt = _make("sqrt")
+sqrt = _make("sqrt", saves_output=True)
 abs = _make("abs")  # noqa: A001 - mirrors torch's name
 sign = _make("sign")
 neg = _make("neg")
 maximum = _make("maximum")
-pow = _make("pow")  # noqa: A001 - mirrors torch's name
+minimum = _make("minimum")
+pow = _make("pow", saves_output=True)  # noqa: A001 - mirrors torch's name
 addcmul = _make("addcmul", lambda x, a, b, value=1: x.addcmul(a, b, value=value))
 addcdiv = _make("addcdiv", lambda x, a, b, value=1: x.addcdiv(a, b, value=value))
 norm = _make("norm", lambda x, ord=2, dtype=None: torch.linalg.vector_norm(x, ord, dtype=dtype))
