@@ -71,14 +71,14 @@ class Wrap(Module):
     """
 
     def __init__(self, opt_cls: Callable[..., torch.optim.Optimizer], fuse: bool | None = None, **kwargs: Any) -> None:
-        if not callable(opt_cls):
-            raise TypeError(f"Wrap takes an optimizer class such as torch.optim.Adam, got {opt_cls!r}")
         if isinstance(opt_cls, torch.optim.Optimizer):
             raise TypeError(
                 f"Wrap takes an optimizer class (or factory), not an optimizer instance ({type(opt_cls).__name__}): "
                 "it builds the optimizer on the Modular's param groups itself. Pass the class and its arguments: "
                 f"tz.m.Wrap({type(opt_cls).__name__}, lr=1, ...)."
             )
+        if not callable(opt_cls):
+            raise TypeError(f"Wrap takes an optimizer class such as torch.optim.Adam, got {opt_cls!r}")
         self.opt_cls = opt_cls
         self.kwargs = dict(kwargs)
         super().__init__({k: v for k, v in kwargs.items() if k != "lr"})
