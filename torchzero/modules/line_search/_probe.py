@@ -64,14 +64,19 @@ def dot(buckets: Sequence[tuple[int, int]], xs: Sequence[Tensor], ys: Sequence[T
 
 
 def dot_tensor(buckets: Sequence[tuple[int, int]], xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
-    """``<x, y>`` summed over all buckets as a 0-dim float64 tensor on the first bucket's device (no sync)."""
+    """``<x, y>`` summed over all buckets, a 0-dim tensor on the first bucket's device (no host sync).
+
+    Each bucket's part is computed in its own dtype; the parts are added in the widest of them.
+    """
     parts = [ops.dot(list(xs[a:b]), list(ys[a:b])) for a, b in buckets]
     if not parts:
-        return torch.zeros((), dtype=torch.float64)
-    device = parts[0].device
-    total = parts[0].to(torch.float64)
+        return torch.zeros(())
+    dtype = parts[0].dtype
     for p in parts[1:]:
-        total = total + p.to(device, torch.float64)
+        dtype = torch.promote_types(dtype, p.dtype)
+    total = parts[0].to(dtype)
+    for p in parts[1:]:
+        total = total + p.to(total.device, dtype)
     return total
 
 
@@ -96,9 +101,12 @@ def add_scaled_(buckets: Sequence[tuple[int, int]], xs: list[Tensor], ys: Sequen
 
 
 def l1_tensor(buckets: Sequence[tuple[int, int]], xs: Sequence[Tensor]) -> Tensor:
-    """Sum of absolute values over all buckets, a 0-dim float64 tensor on the first bucket's device."""
+    """Sum of absolute values over all buckets, a 0-dim tensor on the first bucket's device (no host sync)."""
     total: Tensor | None = None
     for a, b in buckets:
-        part = torch.stack(ops.norm(list(xs[a:b]), 1)).sum().to(torch.float64)
-        total = part if total is None else total + part.to(total.device)
-    return torch.zeros((), dtype=torch.float64) if total is None else total
+        part = torch.stack(ops.norm(list(xs[a:b]), 1)).sum()
+        if total is None:
+            total = part
+        else:
+            total = total.to(torch.promote_types(total.dtype, part.dtype)) + part.to(total.device)
+    return torch.zeros(()) if total is None else total

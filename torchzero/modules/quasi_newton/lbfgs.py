@@ -86,15 +86,12 @@ class LBFGS(Module):
                 f"LBFGS history_size is {m}, but its saved history holds {s_hist[0].shape[0]} pairs. Build the "
                 f"module with history_size={s_hist[0].shape[0]} to continue from this state, or start a new optimizer."
             )
-        first_device = params[0].device
+        # scalars in the first parameter's state and dtype (torch casts state to the param dtype on load)
         rho, gamma = ctx.state(
             self,
             "rho",
             "gamma",
-            init={
-                "rho": lambda v: torch.zeros(m, dtype=torch.float64, device=first_device),
-                "gamma": lambda v: torch.ones((), dtype=torch.float64, device=first_device),
-            },
+            init={"rho": lambda v: v.new_zeros(m), "gamma": lambda v: v.new_ones(())},
             start=0,
             stop=1,
         )
@@ -114,7 +111,7 @@ class LBFGS(Module):
             ops.copy_([h[slot] for h in y_hist], yk)
             rho_t[slot] = torch.where(accept, 1.0 / ys, torch.zeros_like(ys))
             if s["scale_init"]:
-                gamma_t.copy_(torch.where(accept, ys / yy, gamma_t))
+                gamma_t.copy_(torch.where(accept, ys / yy, gamma_t.to(ys.dtype)))
 
         if not order:
             direction = ops.clone(grad)
