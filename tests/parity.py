@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchzero as tz
 
@@ -90,6 +91,23 @@ class ReferenceOptimizer(torch.optim.Optimizer):
                 view = torch.view_as_real(p) if p.is_complex() else p
                 grad = torch.view_as_real(p.grad) if p.is_complex() else p.grad
                 self.rule(view, grad, self.state[p], group, p)
+
+
+class NoHostSync(TorchDispatchMode):
+    """Inside this block, any read of a tensor's value into Python raises.
+
+    ``.item()``, ``float(t)``, ``bool(t)``, and a tensor passed where torch wants a Python number
+    (``alpha=t``) all go through ``aten._local_scalar_dense``, which blocks on a GPU until the device
+    catches up.  The mode sees the C++ conversions too, so it works on CPU-only machines.
+    """
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func is torch.ops.aten._local_scalar_dense.default:
+            raise AssertionError(
+                "host sync on the step path: a tensor value was read back to Python (.item(), float(t), "
+                "bool(t), or a tensor given where a Python number is expected)"
+            )
+        return func(*args, **(kwargs or {}))
 
 
 def make_params(dtype: torch.dtype, shapes: Shapes = SHAPES, seed: int = 0) -> list[list[Tensor]]:

@@ -44,10 +44,18 @@ def same_tensors(a: list[Tensor], b: list[Tensor]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
+def sub_scaled(params: list[Tensor], direction: list[Tensor], scale: Any) -> None:
+    """``params -= scale * direction``; a tensor ``scale`` (a tensor lr) stays on the device."""
+    if isinstance(scale, Tensor):
+        ops.sub_(params, ops.mul(direction, scale))
+    else:
+        ops.add_(params, direction, alpha=-scale)
+
+
 def emit(ctx: StepContext, seg: Segment, direction: list[Tensor], scale: Any) -> None:
     """Hand on ``scale * direction`` as the update; the last stage subtracts it from the params instead."""
     if ctx.is_last:
-        ops.add_(seg.params, direction, alpha=-scale)
+        sub_scaled(seg.params, direction, scale)
         ctx.mark_params_written()
         return
     update = seg.update
@@ -62,12 +70,20 @@ def emit_div(ctx: StepContext, seg: Segment, num: list[Tensor], den: list[Tensor
 
     ``den`` is only read; ``num`` may be the update itself.
     """
+    tensor_scale = isinstance(scale, Tensor)
     if ctx.is_last:
-        ops.addcdiv_(seg.params, num, den, -scale)
+        if tensor_scale:
+            quotient = ops.div(num, den)
+            ops.mul_(quotient, scale)
+            ops.sub_(seg.params, quotient)
+        else:
+            ops.addcdiv_(seg.params, num, den, -scale)
         ctx.mark_params_written()
         return
     update = seg.update
-    if same_tensors(num, update):
+    if same_tensors(num, update) or tensor_scale:
+        if not same_tensors(num, update):
+            ops.copy_(update, num)
         ops.div_(update, den)
         if not _is_one(scale):
             ops.mul_(update, scale)

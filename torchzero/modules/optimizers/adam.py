@@ -10,6 +10,7 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from ...core.module import Transform
 from ...foreach import ops
+from ._common import emit_div
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -87,12 +88,7 @@ class Adam(Transform):
         denom = ops.sqrt(second)
         ops.div_(denom, math.sqrt(1 - beta2**t))
         ops.add_(denom, s["eps"])
-        if ctx.is_last:
-            ops.addcdiv_(seg.params, exp_avg, denom, -step_size)
-            ctx.mark_params_written()
-        else:
-            ops.zero_(update)
-            ops.addcdiv_(update, exp_avg, denom, step_size)
+        emit_div(ctx, seg, exp_avg, denom, step_size)
 
 
 def _fused_ok(seg: Segment) -> bool:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from torch import Tensor
+
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check, check_betas, next_step
+from ._common import check, check_betas, emit, next_step
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -81,11 +83,17 @@ class NAdam(Transform):
         scale = s["alpha"] * seg.scale
         c_grad = scale * (1.0 - mu) / (1.0 - product)
         c_avg = scale * mu_next / (1.0 - product_next)
-        if ctx.is_last:
+        if ctx.is_last and not isinstance(scale, Tensor):
             ops.addcdiv_(seg.params, update, denom, -c_grad)
             ops.addcdiv_(seg.params, exp_avg, denom, -c_avg)
             ctx.mark_params_written()
+            return
+        ops.div_(update, denom)
+        ops.mul_(update, c_grad)
+        if isinstance(scale, Tensor):  # a tensor lr: foreach addcdiv takes only Python numbers
+            avg_term = ops.div(exp_avg, denom)
+            ops.mul_(avg_term, c_avg)
+            ops.add_(update, avg_term)
         else:
-            ops.div_(update, denom)
-            ops.mul_(update, c_grad)
             ops.addcdiv_(update, exp_avg, denom, c_avg)
+        emit(ctx, seg, update, 1.0)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check, same_tensors
+from ._common import check, same_tensors, sub_scaled
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -158,14 +158,17 @@ class Orthogonalize(Transform):
             o = newton_schulz(matrix, steps, coefficients, eps, dtype).reshape(d.shape)
             step = scale * lr_ratio(adjust, matrix.shape)
             if ctx.is_last:
-                params[i].add_(o, alpha=-step)
+                if isinstance(step, Tensor):
+                    params[i].sub_(o.to(params[i].dtype) * step)
+                else:
+                    params[i].add_(o, alpha=-step)
             else:
                 update[i].copy_(o)
                 update[i].mul_(step)
         if passed:
             d_rest = [direction[i] for i in passed]
             if ctx.is_last:
-                ops.add_([params[i] for i in passed], d_rest, alpha=-scale)
+                sub_scaled([params[i] for i in passed], d_rest, scale)
             else:
                 u_rest = [update[i] for i in passed]
                 if not same_tensors(d_rest, u_rest):

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check
+from ._common import check, emit
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -85,11 +85,10 @@ class Rprop(Transform):
         ops.sign_(prev)
         ops.mul_(prev, factor)
         scale: Any = seg.scale
-        if ctx.is_last:
+        if ctx.is_last and not isinstance(scale, Tensor):
             ops.addcmul_(seg.params, prev, size, -scale)
             ctx.mark_params_written()
-        else:
-            ops.copy_(update, prev)
-            ops.mul_(update, size)
-            if isinstance(scale, Tensor) or scale != 1:
-                ops.mul_(update, scale)
+            return
+        ops.copy_(update, prev)
+        ops.mul_(update, size)
+        emit(ctx, seg, update, scale)

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ...core.module import Transform
 from ...foreach import ops
+from ._common import emit
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -68,14 +69,7 @@ class SGD(Transform):
                 ops.add_(update, buf, alpha=momentum)
             else:
                 direction = buf
-        if ctx.is_last:
-            ops.add_(seg.params, direction, alpha=-scale)
-            ctx.mark_params_written()
-        else:
-            if direction is not update:
-                ops.copy_(update, direction)
-            if scale != 1:
-                ops.mul_(update, scale)
+        emit(ctx, seg, direction, scale)
 
 
 def _momentum_(momentum: Any, dampening: Any, buf: list[Tensor], update: list[Tensor]) -> None:
