@@ -8,6 +8,11 @@ Also reported: bytes allocated by out-of-place ops during one step, in units of 
     python benchmarks/step_time.py                      # all workloads, 1 and 2 threads, CPU
     python benchmarks/step_time.py --quick              # a smoke run
     python benchmarks/step_time.py --device cuda --threads 1
+    python benchmarks/step_time.py --upstream /tmp/upstream_site   # also the upstream torchzero release
+
+For ``--upstream``, install the release into its own folder first (it has the same import name):
+``pip install --target /tmp/upstream_site torchzero==0.4.4 scipy numpy``.  It runs in a child process beside
+its own torch.optim baseline, so its ratios are comparable with ours.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+_UPSTREAM = "--impl=upstream" in sys.argv
+if not _UPSTREAM:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torchzero as tz  # noqa: E402
 
 # ----------------------------------------------------------------------------- workloads
@@ -54,7 +61,19 @@ WORKLOADS: dict[str, Callable[[], list[torch.Size]]] = {
 }
 
 
+def _upstream_chains() -> dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]]:
+    Opt = getattr(tz, "Modular", None) or tz.Optimizer
+    return {
+        "torch Adam foreach": lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True),
+        "upstream Adam,LR": lambda p: Opt(p, tz.m.Adam(), tz.m.LR(1e-3)),
+        "upstream Adam,Cautious,LR,WD": lambda p: Opt(p, tz.m.Adam(), tz.m.Cautious(), tz.m.LR(1e-3), tz.m.WeightDecay(1e-4)),
+        "upstream HeavyBall,LR": lambda p: Opt(p, tz.m.HeavyBall(0.9), tz.m.LR(1e-3)),
+    }
+
+
 def _chains() -> dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]]:
+    if _UPSTREAM:
+        return _upstream_chains()
     chains: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
         "torch Adam foreach": lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True),
         "torch Adam fused": lambda p: torch.optim.Adam(p, lr=1e-3, fused=True),
@@ -67,6 +86,8 @@ def _chains() -> dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]
         chains["tz Adam,Cautious,LR,WD"] = lambda p: tz.Modular(
             p, tz.m.Adam(), tz.m.Cautious(), tz.m.LR(1e-3), tz.m.WeightDecay(1e-4)
         )
+    if hasattr(tz.m, "HeavyBall"):
+        chains["tz HeavyBall,LR"] = lambda p: tz.Modular(p, tz.m.HeavyBall(0.9), tz.m.LR(1e-3))
     return chains
 
 
@@ -174,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     ap.add_argument("--quick", action="store_true", help="few steps, small workloads only (smoke test)")
     ap.add_argument("--json", type=Path, help="also write the rows to this file")
+    ap.add_argument("--upstream", type=Path, help="folder with the upstream torchzero release installed (--target)")
+    ap.add_argument("--impl", choices=["ours", "upstream"], default="ours", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.threads = 5, args.threads[:1]
@@ -184,13 +207,37 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for w in args.workloads:
             rows += bench(w, args.steps, args.device, _chains())
+            if args.upstream is not None:
+                rows += _run_upstream(args, w, threads)
         for r in rows:
             r["threads"] = threads
+        if args.impl == "upstream":
+            all_rows += rows
+            continue
         render(rows, f"step time, {args.device}, {threads} thread(s), median of {args.steps} steps")
         all_rows += rows
     if args.json:
         args.json.write_text(json.dumps(all_rows, indent=1))
     return 0
+
+
+def _run_upstream(args: argparse.Namespace, workload: str, threads: int) -> list[dict]:
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, __file__, "--impl=upstream", "--steps", str(args.steps), "--threads", str(threads),
+               "--device", args.device, "--workloads", workload, "--json", str(out)]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.upstream), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp)
+        if proc.returncode != 0:
+            print(f"  upstream run failed: {proc.stderr[-2000:]}", file=sys.stderr)
+            return []
+        rows = json.loads(out.read_text())
+    # keep the upstream rows, with ratios against the torch baseline measured in the same child process
+    return [r for r in rows if r["optimizer"].startswith("upstream")]
 
 
 if __name__ == "__main__":
