@@ -107,13 +107,13 @@ def step_both(opt, sched, ps, ref, ref_sched, qs, t):
 
 
 def assert_matches(opt, ps, ref, qs, t):
-    for g, rg in zip(opt.param_groups, ref.param_groups):
+    for g, rg in zip(opt.param_groups, ref.param_groups, strict=True):
         assert math.isclose(g["lr"], rg["lr"], rel_tol=1e-12, abs_tol=1e-15), f"step {t}: lr {g['lr']} vs {rg['lr']}"
         for key in ("betas", "momentum"):
             if key in rg:
                 assert g[key] == pytest.approx(rg[key], rel=1e-12), f"step {t}: {key} {g[key]} vs {rg[key]}"
-    for p, q in zip(ps, qs):
-        torch.testing.assert_close(p.detach(), q.detach(), msg=lambda m: f"step {t}: {m}")
+    for p, q in zip(ps, qs, strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), msg=lambda m, t=t: f"step {t}: {m}")
 
 
 @pytest.mark.parametrize("way", WAYS)
@@ -155,7 +155,7 @@ def test_onecycle_60_steps_adam_lr_and_beta1_step_by_step():
     beta1s = set()
     for t in range(60):
         g = torch.Generator().manual_seed(t)
-        for p, q in zip(ps, qs):
+        for p, q in zip(ps, qs, strict=True):
             p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
             q.grad = p.grad.clone()
         for gi in range(2):  # the values this step will use
@@ -165,8 +165,8 @@ def test_onecycle_60_steps_adam_lr_and_beta1_step_by_step():
         opt.step()
         ref.step()
         ref_sched.step()
-        for p, q in zip(ps, qs):
-            torch.testing.assert_close(p.detach(), q.detach(), msg=lambda m: f"step {t}: {m}")
+        for p, q in zip(ps, qs, strict=True):
+            torch.testing.assert_close(p.detach(), q.detach(), msg=lambda m, t=t: f"step {t}: {m}")
     assert len(beta1s) > 30  # beta1 really cycled
 
 

@@ -19,13 +19,13 @@ def feed(step, *param_lists):
     g = torch.Generator().manual_seed(100 + step)
     grads = [torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) for p in param_lists[0]]
     for ps in param_lists:
-        for p, gr in zip(ps, grads):
+        for p, gr in zip(ps, grads, strict=True):
             p.grad = gr.clone()
     return grads
 
 
 def assert_same(a, b, **kw):
-    for p, q in zip(a, b):
+    for p, q in zip(a, b, strict=True):
         torch.testing.assert_close(p.detach(), q.detach(), **kw)
 
 

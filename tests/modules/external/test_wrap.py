@@ -46,7 +46,7 @@ def test_last_module_equals_unwrapped_with_per_group_settings(cls, kwargs, overr
         feed(t, ps, qs)
         opt.step()
         ref.step()
-        assert_same(ps, qs, msg=lambda m: f"step {t}: {m}")
+        assert_same(ps, qs, msg=lambda m, t=t: f"step {t}: {m}")
 
 
 @pytest.mark.parametrize("cls, kwargs, override", WRAPPABLE, ids=IDS)
@@ -66,7 +66,7 @@ def test_state_dict_round_trip_mid_run(cls, kwargs, override):
         feed(t, fresh, qs)
         opt2.step()
         ref.step()
-        assert_same(fresh, qs, msg=lambda m: f"step {t}: {m}")
+        assert_same(fresh, qs, msg=lambda m, t=t: f"step {t}: {m}")
 
 
 @pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.SGD, torch.optim.RMSprop, torch.optim.Adagrad])
@@ -95,7 +95,7 @@ def test_fused_equals_unfused_right_after_each_scheduler_step(cls):
         unfused.step()
         for s in scheds:
             s.step()
-        assert_same(ps, qs, msg=lambda m: f"step {t} (lr {fused.param_groups[0]['lr']}): {m}")
+        assert_same(ps, qs, msg=lambda m, t=t: f"step {t} (lr {fused.param_groups[0]['lr']}): {m}")
 
 
 @pytest.mark.parametrize("cls", [torch.optim.Rprop, torch.optim.ASGD, torch.optim.LBFGS])
@@ -123,7 +123,7 @@ def test_not_last_measures_and_undoes_by_copy_without_set(monkeypatch):
         opt.step()
         ref.step()
         assert_same(ps, qs)
-        assert all(p.grad is g for p, g in zip(ps, grads))  # the update was lent to .grad and given back
+        assert all(p.grad is g for p, g in zip(ps, grads, strict=True))  # the update was lent to .grad and given back
     assert [p.data_ptr() for p in ps] == ptrs
 
 

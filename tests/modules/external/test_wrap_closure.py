@@ -7,7 +7,7 @@ import torch
 
 import torchzero as tz
 
-from .helpers import assert_same, closure_for, params_and_copy, roundtrip, rosenbrock
+from .helpers import assert_same, closure_for, params_and_copy, rosenbrock, roundtrip
 
 LBFGS_SETTINGS = [
     {"lr": 0.5, "max_iter": 4, "history_size": 5},
@@ -26,7 +26,7 @@ def test_alone_equals_torch_lbfgs(kw, dtype):
         loss = opt.step(closure_for(ps, opt))
         ref_loss = ref.step(closure_for(qs, ref))
         torch.testing.assert_close(loss, ref_loss.detach())
-        assert_same(ps, qs, msg=lambda m: f"step {t}: {m}")
+        assert_same(ps, qs, msg=lambda m, t=t: f"step {t}: {m}")
         # the Modular's first evaluation is LBFGS's first: no extra closure call
         assert opt.last_info["closure_calls"] == ref.state[qs[0]]["func_evals"] - evals_before
     assert opt.state[ps[0]]["0"]["n_iter"] == ref.state[qs[0]]["n_iter"]
@@ -39,7 +39,7 @@ def test_every_closure_evaluation_passes_through_the_modules_before_it():
     for t in range(4):
         opt.step(closure_for(ps, opt))
         ref.step(closure_for(qs, ref, clip=1.0))
-        assert_same(ps, qs, msg=lambda m: f"step {t}: {m}")
+        assert_same(ps, qs, msg=lambda m, t=t: f"step {t}: {m}")
         assert opt.last_info["closure_calls"] > 1  # LBFGS re-evaluated, each time through ClipNorm
 
 
@@ -60,9 +60,9 @@ def test_not_last_measures_and_undoes_and_accepts_a_backward_argument_closure():
         before = [q.detach().clone() for q in qs]
         ref.step(closure_for(qs, ref))
         with torch.no_grad():
-            for q, b in zip(qs, before):
+            for q, b in zip(qs, before, strict=True):
                 q.copy_(b + 0.5 * (q - b))  # LR(0.5) halves the measured step
-        assert_same(ps, qs, msg=lambda m: f"step {t}: {m}")
+        assert_same(ps, qs, msg=lambda m, t=t: f"step {t}: {m}")
 
 
 def test_without_closure_fails_before_anything_changes():
@@ -92,4 +92,4 @@ def test_state_dict_round_trip_mid_run():
     for t in range(3):
         opt2.step(closure_for(fresh, opt2))
         ref.step(closure_for(qs, ref))
-        assert_same(fresh, qs, msg=lambda m: f"step {t} after reload: {m}")
+        assert_same(fresh, qs, msg=lambda m, t=t: f"step {t} after reload: {m}")

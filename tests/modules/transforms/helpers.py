@@ -12,7 +12,9 @@ SHAPES = ((4, 3), (5,), (2, 3, 2))
 def two_groups(dtype: torch.dtype, seed: int = 0) -> list[list[torch.Tensor]]:
     """Two lists of parameters (3 tensors each) with different values."""
     g = torch.Generator().manual_seed(seed)
-    return [[torch.randn(*s, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for s in SHAPES] for _ in range(2)]
+    return [
+        [torch.randn(*s, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for s in SHAPES] for _ in range(2)
+    ]
 
 
 def grads_for(params: list[torch.Tensor], step: int) -> list[torch.Tensor]:
@@ -21,11 +23,11 @@ def grads_for(params: list[torch.Tensor], step: int) -> list[torch.Tensor]:
 
 
 def modular(groups: list[list[torch.Tensor]], settings: list[dict], *modules) -> tz.Modular:
-    return tz.Modular([{"params": ps, **s} for ps, s in zip(groups, settings)], *modules)
+    return tz.Modular([{"params": ps, **s} for ps, s in zip(groups, settings, strict=True)], *modules)
 
 
 def step_with(opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
     opt.step()
 

@@ -18,17 +18,20 @@ def assert_chains_agree(chain_a, chain_b, *, dtype=torch.float64, steps=8, setti
     opt_a = tz.Modular([{"params": params[:n], **settings[0]}, {"params": params[n:], **settings[1]}], *chain_a())
     opt_b = tz.Modular([{"params": other[:n], **settings[0]}, {"params": other[n:], **settings[1]}], *chain_b())
     for t in range(steps):
-        for p, q, g in zip(params, other, grads_for(params, t)):
+        for p, q, g in zip(params, other, grads_for(params, t), strict=True):
             p.grad, q.grad = g.clone(), g.clone()
         opt_a.step()
         opt_b.step()
-        for p, q in zip(params, other):
-            torch.testing.assert_close(p.detach(), q.detach(), msg=lambda m: f"step {t}: {m}")
+        for p, q in zip(params, other, strict=True):
+            torch.testing.assert_close(p.detach(), q.detach(), msg=lambda m, t=t: f"step {t}: {m}")
 
 
 EQUIVALENT = {
     "Normalize(1)*c == Normalize(c)": (lambda: [tz.m.Normalize(1.0), tz.m.Mul(0.3)], lambda: [tz.m.Normalize(0.3)]),
-    "Mul(c), LR(lr) == LR(c*lr)": (lambda: [tz.m.Adam(), tz.m.Mul(0.5), tz.m.LR(0.02)], lambda: [tz.m.Adam(), tz.m.LR(0.01)]),
+    "Mul(c), LR(lr) == LR(c*lr)": (
+        lambda: [tz.m.Adam(), tz.m.Mul(0.5), tz.m.LR(0.02)],
+        lambda: [tz.m.Adam(), tz.m.LR(0.01)],
+    ),
     "Add(Grad()) == Mul(2)": (lambda: [tz.m.Add(tz.m.Grad()), tz.m.LR(0.1)], lambda: [tz.m.Mul(2.0), tz.m.LR(0.1)]),
     "Lerp(Grad(), 1) == Grad()": (
         lambda: [tz.m.Adam(), tz.m.Lerp(tz.m.Grad(), 1.0), tz.m.LR(0.1)],
@@ -66,12 +69,12 @@ def test_clipnorm_then_sgd_is_clip_grad_norm_then_torch_sgd(dtype):
     opt = tz.Modular(params, tz.m.ClipNorm(2.0), tz.m.SGD(momentum=0.9, nesterov=True), tz.m.LR(0.1))
     ref = torch.optim.SGD(refs, lr=0.1, momentum=0.9, nesterov=True)
     for t in range(15):
-        for p, q, g in zip(params, refs, grads_for(params, t)):
+        for p, q, g in zip(params, refs, grads_for(params, t), strict=True):
             p.grad, q.grad = g.clone(), g.clone()
         opt.step()
         torch.nn.utils.clip_grad_norm_(refs, 2.0, foreach=False)
         ref.step()
-        for p, q in zip(params, refs):
+        for p, q in zip(params, refs, strict=True):
             torch.testing.assert_close(p.detach(), q.detach())
 
 
@@ -82,12 +85,12 @@ def test_clipvalue_then_adam_is_clip_grad_value_then_torch_adam():
     opt = tz.Modular(params, tz.m.ClipValue(0.5), tz.m.Adam(), tz.m.LR(0.01))
     ref = torch.optim.Adam(refs, lr=0.01)
     for t in range(15):
-        for p, q, g in zip(params, refs, grads_for(params, t)):
+        for p, q, g in zip(params, refs, grads_for(params, t), strict=True):
             p.grad, q.grad = g.clone(), g.clone()
         opt.step()
         torch.nn.utils.clip_grad_value_(refs, 0.5)
         ref.step()
-        for p, q in zip(params, refs):
+        for p, q in zip(params, refs, strict=True):
             torch.testing.assert_close(p.detach(), q.detach())
 
 
@@ -103,14 +106,14 @@ def test_cautious_adam_masks_torch_adams_step(reference):
     adam = torch.optim.Adam(shadow, lr=1.0)
     for t in range(12):
         grads = grads_for(params, t)
-        for p, q, g in zip(params, shadow, grads):
+        for p, q, g in zip(params, shadow, grads, strict=True):
             p.grad, q.grad = g.clone(), g.clone()
         with tz.foreach.reference_mode(reference):
             opt.step()
         old = [q.detach().clone() for q in shadow]
         adam.step()
-        for e, q, o, g in zip(expected, shadow, old, grads):
+        for e, q, o, g in zip(expected, shadow, old, grads, strict=True):
             u = o - q.detach()
             e.sub_(0.01 * u * (u * g > 0))
-        for p, e in zip(params, expected):
+        for p, e in zip(params, expected, strict=True):
             torch.testing.assert_close(p.detach(), e)

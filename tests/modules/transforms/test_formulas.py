@@ -48,7 +48,9 @@ def weight_decay(p, g, s, st, t):
 
 
 def clip_norm_global(items, t):
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, s_ord(items)) for _, g, _, _ in items]), s_ord(items))
+    total = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g, s_ord(items)) for _, g, _, _ in items]), s_ord(items)
+    )
     return [g * torch.clamp(s["max_norm"] / (total + s["eps"]), max=1.0) for _, g, s, _ in items]
 
 
@@ -91,40 +93,111 @@ def lerp_grad(p, g, s, st, t):
 
 
 CASES = [
-    Case("Cautious", lambda: [tz.m.Add(0.3), tz.m.Cautious()], [{"normalize": True}, {"eps": 0.5, "normalize": True}],
-         {"normalize": False, "eps": 1e-3}, each(cautious)),
-    Case("Cautious-plain", lambda: [tz.m.Add(0.3), tz.m.Cautious()], [{}, {"normalize": True}],
-         {"normalize": False, "eps": 1e-3}, each(cautious)),
-    Case("WeightDecay", lambda: [tz.m.WeightDecay(0.1)], [{}, {"weight_decay": 0.5}], {"weight_decay": 0.1},
-         each(weight_decay)),
-    Case("ClipNorm", lambda: [tz.m.ClipNorm(1.0)], [{}, {"max_norm": 3.0}], {"max_norm": 1.0, "eps": 1e-6},
-         clip_norm_global),
-    Case("ClipNorm-inf", lambda: [tz.m.ClipNorm(0.5, ord=float("inf"))], [{}, {"max_norm": 0.7}],
-         {"max_norm": 0.5, "eps": 1e-6, "ord": float("inf")}, clip_norm_global),
-    Case("ClipNorm-per-tensor", lambda: [tz.m.ClipNorm(1.0, per_tensor=True)], [{}, {"max_norm": 2.5, "eps": 0.1}],
-         {"max_norm": 1.0, "eps": 1e-6}, each(clip_norm_tensor)),
-    Case("Normalize", lambda: [tz.m.Normalize(2.0)], [{}, {"norm": 0.5}], {"norm": 2.0, "eps": 1e-12},
-         normalize_global),
-    Case("Normalize-per-tensor", lambda: [tz.m.Normalize(per_tensor=True)], [{"norm": 3.0}, {}],
-         {"norm": 1.0, "eps": 1e-12}, each(normalize_tensor)),
+    Case(
+        "Cautious",
+        lambda: [tz.m.Add(0.3), tz.m.Cautious()],
+        [{"normalize": True}, {"eps": 0.5, "normalize": True}],
+        {"normalize": False, "eps": 1e-3},
+        each(cautious),
+    ),
+    Case(
+        "Cautious-plain",
+        lambda: [tz.m.Add(0.3), tz.m.Cautious()],
+        [{}, {"normalize": True}],
+        {"normalize": False, "eps": 1e-3},
+        each(cautious),
+    ),
+    Case(
+        "WeightDecay",
+        lambda: [tz.m.WeightDecay(0.1)],
+        [{}, {"weight_decay": 0.5}],
+        {"weight_decay": 0.1},
+        each(weight_decay),
+    ),
+    Case(
+        "ClipNorm",
+        lambda: [tz.m.ClipNorm(1.0)],
+        [{}, {"max_norm": 3.0}],
+        {"max_norm": 1.0, "eps": 1e-6},
+        clip_norm_global,
+    ),
+    Case(
+        "ClipNorm-inf",
+        lambda: [tz.m.ClipNorm(0.5, ord=float("inf"))],
+        [{}, {"max_norm": 0.7}],
+        {"max_norm": 0.5, "eps": 1e-6, "ord": float("inf")},
+        clip_norm_global,
+    ),
+    Case(
+        "ClipNorm-per-tensor",
+        lambda: [tz.m.ClipNorm(1.0, per_tensor=True)],
+        [{}, {"max_norm": 2.5, "eps": 0.1}],
+        {"max_norm": 1.0, "eps": 1e-6},
+        each(clip_norm_tensor),
+    ),
+    Case(
+        "Normalize", lambda: [tz.m.Normalize(2.0)], [{}, {"norm": 0.5}], {"norm": 2.0, "eps": 1e-12}, normalize_global
+    ),
+    Case(
+        "Normalize-per-tensor",
+        lambda: [tz.m.Normalize(per_tensor=True)],
+        [{"norm": 3.0}, {}],
+        {"norm": 1.0, "eps": 1e-12},
+        each(normalize_tensor),
+    ),
     Case("ClipValue", lambda: [tz.m.ClipValue(0.5)], [{}, {"value": 1.2}], {"value": 0.5}, each(clip_value)),
     Case("Centralize", lambda: [tz.m.Centralize()], [{}, {"min_ndim": 3}], {"min_ndim": 2}, each(centralize)),
     Case("Sign", lambda: [tz.m.Sign()], [{}, {}], {}, each(lambda p, g, s, st, t: torch.sign(g))),
-    Case("EMA", lambda: [tz.m.EMA(0.9)], [{}, {"momentum": 0.5, "debiased": True}],
-         {"momentum": 0.9, "debiased": False}, each(ema)),
-    Case("Add", lambda: [tz.m.Add(0.25, alpha=2.0)], [{}, {"other": -1.0, "alpha": 0.5}], {"other": 0.25, "alpha": 2.0},
-         each(lambda p, g, s, st, t: g + s["alpha"] * s["other"])),
-    Case("Sub", lambda: [tz.m.Sub(0.25)], [{}, {"other": -1.5, "alpha": 3.0}], {"other": 0.25, "alpha": 1.0},
-         each(lambda p, g, s, st, t: g - s["alpha"] * s["other"])),
-    Case("Mul", lambda: [tz.m.Mul(0.5)], [{}, {"other": -2.0}], {"other": 0.5},
-         each(lambda p, g, s, st, t: g * s["other"])),
-    Case("Div", lambda: [tz.m.Div(4.0)], [{}, {"other": -0.5}], {"other": 4.0},
-         each(lambda p, g, s, st, t: g / s["other"])),
+    Case(
+        "EMA",
+        lambda: [tz.m.EMA(0.9)],
+        [{}, {"momentum": 0.5, "debiased": True}],
+        {"momentum": 0.9, "debiased": False},
+        each(ema),
+    ),
+    Case(
+        "Add",
+        lambda: [tz.m.Add(0.25, alpha=2.0)],
+        [{}, {"other": -1.0, "alpha": 0.5}],
+        {"other": 0.25, "alpha": 2.0},
+        each(lambda p, g, s, st, t: g + s["alpha"] * s["other"]),
+    ),
+    Case(
+        "Sub",
+        lambda: [tz.m.Sub(0.25)],
+        [{}, {"other": -1.5, "alpha": 3.0}],
+        {"other": 0.25, "alpha": 1.0},
+        each(lambda p, g, s, st, t: g - s["alpha"] * s["other"]),
+    ),
+    Case(
+        "Mul",
+        lambda: [tz.m.Mul(0.5)],
+        [{}, {"other": -2.0}],
+        {"other": 0.5},
+        each(lambda p, g, s, st, t: g * s["other"]),
+    ),
+    Case(
+        "Div",
+        lambda: [tz.m.Div(4.0)],
+        [{}, {"other": -0.5}],
+        {"other": 4.0},
+        each(lambda p, g, s, st, t: g / s["other"]),
+    ),
     Case("Neg", lambda: [tz.m.Neg()], [{}, {}], {}, each(lambda p, g, s, st, t: -g)),
-    Case("Lerp-Grad", lambda: [tz.m.Mul(2.0), tz.m.Lerp(tz.m.Grad(), 0.25)], [{}, {"weight": 0.75}],
-         {"weight": 0.25}, each(lerp_grad)),
-    Case("Mul-branch", lambda: [tz.m.Mul([tz.m.Grad(), tz.m.Sign()])], [{}, {}], {},
-         each(lambda p, g, s, st, t: g * torch.sign(g))),
+    Case(
+        "Lerp-Grad",
+        lambda: [tz.m.Mul(2.0), tz.m.Lerp(tz.m.Grad(), 0.25)],
+        [{}, {"weight": 0.75}],
+        {"weight": 0.25},
+        each(lerp_grad),
+    ),
+    Case(
+        "Mul-branch",
+        lambda: [tz.m.Mul([tz.m.Grad(), tz.m.Sign()])],
+        [{}, {}],
+        {},
+        each(lambda p, g, s, st, t: g * torch.sign(g)),
+    ),
     Case("Grad-restart", lambda: [tz.m.Mul(3.0), tz.m.Grad()], [{}, {}], {}, each(lambda p, g, s, st, t: g)),
     Case("Clone", lambda: [tz.m.Clone(), tz.m.Mul(0.5)], [{}, {}], {}, each(lambda p, g, s, st, t: 0.5 * g)),
 ]
@@ -141,7 +214,7 @@ def test_transform_matches_formula(case: Case, dtype: torch.dtype, reference: bo
     params = [p for ps in groups for p in ps]
     for t in range(1, 6):
         grads = grads_for(params, t)
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
         with tz.foreach.reference_mode(reference):
             opt.step()
@@ -151,21 +224,21 @@ def test_transform_matches_formula(case: Case, dtype: torch.dtype, reference: bo
             for p in ps:
                 items.append((p, grads[i], s, states[i]))
                 i += 1
-        for (p, _, _, _), u in zip(items, case.ref(items, t)):
+        for (p, _, _, _), u in zip(items, case.ref(items, t), strict=True):
             p.sub_(u)
-        for got, want in zip(params, [p for ps in expected for p in ps]):
-            torch.testing.assert_close(got.detach(), want, msg=lambda m: f"{case.name}, step {t}: {m}")
+        for got, want in zip(params, [p for ps in expected for p in ps], strict=True):
+            torch.testing.assert_close(got.detach(), want, msg=lambda m, t=t: f"{case.name}, step {t}: {m}")
 
 
 def test_clone_leaves_grad_untouched_and_grad_sees_raw_gradient() -> None:
     (ps, _) = two_groups(torch.float32)
     opt = tz.Modular(ps, tz.m.Clone(), tz.m.Mul(0.0), tz.m.Add(tz.m.Grad()))
     grads = grads_for(ps, 0)
-    for p, g in zip(ps, grads):
+    for p, g in zip(ps, grads, strict=True):
         p.grad = g.clone()
     before = [p.detach().clone() for p in ps]
     opt.step()
-    for p, g, b in zip(ps, grads, before):
+    for p, g, b in zip(ps, grads, before, strict=True):
         torch.testing.assert_close(p.grad, g)  # Clone: .grad is not the update
         torch.testing.assert_close(p.detach(), b - g)  # 0 * u + g
 
@@ -210,8 +283,19 @@ def test_bad_arguments_say_what_to_do(make, match) -> None:
     "chain",
     [
         lambda: [tz.m.ClipNorm(1.0), tz.m.Adam(), tz.m.Cautious(normalize=True), tz.m.LR(1e-2)],
-        lambda: [tz.m.Normalize(), tz.m.EMA(0.9, debiased=True), tz.m.LR(1e-2), tz.m.WeightDecay(1e-2, scale_by_lr=True)],
-        lambda: [tz.m.ClipNorm(1.0, per_tensor=True), tz.m.ClipValue(0.1), tz.m.Centralize(), tz.m.Sign(), tz.m.LR(1e-2)],
+        lambda: [
+            tz.m.Normalize(),
+            tz.m.EMA(0.9, debiased=True),
+            tz.m.LR(1e-2),
+            tz.m.WeightDecay(1e-2, scale_by_lr=True),
+        ],
+        lambda: [
+            tz.m.ClipNorm(1.0, per_tensor=True),
+            tz.m.ClipValue(0.1),
+            tz.m.Centralize(),
+            tz.m.Sign(),
+            tz.m.LR(1e-2),
+        ],
         lambda: [tz.m.Adam(), tz.m.Lerp(tz.m.Grad(), 0.1), tz.m.WeightDecay(), tz.m.LR(1e-2)],
     ],
 )
@@ -223,7 +307,7 @@ def test_no_host_sync_on_step(chain, monkeypatch) -> None:
     def boom(*a, **k):
         raise AssertionError("host sync on the step path")
 
-    for p, g in zip(params, grads_for(params, 0)):
+    for p, g in zip(params, grads_for(params, 0), strict=True):
         p.grad = g
     for name in ("item", "__bool__", "__float__", "__int__", "tolist", "cpu"):
         monkeypatch.setattr(torch.Tensor, name, boom)

@@ -15,21 +15,21 @@ GROUP_SETTINGS = [{"lr": 0.05, "weight_decay": 0.3}, {"weight_decay": 0.0}]
 def run_pair(dtype, chain, ref_cls, ref_kwargs, *, steps=20, fuse=True, sched=None, reference=False):
     groups = two_groups(dtype)
     refs = [copy_params(ps) for ps in groups]
-    opt = tz.Modular([{"params": ps, **s} for ps, s in zip(groups, GROUP_SETTINGS)], *chain, fuse=fuse)
-    ref = ref_cls([{"params": ps, **s} for ps, s in zip(refs, GROUP_SETTINGS)], **ref_kwargs)
+    opt = tz.Modular([{"params": ps, **s} for ps, s in zip(groups, GROUP_SETTINGS, strict=True)], *chain, fuse=fuse)
+    ref = ref_cls([{"params": ps, **s} for ps, s in zip(refs, GROUP_SETTINGS, strict=True)], **ref_kwargs)
     scheds = [sched(opt), sched(ref)] if sched else []
     params, ref_params = [p for ps in groups for p in ps], [p for ps in refs for p in ps]
     for t in range(steps):
         grads = grads_for(params, t)
-        for p, q, g in zip(params, ref_params, grads):
+        for p, q, g in zip(params, ref_params, grads, strict=True):
             p.grad, q.grad = g.clone(), g.clone()
         with tz.foreach.reference_mode(reference):
             opt.step()
         ref.step()
         for s in scheds:
             s.step()
-        for p, q in zip(params, ref_params):
-            torch.testing.assert_close(p.detach(), q.detach(), msg=lambda m: f"step {t}: {m}")
+        for p, q in zip(params, ref_params, strict=True):
+            torch.testing.assert_close(p.detach(), q.detach(), msg=lambda m, t=t: f"step {t}: {m}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -70,16 +70,16 @@ def test_fully_decoupled_after_lr_is_independent_of_lr(reference):
     ref = torch.optim.Adam(refs, lr=0.01)
     wds = [0.02] * len(groups[0]) + [0.005] * len(groups[1])
     for t in range(10):
-        for p, q, g in zip(params, refs, grads_for(params, t)):
+        for p, q, g in zip(params, refs, grads_for(params, t), strict=True):
             p.grad, q.grad = g.clone(), g.clone()
         with tz.foreach.reference_mode(reference):
             opt.step()
         old = [q.detach().clone() for q in refs]
         ref.step()
         with torch.no_grad():
-            for q, o, wd in zip(refs, old, wds):
+            for q, o, wd in zip(refs, old, wds, strict=True):
                 q.sub_(wd * o)
-        for p, q in zip(params, refs):
+        for p, q in zip(params, refs, strict=True):
             torch.testing.assert_close(p.detach(), q.detach())
 
 

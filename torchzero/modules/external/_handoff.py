@@ -57,7 +57,7 @@ def is_primitive(value: Any) -> bool:
 
 def set_grads(ctx: StepContext, update: list[Tensor]) -> None:
     """Put ``update`` (real views, canonical order) into ``.grad`` of the parameters."""
-    for p, u in zip(ctx.layout.originals, update):
+    for p, u in zip(ctx.layout.originals, update, strict=True):
         g = torch.view_as_complex(u) if p.is_complex() else u
         if p.grad is not g:
             p.grad = g

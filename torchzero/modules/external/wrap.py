@@ -113,7 +113,9 @@ class Wrap(Module):
         self._keys, params = self._desired_groups(opt)
         self.optimizer = self.opt_cls([{"params": ps} for ps in params], **self.kwargs)
         if not isinstance(self.optimizer, torch.optim.Optimizer):
-            raise TypeError(f"Wrap: {self.opt_cls!r} returned {type(self.optimizer).__name__}, not a torch.optim.Optimizer")
+            raise TypeError(
+                f"Wrap: {self.opt_cls!r} returned {type(self.optimizer).__name__}, not a torch.optim.Optimizer"
+            )
         self.optimizer.state = StateView(opt, self.key)  # type: ignore[assignment]
         self._base_lrs = [g.get("lr") for g in self.optimizer.param_groups]
         if self.fuses_lr and any(lr is None for lr in self._base_lrs):
@@ -124,10 +126,10 @@ class Wrap(Module):
         assert self._opt is not None and self.optimizer is not None
         keys, params = self._desired_groups(self._opt)
         groups = self.optimizer.param_groups
-        for i, (key, ps) in enumerate(zip(keys, params)):
+        for i, (key, ps) in enumerate(zip(keys, params, strict=True)):
             if i < len(groups) and i < len(self._keys) and self._keys[i] == key:
                 current = groups[i]["params"]
-                if len(current) != len(ps) or any(a is not b for a, b in zip(current, ps)):
+                if len(current) != len(ps) or any(a is not b for a, b in zip(current, ps, strict=True)):
                     current[:] = ps  # in place: LBFGS keeps a reference to this list
             elif i >= len(groups):
                 self.optimizer.add_param_group({"params": ps})
@@ -171,7 +173,7 @@ class Wrap(Module):
         try:
             self.optimizer.step()
         finally:
-            for p, g in zip(originals, saved_grads):
+            for p, g in zip(originals, saved_grads, strict=True):
                 p.grad = g
         if ctx.is_last:
             ctx.mark_params_written()
@@ -193,7 +195,7 @@ class Wrap(Module):
         saved = self.global_state.get("groups")
         if self.optimizer is None or not saved:
             return
-        for group, values in zip(self.optimizer.param_groups, saved):
+        for group, values in zip(self.optimizer.param_groups, saved, strict=True):
             for k, v in values.items():
                 group[k] = tuple(v) if isinstance(group.get(k), tuple) and isinstance(v, list) else v
         self._seen_layout = None

@@ -123,7 +123,7 @@ class WrapClosure(Wrap):
         try:
             self.optimizer.step(wrapped_closure)
         finally:
-            for p, g in zip(originals, raw_grads):
+            for p, g in zip(originals, raw_grads, strict=True):
                 p.grad = g
             ctx.loss = start_loss
         if ctx.is_last:

@@ -46,7 +46,7 @@ class Centralize(Transform):
     def apply(self, ctx: StepContext, seg: Segment) -> None:
         min_ndim = seg.settings["min_ndim"]
         originals = ctx.layout.originals[seg.start : seg.stop]
-        for u, p in zip(seg.update, originals):
+        for u, p in zip(seg.update, originals, strict=True):
             if p.ndim < min_ndim:
                 continue
             dims = tuple(range(1, p.ndim))  # a complex view's trailing (re, im) dimension is excluded

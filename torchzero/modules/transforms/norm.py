@@ -15,7 +15,7 @@ from ...core.module import Transform
 from ...foreach import ops
 
 if TYPE_CHECKING:
-    from ...core.context import Segment, StepContext
+    from ...core.context import StepContext
 
 
 class _NormScale(Transform):
