@@ -172,9 +172,9 @@ def test_model_whose_backward_raises_still_trains(module, dtype):
         return ((model(NoBackward.apply(X)) - Y) ** 2).mean()
 
     first = float(opt.step(closure))
-    for _ in range(60):
+    for _ in range(25):
         last = float(opt.step(closure))
-    assert last < 0.8 * first
+    assert last < 0.9 * first
     assert all(p.grad is None for p in model.parameters())
 
 
