@@ -227,3 +227,34 @@ def test_pytorch_optimizer_laprop_when_installed():
         opt.step()
         ref.step()
         assert_same(ps, qs)
+
+
+def test_params_swapped_in_place_in_the_groups_are_followed():
+    # Accelerate and FSDP replace group["params"] entries in place after the optimizer is built
+    ps, qs = params_and_copy()
+    opt = tz.Modular(ps, tz.m.Wrap(torch.optim.Adam, lr=1.0), tz.m.LR(0.01))
+    swapped = [p.detach().clone().requires_grad_() for p in ps]
+    opt.param_groups[0]["params"][:] = swapped
+    ref = torch.optim.Adam(qs, lr=0.01)
+    for t in range(5):
+        feed(t, swapped, qs)
+        opt.step()
+        ref.step()
+        assert_same(swapped, qs)
+    assert_same(ps, params_and_copy()[0])  # the old tensors are not touched
+
+
+def test_inside_a_branch_the_wrapped_step_is_measured_on_a_copy():
+    # u <- u + Adam-step(u): the branch's Wrap is never the last stage, so the parameters stay put during it
+    ps, qs = params_and_copy(torch.float64)
+    opt = tz.Modular(ps, tz.m.Add(tz.m.Wrap(torch.optim.Adam, lr=1.0)), tz.m.LR(0.01))
+    shadow = torch.optim.Adam(qs, lr=1.0)  # gives the Adam step; qs drift, Adam's step does not depend on them
+    expected = [p.detach().clone() for p in ps]
+    for t in range(6):
+        grads = feed(t, ps, qs)
+        opt.step()
+        old = [q.detach().clone() for q in qs]
+        shadow.step()
+        for e, g, o, q in zip(expected, grads, old, qs, strict=True):
+            e.sub_(0.01 * (g + (o - q.detach())))
+        assert_same(ps, expected)

@@ -195,7 +195,7 @@ class Wrap(Module):
         saved = self.global_state.get("groups")
         if self.optimizer is None or not saved:
             return
-        for group, values in zip(self.optimizer.param_groups, saved, strict=True):
+        for group, values in zip(self.optimizer.param_groups, saved, strict=False):
             for k, v in values.items():
                 group[k] = tuple(v) if isinstance(group.get(k), tuple) and isinstance(v, list) else v
         self._seen_layout = None

@@ -126,7 +126,12 @@ class Mul(_Binary):
 
 
 class Div(_Binary):
-    r"""Divide by a number or a branch's result: :math:`u \leftarrow u \oslash o`."""
+    r"""Divide by a number or a branch's result: :math:`u \leftarrow u \oslash o`.
+
+    Example::
+
+        tz.Modular(p, tz.m.Div(10.0), tz.m.LR(1e-2))  # == LR(1e-3)
+    """
 
     def op(self, seg: Segment, other: Any) -> None:
         ops.div_(seg.update, other)
@@ -150,7 +155,12 @@ class Lerp(_Binary):
 
 
 class Neg(Transform):
-    r"""Negate the update: :math:`u \leftarrow -u` (turns a descent direction into the ascent one)."""
+    r"""Negate the update: :math:`u \leftarrow -u` (turns a descent direction into the ascent one).
+
+    Example::
+
+        tz.Modular(p, tz.m.Neg(), tz.m.LR(1e-2))  # gradient ascent
+    """
 
     def __init__(self) -> None:
         super().__init__({})

@@ -38,6 +38,11 @@ class Clone(Module):
 
     The update starts as the gradient tensors themselves and modules change it in place; put ``Clone()``
     first to leave ``.grad`` untouched (one allocation per parameter and step).
+
+    Example::
+
+        opt = tz.Modular(model.parameters(), tz.m.Clone(), tz.m.ClipNorm(1.0), tz.m.Adam(), tz.m.LR(1e-3))
+        # p.grad still holds the unclipped gradient after opt.step()
     """
 
     def step(self, ctx: StepContext) -> None:
