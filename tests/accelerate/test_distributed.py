@@ -1,0 +1,29 @@
+"""Two processes (torchrun, gloo, CPU): every chain keeps the ranks identical, agrees with one process
+on the concatenated batch, and never hangs (hard timeout).  The checks themselves are in
+``_dist_worker.py``; one launch runs them all.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.distributed import torchrun
+
+from ._common import CHAINS, missing_modules
+
+WORKER = Path(__file__).with_name("_dist_worker.py")
+
+
+@pytest.mark.distributed
+def test_two_processes_stay_identical_and_match_one_process():
+    out = torchrun(WORKER, nproc=2, timeout=150)
+    expected = [f"{c}/no" for c in CHAINS if not missing_modules(c)]
+    expected += [f"{c}/bf16" for c in ("adam", "lbfgs", "sam") if not missing_modules(c)]
+    expected += ["accumulation", "schedulers"] + ([] if missing_modules("rfdm") else ["rfdm seeds control"])
+    for rank in (0, 1):
+        line = re.search(rf"^RANK {rank} OK \d+: (.*)$", out, re.M)
+        assert line, f"rank {rank} did not finish:\n{out[-4000:]}"
+        assert sorted(line.group(1).split(", ")) == sorted(expected), line.group(0)

@@ -1,0 +1,76 @@
+"""``examples/accelerate_*.py``: they train in one process and run under ``torchrun --nproc_per_node 2``."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.distributed import torchrun
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture
+def examples_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _losses(out: str) -> list[float]:
+    return [float(v) for v in re.findall(r"^step +\d+ +loss ([0-9.]+)", out, re.M)]
+
+
+def test_every_accelerate_example_is_covered():
+    assert {p.stem for p in EXAMPLES.glob("accelerate_*.py")} == {"accelerate_plain", "accelerate_closure"}
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("accelerate_plain", ["--steps", "3"]),
+        ("accelerate_plain", ["--steps", "2", "--mixed-precision", "bf16", "--accumulation", "1"]),
+        ("accelerate_closure", ["--steps", "3"]),
+        ("accelerate_closure", ["--steps", "2", "--chain", "sam", "--mixed-precision", "bf16"]),
+        ("accelerate_closure", ["--steps", "2", "--chain", "rfdm"]),
+    ],
+)
+def test_runs_from_command_line(name, args, examples_on_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *args])
+    runpy.run_path(str(EXAMPLES / f"{name}.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "1 process(es)" in out
+    assert len(_losses(out)) == int(args[1]), out
+
+
+@pytest.mark.parametrize("name, steps", [("accelerate_plain", 12), ("accelerate_closure", 6)])
+def test_trains(name, steps, examples_on_path):
+    losses = _load(name).train(steps)
+    assert len(losses) == steps
+    assert sum(losses[-3:]) / 3 < 0.9 * losses[0], f"{name}: the loss went from {losses[0]:.4f} to {losses[-3:]}"
+
+
+@pytest.mark.distributed
+def test_plain_example_under_torchrun():
+    out = torchrun(EXAMPLES / "accelerate_plain.py", "--steps", "3", nproc=2, timeout=120)
+    assert "2 process(es), MULTI_CPU" in out, out[-3000:]
+    assert len(_losses(out)) == 3, out[-3000:]  # printed by the main process only
+
+
+@pytest.mark.distributed
+def test_closure_example_under_torchrun_matches_one_process(examples_on_path):
+    """Full batch split over two processes: the averaged loss of every step equals the one-process run's."""
+    out = torchrun(EXAMPLES / "accelerate_closure.py", "--steps", "3", nproc=2, timeout=120)
+    assert "2 process(es), MULTI_CPU" in out, out[-3000:]
+    single = _load("accelerate_closure").train(3)
+    assert _losses(out) == pytest.approx(single, rel=1e-4, abs=5e-5)
