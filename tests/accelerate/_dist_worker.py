@@ -48,7 +48,7 @@ def same_on_all_ranks(acc: Accelerator, t: torch.Tensor, what: str) -> None:
 
 def global_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     x, y = make_data(N_STEPS * GLOBAL_BATCH)
-    return list(zip(x.split(GLOBAL_BATCH), y.split(GLOBAL_BATCH)))
+    return list(zip(x.split(GLOBAL_BATCH), y.split(GLOBAL_BATCH), strict=True))
 
 
 def local(batches, acc: Accelerator):
@@ -66,7 +66,9 @@ def check_chain(chain: str, mixed_precision: str) -> None:
     same_on_all_ranks(acc, flat, f"{chain}/{mixed_precision} params")
     ref_model, ref_losses = reference_run(chain, batches, bf16=mixed_precision == "bf16")
     tol = {"rtol": 1e-4, "atol": 1e-5} if mixed_precision == "no" else {"rtol": 2e-2, "atol": 2e-3}
-    torch.testing.assert_close(flat, flat_params(ref_model), **tol, msg=lambda m: f"{chain}/{mixed_precision} vs one process: {m}")
+    torch.testing.assert_close(
+        flat, flat_params(ref_model), **tol, msg=lambda m: f"{chain}/{mixed_precision} vs one process: {m}"
+    )
     assert not torch.allclose(flat, flat_params(make_model())), f"{chain}: did not train"
     if ref_losses[0] is not None:
         got = torch.stack(losses)
@@ -101,7 +103,7 @@ def check_accumulation() -> None:
     opt = tz.Modular(model.parameters(), *CHAINS["adam"][1]())
     model, opt = acc.prepare(model, opt)
     for x, y in local(batches, acc):
-        for xb, yb in zip(x.chunk(2), y.chunk(2)):
+        for xb, yb in zip(x.chunk(2), y.chunk(2), strict=True):
             with acc.accumulate(model):
                 acc.backward(F.mse_loss(model(xb), yb))
                 opt.step()

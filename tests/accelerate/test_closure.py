@@ -40,7 +40,7 @@ def test_backward_call_zeroes_grads_and_backpropagates_through_accelerator():
     want_grads = torch.autograd.grad(want_loss, list(model.parameters()))
     torch.testing.assert_close(loss, want_loss.detach(), rtol=0, atol=0)
     assert len(calls) == 1 and not loss.requires_grad
-    for p, g in zip(model.parameters(), want_grads):
+    for p, g in zip(model.parameters(), want_grads, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
     assert closure.loss is closure.last_loss is loss and closure.calls == 1
 
@@ -64,7 +64,7 @@ def test_loss_only_call_builds_no_graph_and_keeps_grads():
         second = closure(False)
     assert modes == [True, False]
     assert not second.requires_grad and second.grad_fn is None
-    for p, g in zip(model.parameters(), grads):
+    for p, g in zip(model.parameters(), grads, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
     torch.testing.assert_close(second, F.mse_loss(model(x), y).detach(), rtol=0, atol=0)
     # loss: the first value of the step; last_loss: the latest

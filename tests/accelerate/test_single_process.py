@@ -10,7 +10,17 @@ from accelerate import Accelerator
 import torchzero as tz
 import torchzero_accelerate as tza
 
-from ._common import CHAINS, CLOSURE, PLAIN, accelerate_run, flat_params, make_data, make_model, missing_modules, reference_run
+from ._common import (
+    CHAINS,
+    CLOSURE,
+    PLAIN,
+    accelerate_run,
+    flat_params,
+    make_data,
+    make_model,
+    missing_modules,
+    reference_run,
+)
 
 
 def _skip_if_missing(chain: str) -> None:
@@ -21,7 +31,7 @@ def _skip_if_missing(chain: str) -> None:
 
 def _batches(n_steps: int = 4, size: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
     x, y = make_data(n_steps * size)
-    return list(zip(x.split(size), y.split(size)))
+    return list(zip(x.split(size), y.split(size), strict=True))
 
 
 @pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
@@ -37,7 +47,7 @@ def test_chain_matches_loop_without_accelerate(chain, mixed_precision):
     torch.testing.assert_close(flat_params(model), flat_params(ref_model), rtol=0, atol=0)
     # the loss tz.Modular.step returns is what the closure helper hands back, although
     # AcceleratedOptimizer.step returns None
-    for got, want in zip(losses, ref_losses):
+    for got, want in zip(losses, ref_losses, strict=True):
         if want is None:
             assert got is None
         else:
@@ -67,7 +77,7 @@ def test_gradient_accumulation_plain_chain_steps_once_per_window(chain):
     ref = make_model()
     ref_probe = _Probe()
     ref_opt = tz.Modular(ref.parameters(), ref_probe, *CHAINS[chain][1]())
-    for xb, yb in zip(x.split(8), y.split(8)):
+    for xb, yb in zip(x.split(8), y.split(8), strict=True):
         F.mse_loss(ref(xb), yb).backward()
         ref_opt.step()
         ref_opt.zero_grad()
@@ -78,7 +88,7 @@ def test_gradient_accumulation_plain_chain_steps_once_per_window(chain):
     opt = tz.Modular(model.parameters(), probe, *CHAINS[chain][1]())
     model, opt = acc.prepare(model, opt)
     changed = []
-    for xb, yb in zip(x.split(4), y.split(4)):
+    for xb, yb in zip(x.split(4), y.split(4), strict=True):
         with acc.accumulate(model):
             acc.backward(F.mse_loss(model(xb), yb))
             before = flat_params(model)
@@ -87,7 +97,7 @@ def test_gradient_accumulation_plain_chain_steps_once_per_window(chain):
             changed.append(not torch.equal(before, flat_params(model)))
     assert changed == [False, True] * 3, "the parameters must change once per window, on its last batch"
     assert len(probe.seen) == 3
-    for got, want in zip(probe.seen, ref_probe.seen):
+    for got, want in zip(probe.seen, ref_probe.seen, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(flat_params(model), flat_params(ref), rtol=1e-5, atol=1e-6)
 
@@ -138,7 +148,7 @@ def test_grad_scaler_plain_chain_sees_unscaled_grads(chain):
     ref_model, ref_seen = run(None)
     model, seen = run(_grad_scaler(2.0**12))
     assert len(seen) == len(ref_seen) == len(batches)
-    for got, want in zip(seen, ref_seen):
+    for got, want in zip(seen, ref_seen, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(flat_params(model), flat_params(ref_model), rtol=1e-6, atol=1e-7)
 
@@ -179,7 +189,9 @@ def test_grad_scaler_closure_chain_raises_before_anything_changes(chain):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="real fp16 autocast + GradScaler needs CUDA (Accelerate has no fp16 on CPU)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="real fp16 autocast + GradScaler needs CUDA (Accelerate has no fp16 on CPU)"
+)
 def test_fp16_cuda_plain_chain_matches_torch_adam():
     acc = Accelerator(mixed_precision="fp16")
     model = make_model().cuda()

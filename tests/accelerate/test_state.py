@@ -12,7 +12,7 @@ from torch.func import functional_call
 import torchzero as tz
 import torchzero_accelerate as tza
 
-from ._common import CHAINS, flat_params, make_data, make_model, make_modules, missing_modules, needs_closure
+from ._common import flat_params, make_data, make_model, make_modules, missing_modules, needs_closure
 
 
 def _skip_if_missing(chain: str) -> None:
@@ -28,7 +28,7 @@ def _reset_accelerate() -> None:
 
 def _batches(n_steps: int, size: int = 8):
     x, y = make_data(n_steps * size)
-    return list(zip(x.split(size), y.split(size)))
+    return list(zip(x.split(size), y.split(size), strict=True))
 
 
 def _train_step(acc, model, opt, x, y, sched=None) -> None:
@@ -55,20 +55,11 @@ def _train_step(acc, model, opt, x, y, sched=None) -> None:
         sched.step()
 
 
-# torch's Optimizer.load_state_dict casts every floating state tensor to its parameter's dtype; LBFGS keeps
-# rho and gamma in float64 (in the state of the first parameter), so any state_dict round trip (prepare,
-# load_state) rounds them to float32 and the run drifts by ~1 ulp. To be fixed in LBFGS or Modular.load_state_dict.
-_LBFGS_ROUND_TRIP = pytest.mark.xfail(
-    reason="LBFGS float64 rho/gamma are cast to float32 by torch's load_state_dict (state_dict round trip not exact)",
-    strict=False,
-)
-
-
 def _one_cycle(opt, total: int):
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=total, pct_start=0.4)
 
 
-@pytest.mark.parametrize("chain", ["adam", pytest.param("lbfgs", marks=_LBFGS_ROUND_TRIP)])
+@pytest.mark.parametrize("chain", ["adam", "lbfgs"])
 def test_prepare_state_dict_round_trip_keeps_a_trained_optimizer(chain):
     """prepare() runs state_dict -> load_state_dict; training on afterwards equals never preparing."""
     _skip_if_missing(chain)
@@ -93,7 +84,7 @@ def test_prepare_state_dict_round_trip_keeps_a_trained_optimizer(chain):
     torch.testing.assert_close(flat_params(model), flat_params(ref), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("chain", ["adam", pytest.param("lbfgs", marks=_LBFGS_ROUND_TRIP), "rfdm", "sam"])
+@pytest.mark.parametrize("chain", ["adam", "lbfgs", "rfdm", "sam"])
 def test_save_state_load_state_resume_equals_uninterrupted_run(chain, tmp_path):
     _skip_if_missing(chain)
     batches, total, cut = _batches(6), 6, 3
@@ -152,11 +143,11 @@ def test_params_swapped_before_the_first_step_are_the_ones_trained(chain):
     names = [n for n, _ in model.named_parameters()]
     old = [p.detach().clone() for p in model.parameters()]
     mapping = _swap(opt)
-    new = dict(zip(names, mapping.values()))
+    new = dict(zip(names, mapping.values(), strict=True))
     forward = lambda x: functional_call(model, new, (x,))  # noqa: E731
     for x, y in batches:
         _train_step(acc, _Fn(forward, new), opt, x, y)
-    for p, o in zip(model.parameters(), old):  # the replaced tensors are left alone
+    for p, o in zip(model.parameters(), old, strict=True):  # the replaced tensors are left alone
         torch.testing.assert_close(p.detach(), o, rtol=0, atol=0)
     got = torch.cat([t.detach().reshape(-1) for t in new.values()])
     torch.testing.assert_close(got, flat_params(ref), rtol=0, atol=0)
@@ -176,7 +167,7 @@ def test_params_swapped_mid_run_are_picked_up_by_the_next_step():
     for x, y in batches[:2]:
         _train_step(acc, model, opt, x, y)
     names = [n for n, _ in model.named_parameters()]
-    new = dict(zip(names, _swap(opt).values()))
+    new = dict(zip(names, _swap(opt).values(), strict=True))
     frozen = flat_params(model)
     for x, y in batches[2:]:
         _train_step(acc, _Fn(lambda x: functional_call(model, new, (x,)), new), opt, x, y)
@@ -208,7 +199,7 @@ def test_prepared_one_cycle_steps_once_per_optimizer_step_and_cycles_adam_betas(
     ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
     ref_sched = _one_cycle(ref_opt, n_windows)
     ref_lrs = []
-    for xb, yb in zip(x.split(size), y.split(size)):
+    for xb, yb in zip(x.split(size), y.split(size), strict=True):
         F.mse_loss(ref(xb), yb).backward()
         ref_opt.step()
         ref_opt.zero_grad()
@@ -221,7 +212,7 @@ def test_prepared_one_cycle_steps_once_per_optimizer_step_and_cycles_adam_betas(
     sched = _one_cycle(opt, n_windows)
     model, opt, sched = acc.prepare(model, opt, sched)
     lrs = []
-    for i, (xb, yb) in enumerate(zip(x.split(size // accumulation), y.split(size // accumulation))):
+    for i, (xb, yb) in enumerate(zip(x.split(size // accumulation), y.split(size // accumulation), strict=True)):
         with acc.accumulate(model):
             acc.backward(F.mse_loss(model(xb), yb))
             opt.step()
@@ -244,8 +235,10 @@ def test_without_cycled_momentum_the_reference_differs():
     for cycle in (True, False):
         model = make_model()
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=6, pct_start=0.4, cycle_momentum=cycle)
-        for xb, yb in zip(x.split(8), y.split(8)):
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=0.05, total_steps=6, pct_start=0.4, cycle_momentum=cycle
+        )
+        for xb, yb in zip(x.split(8), y.split(8), strict=True):
             F.mse_loss(model(xb), yb).backward()
             opt.step()
             opt.zero_grad()
