@@ -1,5 +1,6 @@
-"""Gradient approximation from loss values: first in the chain, ``closure(False)`` only."""
+"""Gradient approximation from loss values or forward-mode AD: first in the chain, no backward pass."""
 
 from .fdm import FDM, RandomizedFDM
+from .forward_gradient import ForwardGradient
 
-__all__ = ["FDM", "RandomizedFDM"]
+__all__ = ["FDM", "ForwardGradient", "RandomizedFDM"]

@@ -1,3 +1,5 @@
-"""second_order modules."""
+"""Second-order methods: Newton's method with an exact Hessian, and Newton-CG with Hessian-vector products."""
 
-__all__: list[str] = []
+from .newton import ExactNewton, NewtonCG
+
+__all__ = ["ExactNewton", "NewtonCG"]

@@ -1,0 +1,167 @@
+"""Dense quasi-Newton methods (BFGS, SR1) for small problems: one n-by-n matrix over all parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ...core.module import Module
+
+if TYPE_CHECKING:
+    from ...core.context import StepContext
+
+
+def flatten(tensors: Sequence[Tensor], like: Tensor) -> Tensor:
+    """All tensors as one vector in ``like``'s dtype and on its device."""
+    return torch.cat([t.reshape(-1).to(like.device, like.dtype) for t in tensors])
+
+
+def unflatten(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """Split ``vector`` into tensors shaped (and typed, and placed) like ``like``."""
+    out, offset = [], 0
+    for t in like:
+        n = t.numel()
+        out.append(vector[offset : offset + n].view_as(t).to(t.device, t.dtype))
+        offset += n
+    return out
+
+
+class DenseQuasiNewton(Module):
+    r"""Base of dense quasi-Newton modules: :math:`u = H g` with an explicit inverse-Hessian estimate :math:`H`.
+
+    :math:`H`, the previous parameters and the previous gradient are flat tensors in the state of the first
+    parameter (in its dtype), so they round-trip through ``state_dict`` with ``weights_only=True``.  Every
+    update decision is made on the device with ``torch.where`` (no host sync).  Subclasses implement
+    :meth:`update_inverse`.
+    """
+
+    def __init__(self, defaults: dict[str, Any]) -> None:
+        super().__init__(defaults)
+
+    def update_inverse(self, h: Tensor, s: Tensor, y: Tensor, first: bool, settings: dict[str, Any]) -> Tensor:
+        raise NotImplementedError
+
+    def direction(self, h: Tensor, g: Tensor, settings: dict[str, Any]) -> Tensor:
+        return h @ g
+
+    def step(self, ctx: StepContext) -> None:
+        settings = ctx.settings(self)
+        params, grad = ctx.params, ctx.update
+        first = params[0]
+        n = sum(p.numel() for p in params)
+        h, prev_x, prev_g = ctx.state(
+            self,
+            "inverse_hessian",
+            "prev_params",
+            "prev_grad",
+            init={
+                "inverse_hessian": lambda v: torch.eye(n, dtype=v.dtype, device=v.device),
+                "prev_params": lambda v: v.new_zeros(n),
+                "prev_grad": lambda v: v.new_zeros(n),
+            },
+            start=0,
+            stop=1,
+        )
+        h, prev_x, prev_g = h[0], prev_x[0], prev_g[0]
+        if h.shape != (n, n):
+            raise ValueError(
+                f"{type(self).__name__} holds a {tuple(h.shape)} inverse Hessian, but the parameters have {n} "
+                "elements in total. The parameters changed since the state was made; build a new optimizer."
+            )
+        x, g = flatten(params, first), flatten(grad, first)
+        step = self.global_state.get("step", 0) + 1
+        if step > 1:
+            h.copy_(self.update_inverse(h, x - prev_x, g - prev_g, step == 2, settings))
+        if step == 1 and settings["scale_first"]:
+            u = g * torch.clamp(1.0 / g.abs().sum(), max=1.0)
+        else:
+            u = self.direction(h, g, settings)
+        prev_x.copy_(x)
+        prev_g.copy_(g)
+        self.global_state["step"] = step
+        ctx.update = unflatten(u, params)
+
+    def reset(self) -> None:
+        """Start again from the identity on the next step."""
+        self.global_state.clear()
+
+
+class BFGS(DenseQuasiNewton):
+    r"""Dense BFGS: the inverse-Hessian update, for problems with up to a few thousand parameters.
+
+    .. math::
+        H \leftarrow \Big(I - \rho s y^\top\Big) H \Big(I - \rho y s^\top\Big) + \rho s s^\top,
+        \qquad \rho = 1/\langle y, s\rangle, \qquad u = H g
+
+    with :math:`s` the last change of the parameters and :math:`y` the change of the gradient (the
+    incoming update).  Before the first update :math:`H` is set to :math:`\frac{\langle s,y\rangle}
+    {\langle y,y\rangle} I` (``scale_init``).  A pair with :math:`\langle y,s\rangle \le` ``tol_curvature``
+    leaves :math:`H` unchanged.  Follow it with a line search (``StrongWolfe`` keeps :math:`H` positive
+    definite) or ``LR``.
+
+    Args:
+        tol_curvature: curvature threshold below which a pair is skipped.
+        scale_init: rescale the identity before the first update.
+        scale_first: first step :math:`\min(1, 1/\lVert g\rVert_1)\, g`, as in ``LBFGS``.
+
+    Example::
+
+        opt = tz.Modular(params, tz.m.BFGS(), tz.m.StrongWolfe())
+
+    Reference: Nocedal & Wright, *Numerical Optimization* (2nd ed.), Section 6.1, eq. (6.17), (6.20).
+    """
+
+    def __init__(self, tol_curvature: float = 1e-10, scale_init: bool = True, scale_first: bool = True) -> None:
+        super().__init__({"tol_curvature": tol_curvature, "scale_init": scale_init, "scale_first": scale_first})
+
+    def update_inverse(self, h: Tensor, s: Tensor, y: Tensor, first: bool, settings: dict[str, Any]) -> Tensor:
+        ys = y @ s
+        accept = ys > settings["tol_curvature"]
+        if first and settings["scale_init"]:
+            h = torch.where(accept, torch.eye(len(s), dtype=h.dtype, device=h.device) * (ys / (y @ y)), h)
+        rho = torch.where(accept, 1.0 / ys, torch.zeros_like(ys))
+        hy = h @ y
+        # (I - rho s y')H(I - rho y s') + rho s s', expanded
+        new = h + (rho * rho * (y @ hy) + rho) * torch.outer(s, s) - rho * (torch.outer(hy, s) + torch.outer(s, hy))
+        return torch.where(accept, new, h)
+
+
+class SR1(DenseQuasiNewton):
+    r"""Dense symmetric rank-one (SR1) inverse-Hessian update, for small problems.
+
+    .. math::
+        v = s - H y, \qquad H \leftarrow H + \frac{v v^\top}{\langle v, y\rangle}, \qquad u = H g
+
+    The update is skipped when :math:`|\langle v, y\rangle| < r \lVert v\rVert \lVert y\rVert` (it would be
+    unstable).  SR1 may build an indefinite :math:`H`; when :math:`\langle g, Hg\rangle \le 0` the module
+    hands on :math:`g` itself, so a following line search always gets a descent direction.
+
+    Args:
+        r: skipping threshold :math:`r`.
+        scale_first: first step :math:`\min(1, 1/\lVert g\rVert_1)\, g`.
+
+    Example::
+
+        opt = tz.Modular(params, tz.m.SR1(), tz.m.Backtracking())
+
+    Reference: Nocedal & Wright, *Numerical Optimization* (2nd ed.), Section 6.2, eq. (6.25), (6.26).
+    """
+
+    def __init__(self, r: float = 1e-8, scale_first: bool = True) -> None:
+        if not r >= 0:
+            raise ValueError(f"r must be non-negative, got {r}.")
+        super().__init__({"r": r, "scale_first": scale_first})
+
+    def update_inverse(self, h: Tensor, s: Tensor, y: Tensor, first: bool, settings: dict[str, Any]) -> Tensor:
+        v = s - h @ y
+        vy = v @ y
+        accept = vy.abs() > settings["r"] * torch.linalg.vector_norm(v) * torch.linalg.vector_norm(y)
+        safe = torch.where(accept, vy, torch.ones_like(vy))
+        return torch.where(accept, h + torch.outer(v, v) / safe, h)
+
+    def direction(self, h: Tensor, g: Tensor, settings: dict[str, Any]) -> Tensor:
+        u = h @ g
+        return torch.where(g @ u > 0, u, g)
