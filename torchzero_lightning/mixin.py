@@ -48,7 +48,7 @@ class TorchzeroMixin:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        fn = cls.__dict__.get("configure_optimizers")
+        fn = getattr(cls, "configure_optimizers", None)  # the class's own or an inherited one
         if fn is not None and not getattr(fn, "_tz_checked", False):
 
             @functools.wraps(fn)

@@ -111,9 +111,12 @@ def trainer(max_steps: int, **kwargs: Any) -> L.Trainer:
     return L.Trainer(**{**defaults, **kwargs})
 
 
-def fit(model: L.LightningModule, max_steps: int, dl: DataLoader | None = None, **kwargs: Any) -> L.Trainer:
+def fit(
+    model: L.LightningModule, max_steps: int, dl: DataLoader | None = None, ckpt_path: str | None = None, **kwargs: Any
+) -> L.Trainer:
     t = trainer(max_steps, **kwargs)
-    t.fit(model, dl if dl is not None else loader())
+    # Lightning 2.6 loads with torch.load's default (weights_only=True on torch >= 2.6); say it explicitly
+    t.fit(model, dl if dl is not None else loader(), ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
     return t
 
 

@@ -1,0 +1,34 @@
+"""Run under ``torchrun --nproc_per_node 2``: closure chains with ``TorchzeroMixin`` under Lightning's DDP
+(gloo, CPU). Each rank saves its parameters and counts to ``<out>/<chain>_rank<r>.pt``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `tests.lightning`
+
+import torch  # noqa: E402
+from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
+
+from tests.lightning._common import TzModel, data, loader, params, trainer  # noqa: E402
+from tests.lightning.test_ddp import CHAINS, N_DDP, STEPS_DDP  # noqa: E402
+
+
+def main(out: str) -> None:
+    rank = int(os.environ["RANK"])
+    for name, make_opt in CHAINS.items():
+        model = TzModel(make_opt, dtype=torch.float64)
+        # a desynchronised collective raises after 45 s instead of hanging (torchrun then exits with an error)
+        t = trainer(STEPS_DDP, strategy=DDPStrategy(timeout=timedelta(seconds=45)), devices=2)
+        # Lightning's DistributedSampler (shuffle=False) gives each rank half of the N_DDP samples: one batch
+        t.fit(model, loader(data(N_DDP, torch.float64), batch_size=N_DDP // 2))
+        assert t.world_size == 2
+        result = {"params": params(model.net), "counts": dict(model.counts), "local_losses": model.step_losses}
+        torch.save(result, f"{out}/{name}_rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

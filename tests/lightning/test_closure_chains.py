@@ -1,0 +1,105 @@
+"""Closure chains with ``TorchzeroMixin``: the same parameters, losses and closure calls as a plain loop that
+steps the chain with a ``closure(backward)``; loss-only evaluations run ``training_step`` under ``no_grad``
+and nothing else; ``on_before_optimizer_step`` runs once per step and the logged loss is the step's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import torchzero as tz
+
+from ._common import Model, TzModel, fit, loss_fn, params, reference_closure_run
+
+STEPS = 4
+
+CHAINS = {
+    "lbfgs_strongwolfe": lambda p: tz.Modular(p, tz.m.LBFGS(), tz.m.StrongWolfe()),
+    # trials are loss-only: the first evaluation has backward, the re-evaluations do not
+    "lbfgs_backtracking": lambda p: tz.Modular(p, tz.m.LBFGS(), tz.m.Backtracking()),
+    "randomized_fdm_adam": lambda p: tz.Modular(p, tz.m.RandomizedFDM(n_samples=2, seed=3), tz.m.Adam(), tz.m.LR(0.05)),
+    "sam_adam": lambda p: tz.Modular(p, tz.m.SAM(rho=0.05), tz.m.Adam(), tz.m.LR(0.05)),
+}
+
+
+def _check_against_reference(model, make_opt, clip=None, autocast=None, exact=True):
+    ref_params, ref_counts, ref_losses = reference_closure_run(make_opt, STEPS, clip=clip, autocast=autocast)
+    backward, loss_only = ref_counts.get("backward", 0), ref_counts.get("loss_only", 0)
+    c = model.counts
+    assert c["training_step_grad"] == backward
+    assert c["training_step_nograd"] == loss_only
+    # backward hooks and clipping run for backward evaluations only; loss-only ones run nothing but training_step
+    assert c["on_before_backward"] == c["on_after_backward"] == c["clip"] == backward
+    assert c["on_before_optimizer_step"] == STEPS
+    assert model.logged == pytest.approx(ref_losses), "the logged loss should be the loss before each step, once per step"
+    assert model.step_losses == pytest.approx(ref_losses)
+    tol = {} if exact else {"atol": 1e-5, "rtol": 1e-4}
+    for p, q in zip(params(model.net), ref_params):
+        torch.testing.assert_close(p, q, **tol)
+    return ref_counts
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_closure_chain_matches_plain_loop(name):
+    make_opt = CHAINS[name]
+    clip = 0.5 if name == "sam_adam" else None
+    model = TzModel(make_opt)
+    fit(model, STEPS, gradient_clip_val=clip)
+    counts = _check_against_reference(model, make_opt, clip=clip)
+    assert counts["closure_calls"] == sum(counts.get(k, 0) for k in ("backward", "loss_only"))
+    if name == "randomized_fdm_adam":  # gradient-free: no backward at all, 2 samples x central differences
+        assert counts.get("backward", 0) == 0 and counts["loss_only"] == STEPS * 5
+    elif name == "sam_adam":  # the gradient at x, then at the perturbed point
+        assert counts["backward"] == 2 * STEPS and counts.get("loss_only", 0) == 0
+    elif name == "lbfgs_backtracking":
+        assert counts["backward"] == STEPS and counts["loss_only"] >= STEPS
+    else:
+        assert counts["backward"] > STEPS
+
+
+def test_lbfgs_bf16_mixed():
+    make_opt = CHAINS["lbfgs_strongwolfe"]
+    model = TzModel(make_opt)
+    fit(model, STEPS, precision="bf16-mixed")
+    _check_against_reference(model, make_opt, autocast=torch.bfloat16)
+
+
+def test_without_mixin_a_closure_chain_pays_a_backward_per_loss_evaluation():
+    """What the mixin is for: Lightning's closure takes no arguments, so the core runs it in full for a
+    loss-only evaluation (backward, hooks and all), and the logs see every trial point."""
+    make_opt = CHAINS["randomized_fdm_adam"]
+    model = Model(make_opt)
+    fit(model, 2)
+    assert model.counts["training_step_nograd"] == 0
+    assert model.counts["on_after_backward"] == model.counts["training_step_grad"] == 2 * 5
+    assert len(model.logged) == 2 * 5
+
+
+class ManualModel(TzModel):
+    """Manual optimization with a closure(backward) passed to opt.step."""
+
+    def manual_step(self, batch, loss):
+        opt = self.optimizers()
+
+        def closure(backward=True):
+            value = loss_fn(self.net, batch)
+            if backward:
+                opt.zero_grad()
+                self.manual_backward(value)
+            return value
+
+        return {"loss": opt.step(closure)}
+
+
+def test_manual_optimization_with_closure():
+    make_opt = CHAINS["lbfgs_strongwolfe"]
+    model = ManualModel(make_opt, manual=True)
+    trainer = fit(model, STEPS)
+    ref_params, ref_counts, ref_losses = reference_closure_run(make_opt, STEPS)
+    assert trainer.global_step == STEPS
+    assert model.step_losses == pytest.approx(ref_losses)
+    assert model.counts["on_before_optimizer_step"] == STEPS
+    # training_step itself + one manual_backward per backward evaluation
+    assert model.counts["on_after_backward"] == ref_counts["backward"]
+    for p, q in zip(params(model.net), ref_params):
+        torch.testing.assert_close(p, q)
