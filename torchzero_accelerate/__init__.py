@@ -13,9 +13,12 @@ Chains that need a closure (line searches, L-BFGS, SAM, gradient approximation) 
 averaged over processes, so that every process makes the same decisions and the parameters stay
 identical everywhere.
 
-Random modules (``RandomizedFDM``, ...) draw from torch's random generator: seed every process the same
-(``accelerate.utils.set_seed(seed)``, the default ``device_specific=False``) so that they draw the same
-directions.
+``RandomizedFDM`` draws its directions from its own seeded generator, so every process draws the same
+ones.  Seed every process the same for everything else (``accelerate.utils.set_seed(seed)``).
+
+On a machine without a GPU, pass ``Accelerator(cpu=True)`` under ``torchrun``: without it Accelerate
+1.15 runs every process as its own single-process job (no gloo group, nothing averaged).  fp16 on CPU
+is plain fp32 in Accelerate 1.15 (no autocast, no GradScaler).
 """
 
 from .closure import AcceleratedClosure, check_closure_support, step

@@ -110,6 +110,8 @@ class AcceleratedClosure:
             with torch.no_grad():
                 loss = self._evaluate()
         loss = loss.detach()
+        if loss.dtype in (torch.float16, torch.bfloat16):
+            loss = loss.float()  # compare trial losses in float32, and the same dtype with 1 or N processes
         if self.accelerator.num_processes > 1:
             loss = self.accelerator.reduce(loss, reduction="mean")
         self.calls += 1

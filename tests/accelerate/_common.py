@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from accelerate.state import AcceleratorState, GradientState
 
 import torchzero as tz
 import torchzero_accelerate as tza
@@ -32,6 +33,12 @@ def _chains() -> dict[str, tuple[tuple[str, ...], Callable[[], list]]]:
 CHAINS = _chains()
 PLAIN = ["adam", "sgd"]
 CLOSURE = ["lbfgs", "rfdm", "sam"]
+
+
+def reset_accelerate(keep_process_group: bool = False) -> None:
+    """Forget Accelerate's process-wide singletons so the next ``Accelerator`` can be configured anew."""
+    AcceleratorState._reset_state(reset_partial_state=not keep_process_group)
+    GradientState._reset_state()
 
 
 def missing_modules(chain: str) -> list[str]:

@@ -14,7 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
-from accelerate.state import AcceleratorState, GradientState  # noqa: E402
 
 import torchzero as tz  # noqa: E402
 from tests.accelerate._common import (  # noqa: E402
@@ -25,6 +24,7 @@ from tests.accelerate._common import (  # noqa: E402
     make_model,
     missing_modules,
     reference_run,
+    reset_accelerate,
 )
 
 N_STEPS, GLOBAL_BATCH = 4, 8
@@ -33,8 +33,7 @@ checks: list[str] = []
 
 def fresh_accelerator(**kwargs) -> Accelerator:
     """A new Accelerator configuration on the same process group."""
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
+    reset_accelerate(keep_process_group=True)
     return Accelerator(cpu=True, **kwargs)
 
 
@@ -149,7 +148,7 @@ def main() -> None:
             print(f"RANK {acc.process_index} SKIP {chain}: tz.m.{missing_modules(chain)} missing", flush=True)
             continue
         check_chain(chain, "no")
-    for chain in ("adam", "lbfgs", "sam"):
+    for chain in CHAINS:
         if not missing_modules(chain):
             check_chain(chain, "bf16")
     check_random_directions_need_agreeing_seeds()

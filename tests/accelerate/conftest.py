@@ -1,12 +1,11 @@
 import pytest
-from accelerate.state import AcceleratorState, GradientState
+
+from ._common import reset_accelerate
 
 
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
     """Accelerate keeps its state in process-wide singletons; start every test from scratch."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()

@@ -21,7 +21,7 @@ WORKER = Path(__file__).with_name("_dist_worker.py")
 def test_two_processes_stay_identical_and_match_one_process():
     out = torchrun(WORKER, nproc=2, timeout=150)
     expected = [f"{c}/no" for c in CHAINS if not missing_modules(c)]
-    expected += [f"{c}/bf16" for c in ("adam", "lbfgs", "sam") if not missing_modules(c)]
+    expected += [f"{c}/bf16" for c in CHAINS if not missing_modules(c)]
     expected += ["accumulation", "schedulers"] + ([] if missing_modules("rfdm") else ["rfdm seeds control"])
     for rank in (0, 1):
         line = re.search(rf"^RANK {rank} OK \d+: (.*)$", out, re.M)

@@ -20,6 +20,7 @@ from ._common import (
     make_model,
     missing_modules,
     reference_run,
+    reset_accelerate,
 )
 
 
@@ -131,7 +132,7 @@ def test_grad_scaler_plain_chain_sees_unscaled_grads(chain):
     batches = _batches()
 
     def run(scaler):
-        AcceleratorStateReset()
+        reset_accelerate()
         acc = Accelerator(cpu=True)
         acc.scaler = scaler
         model = make_model()
@@ -213,10 +214,3 @@ def test_fp16_cuda_plain_chain_matches_torch_adam():
         scaler.update()
         ref_opt.zero_grad()
     torch.testing.assert_close(flat_params(model), flat_params(ref), rtol=1e-4, atol=1e-5)
-
-
-def AcceleratorStateReset() -> None:  # noqa: N802 - reads like the fixture it mirrors
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()

@@ -6,24 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from torch.func import functional_call
 
 import torchzero as tz
 import torchzero_accelerate as tza
 
-from ._common import flat_params, make_data, make_model, make_modules, missing_modules, needs_closure
+from ._common import flat_params, make_data, make_model, make_modules, missing_modules, needs_closure, reset_accelerate
 
 
 def _skip_if_missing(chain: str) -> None:
     missing = missing_modules(chain)
     if missing:
         pytest.skip(f"tz.m.{', tz.m.'.join(missing)} not in this checkout yet")
-
-
-def _reset_accelerate() -> None:
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def _batches(n_steps: int, size: int = 8):
@@ -111,7 +105,7 @@ def test_save_state_load_state_resume_equals_uninterrupted_run(chain, tmp_path):
     saved = torch.load(tmp_path / "optimizer.bin", weights_only=True)
     assert "torchzero" in saved
 
-    _reset_accelerate()
+    reset_accelerate()
     acc, model, opt, sched = build(seed=7)  # different initial weights: everything must come from the checkpoint
     acc.load_state(tmp_path, load_kwargs={"weights_only": True})
     for x, y in batches[cut:]:
