@@ -18,7 +18,9 @@ def make_data(n: int = 512, features: int = 10, seed: int = 0) -> tuple[torch.Te
 
 def make_loader(batch_size: int = 64, seed: int = 0) -> DataLoader:
     x, y = make_data(seed=seed)
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 class Net(nn.Module):

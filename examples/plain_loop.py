@@ -1,6 +1,6 @@
 """A torchzero chain in an ordinary PyTorch training loop: backward, step, zero_grad.
 
-    python examples/plain_loop.py --steps 200
+python examples/plain_loop.py --steps 200
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Learning-rate schedulers: built into ``tz.m.LR`` (with momentum cycling), or on the optimizer.
 
-    python examples/schedulers.py --steps 100
+python examples/schedulers.py --steps 100
 """
 
 from __future__ import annotations

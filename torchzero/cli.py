@@ -54,9 +54,13 @@ def _chain_list(text: str) -> list[str]:
 def _plot_path(text: str) -> Path:
     path = Path(text)
     if path.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise argparse.ArgumentTypeError(f"the plot is saved as .png, .pdf or .svg; got {text!r} (e.g. --plot losses.png)")
+        raise argparse.ArgumentTypeError(
+            f"the plot is saved as .png, .pdf or .svg; got {text!r} (e.g. --plot losses.png)"
+        )
     if not path.parent.resolve().is_dir():
-        raise argparse.ArgumentTypeError(f"the folder {str(path.parent)!r} does not exist; create it or pick another path")
+        raise argparse.ArgumentTypeError(
+            f"the folder {str(path.parent)!r} does not exist; create it or pick another path"
+        )
     return path
 
 
@@ -77,18 +81,29 @@ def build_parser() -> argparse.ArgumentParser:
         "then compare final loss, accuracy, steps, closure evaluations and wall time.",
         epilog="chains: " + "; ".join(f"{s.name} = {s.label}" for s in CHAINS.values()),
     )
-    demo.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, help=f"optimizer steps per chain (default {DEFAULT_STEPS})")
+    demo.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=DEFAULT_STEPS,
+        help=f"optimizer steps per chain (default {DEFAULT_STEPS})",
+    )
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the initial weights (default 0)")
     demo.add_argument("--chains", type=_chain_list, default=None, help="comma-separated chain names (default: all)")
-    demo.add_argument("--trainer", choices=list(TRAINERS), default="plain", help="training loop to run the chains in (default plain)")
-    demo.add_argument("--plot", type=_plot_path, default=None, metavar="PATH", help="save the loss curves (e.g. losses.png)")
+    demo.add_argument(
+        "--trainer", choices=list(TRAINERS), default="plain", help="training loop to run the chains in (default plain)"
+    )
+    demo.add_argument(
+        "--plot", type=_plot_path, default=None, metavar="PATH", help="save the loss curves (e.g. losses.png)"
+    )
     demo.add_argument("--samples", type=_positive_int, default=512, help="training (and test) points (default 512)")
 
     modules = sub.add_parser("modules", help="list every module with its settings and defaults")
     modules.add_argument("--family", default=None, help="only this family (optimizers, transforms, line_search, ...)")
 
     bench = sub.add_parser(
-        "bench", help="run benchmarks/step_time.py and print its table", description="Arguments after `bench` go to the benchmark script."
+        "bench",
+        help="run benchmarks/step_time.py and print its table",
+        description="Arguments after `bench` go to the benchmark script.",
     )
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed on to benchmarks/step_time.py")
     return parser
@@ -98,7 +113,9 @@ def _console() -> Any:
     try:
         from rich.console import Console
     except ImportError:
-        raise SystemExit("torchzero: this command prints with `rich`; install it with `pip install torchzero[demo]`") from None
+        raise SystemExit(
+            "torchzero: this command prints with `rich`; install it with `pip install torchzero[demo]`"
+        ) from None
     return Console()
 
 
@@ -302,7 +319,9 @@ def cmd_modules(args: argparse.Namespace) -> int:
             "yes" if r["creates_update"] else "", escape(r["summary"]),
         )  # fmt: skip
     console.print(table)
-    console.print("[dim]closure: step() needs a closure. first: builds the update from scratch, so it must come first.[/dim]")
+    console.print(
+        "[dim]closure: step() needs a closure. first: builds the update from scratch, so it must come first.[/dim]"
+    )
     return 0
 
 

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-import torchzero as tz
+import torchzero as tz  # noqa: F401 - used by the examples that follow
 
 torch.manual_seed(0)
 

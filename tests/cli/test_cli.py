@@ -183,7 +183,9 @@ def test_bench_runs_the_script_and_passes_arguments(capfd, monkeypatch, tmp_path
 
 
 def test_python_dash_m_torchzero():
-    result = subprocess.run([sys.executable, "-m", "torchzero", "--version"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "torchzero", "--version"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"torchzero {tz.__version__}"
 

@@ -125,7 +125,9 @@ def test_every_module_has_reference_docs(site):
         n for n in tz.m.__all__
         if isinstance(getattr(tz.m, n), type) and issubclass(getattr(tz.m, n), tz.Module) and n not in names
     ]  # fmt: skip
-    assert not missing, f"modules without generated reference docs: {missing}; add their family's ::: block in docs/modules/"
+    assert not missing, (
+        f"modules without generated reference docs: {missing}; add their family's ::: block in docs/modules/"
+    )
     for name in ("Modular", "Module", "Transform", "StepContext", "TorchzeroMixin", "AcceleratedClosure"):
         assert name in names, f"{name} has no reference docs"
 

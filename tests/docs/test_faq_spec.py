@@ -44,7 +44,7 @@ def _snippets(key: str) -> list[str]:
         pytest.skip(f"the FAQ spec is not at {FAQ}")
     found = {t: s for t, s in sections(FAQ.read_text()).items() if SECTIONS[key].lower() in t.lower()}
     assert len(found) == 1, f"expected one FAQ section matching {SECTIONS[key]!r}, found {list(found)}"
-    (title, snippets), = found.items()
+    ((title, snippets),) = found.items()
     assert snippets, f"the FAQ section {title!r} has no code snippet"
     return ["\n".join(line for line in s.splitlines() if line.strip() not in ("...", "...,")) for s in snippets]
 
@@ -79,7 +79,8 @@ def _run_last(code: str, ns: dict, key: str):
 
 
 @pytest.mark.parametrize(
-    ("key", "chain"), [("construct", ["Adam", "Cautious", "LR", "WeightDecay"]), ("learning-rates", ["Adam", "LR", "WeightDecay"])]
+    ("key", "chain"),
+    [("construct", ["Adam", "Cautious", "LR", "WeightDecay"]), ("learning-rates", ["Adam", "LR", "WeightDecay"])],
 )
 def test_construct(key, chain, tmp_path):
     ns = _namespace(tmp_path)
@@ -93,7 +94,7 @@ def test_construct(key, chain, tmp_path):
     start = _params(model)
     ns["loss_fn"](model(torch.randn(4, 10)), torch.tensor([0, 1, 0, 1])).backward()
     opt.step()
-    assert any(not torch.equal(a, b) for a, b in zip(start, model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(start, model.parameters(), strict=True))
 
 
 def test_optimization_loops_train(tmp_path):
@@ -103,7 +104,9 @@ def test_optimization_loops_train(tmp_path):
         ns = _namespace(tmp_path)
         start = _params(ns["model"])
         _run([code], ns, "optimization")
-        assert any(not torch.equal(a, b) for a, b in zip(start, ns["model"].parameters())), "the loop did not train"
+        assert any(not torch.equal(a, b) for a, b in zip(start, ns["model"].parameters(), strict=True)), (
+            "the loop did not train"
+        )
     assert isinstance(ns["loss"], torch.Tensor) and ns["loss"].ndim == 0, "opt.step(closure) returns the loss"
 
 
@@ -159,7 +162,9 @@ def test_save_and_load(tmp_path):
     _run(_snippets("save"), ns, "save")
     loaded, new_model = ns["optimizer"], ns["model"]
     assert loaded is not saved and new_model is not model
-    for p, q in zip(model.parameters(), new_model.parameters()):
+    for p, q in zip(model.parameters(), new_model.parameters(), strict=True):
         torch.testing.assert_close(p, q)
-        torch.testing.assert_close(saved.state[p][saved.modules[0].key]["exp_avg"], loaded.state[q][loaded.modules[0].key]["exp_avg"])
+        torch.testing.assert_close(
+            saved.state[p][saved.modules[0].key]["exp_avg"], loaded.state[q][loaded.modules[0].key]["exp_avg"]
+        )
     assert loaded.modules[0].global_state == saved.modules[0].global_state

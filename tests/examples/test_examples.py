@@ -46,7 +46,9 @@ def _load(name: str):
 
 def test_every_example_is_covered():
     present = {p.stem for p in EXAMPLES.glob("*.py") if not p.stem.startswith(("_", "lightning_", "accelerate_"))}
-    assert present == set(CASES), f"examples without a test: {present - set(CASES)}; tests without an example: {set(CASES) - present}"
+    assert present == set(CASES), (
+        f"examples without a test: {present - set(CASES)}; tests without an example: {set(CASES) - present}"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -66,7 +68,9 @@ def test_trains(name, examples_on_path):
     losses = result["loss"] if isinstance(result, dict) else result
     assert len(losses) == steps
     first, last = losses[0], sum(losses[-5:]) / len(losses[-5:])
-    assert last < 0.7 * first, f"{name}: the loss went from {first:.4f} to {last:.4f} (mean of the last 5) in {steps} steps"
+    assert last < 0.7 * first, (
+        f"{name}: the loss went from {first:.4f} to {last:.4f} (mean of the last 5) in {steps} steps"
+    )
 
 
 def test_scheduler_example_cycles_lr_and_momentum(examples_on_path):

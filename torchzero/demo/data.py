@@ -27,7 +27,9 @@ class Task:
         return int(torch.cat([self.y_train, self.y_test]).max()) + 1
 
 
-def spirals(n: int, *, turns: float = 1.5, noise: float = 0.08, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def spirals(
+    n: int, *, turns: float = 1.5, noise: float = 0.08, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     r"""``n`` points on two interleaved spirals in the plane; labels 0 and 1.
 
     Point :math:`i` of a spiral sits at angle :math:`\phi = 2\pi \cdot \text{turns} \cdot r` and radius

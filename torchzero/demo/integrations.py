@@ -34,7 +34,9 @@ def _need(package: str, extra: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- Lightning
-def train_with_lightning(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult) -> nn.Module:
+def train_with_lightning(
+    spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult
+) -> nn.Module:
     _need("lightning", "lightning")
     import lightning as L
 
@@ -62,7 +64,9 @@ def train_with_lightning(spec: ChainSpec, task: Task, steps: int, seed: int, on_
 
     module = DemoModule()
     # the full training set as one batch, so every chain sees the same loss on every call
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(task.x_train, task.y_train), batch_size=len(task.x_train))
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(task.x_train, task.y_train), batch_size=len(task.x_train)
+    )
     with _quiet():
         trainer = L.Trainer(
             accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False,
@@ -73,7 +77,9 @@ def train_with_lightning(spec: ChainSpec, task: Task, steps: int, seed: int, on_
 
 
 # ---------------------------------------------------------------------------------------------- Accelerate
-def train_with_accelerate(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult) -> nn.Module:
+def train_with_accelerate(
+    spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult
+) -> nn.Module:
     _need("accelerate", "accelerate")
     from accelerate import Accelerator
 
@@ -117,5 +123,5 @@ class _quiet:
 
     def __exit__(self, *exc: Any) -> None:
         self.warnings.__exit__(*exc)
-        for lg, level in zip(self.loggers, self.levels):
+        for lg, level in zip(self.loggers, self.levels, strict=True):
             lg.setLevel(level)

@@ -76,7 +76,9 @@ def train_plain(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnS
 
 
 # ---------------------------------------------------------------------------------------------- lightning
-def train_lightning(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult) -> nn.Module:
+def train_lightning(
+    spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult
+) -> nn.Module:
     """Lightning's automatic optimization; the chain is returned from ``configure_optimizers``."""
     from .integrations import train_with_lightning
 
@@ -84,7 +86,9 @@ def train_lightning(spec: ChainSpec, task: Task, steps: int, seed: int, on_step:
 
 
 # ---------------------------------------------------------------------------------------------- accelerate
-def train_accelerate(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult) -> nn.Module:
+def train_accelerate(
+    spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult
+) -> nn.Module:
     """``accelerator.prepare(model, opt)`` and torchzero_accelerate's closure helper."""
     from .integrations import train_with_accelerate
 
