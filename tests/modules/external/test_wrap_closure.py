@@ -93,3 +93,25 @@ def test_state_dict_round_trip_mid_run():
         opt2.step(closure_for(fresh, opt2))
         ref.step(closure_for(qs, ref))
         assert_same(fresh, qs, msg=lambda m, t=t: f"step {t} after reload: {m}")
+
+
+def test_after_a_gradient_approximation_each_evaluation_reruns_it():
+    # FDM builds the update from scratch with the closure; LBFGS on its central differences tracks
+    # LBFGS on exact gradients closely (the first loss is the same, later ones agree to FD accuracy)
+    ps, qs = params_and_copy(torch.float64)
+    opt = tz.Modular(ps, tz.m.FDM(), tz.m.WrapClosure(torch.optim.LBFGS, lr=1.0, max_iter=3))
+    ref = torch.optim.LBFGS(qs, lr=1.0, max_iter=3)
+
+    def closure(backward=True):
+        loss = rosenbrock(ps)
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+    for _ in range(3):
+        loss = opt.step(closure)
+        ref_loss = ref.step(closure_for(qs, ref))
+        torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-3, atol=1e-3)
+        assert opt.last_info["closure_calls"] > 2 * sum(p.numel() for p in ps)  # FDM ran more than once
+    assert_same(ps, qs, rtol=1e-3, atol=1e-3)

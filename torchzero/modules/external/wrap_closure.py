@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 from ...core.module import Chain, Module
@@ -110,11 +111,12 @@ class WrapClosure(Wrap):
                 last = ctx.is_last
                 ctx.is_last = False
                 try:
-                    for module, fused_lr in before_stages:
-                        if fused_lr is None:
-                            module.step(ctx)
-                        else:
-                            module.step(ctx, fused_lr)  # type: ignore[call-arg]
+                    with torch.no_grad():  # the wrapped optimizer calls us under enable_grad
+                        for module, fused_lr in before_stages:
+                            if fused_lr is None:
+                                module.step(ctx)
+                            else:
+                                module.step(ctx, fused_lr)  # type: ignore[call-arg]
                 finally:
                     ctx.is_last = last
             set_grads(ctx, ctx.update)
