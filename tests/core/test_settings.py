@@ -44,8 +44,26 @@ def test_set_params_wins_over_modular_groups_and_is_scoped():
 
 
 def test_set_params_unknown_key_names_valid_ones():
-    with pytest.raises(KeyError, match=r"does not have.*alpha"):
-        tz.m.Adam().set_params([{"params": make_params(), "lr": 1.0}])
+    params = make_params()
+    adam = tz.m.Adam().set_params([{"params": params, "momentum": 1.0}])
+    with pytest.raises(KeyError, match=r"no module in this chain.*Adam's settings are \['alpha'"):
+        tz.Modular(params, adam, tz.m.LR())
+
+
+def test_set_params_key_of_another_module_applies_to_listed_params():
+    # the FAQ's example: 'lr' in Adam's own groups sets the learning rate of those parameters
+    a, b = make_params(), make_params(seed=1)
+    ra, rb = [p.detach().clone().requires_grad_() for p in a], [p.detach().clone().requires_grad_() for p in b]
+    adam = tz.m.Adam().set_params([{"params": a, "lr": 1e-2, "eps": 1e-5}, {"params": b}])
+    opt = tz.Modular(a + b, adam, tz.m.LR(1e-3))
+    ref = torch.optim.Adam([{"params": ra, "lr": 1e-2, "eps": 1e-5}, {"params": rb}], lr=1e-3)
+    for i in range(5):
+        for p, q in zip(a + b, ra + rb):
+            p.grad = q.grad = torch.full_like(p, float(i + 1))
+        opt.step()
+        ref.step()
+    for p, q in zip(a + b, ra + rb):
+        torch.testing.assert_close(p, q)
 
 
 def test_set_params_with_foreign_param_is_an_error():

@@ -78,6 +78,8 @@ class Modular(torch.optim.Optimizer):
         self._layout_meta: list[tuple[torch.device, torch.dtype]] = []
         self._layouts: dict[tuple[bool, ...] | None, Layout] = {}
         self._partitioned = [m for m in self._leaves if m.own_groups is not None]
+        for m in self._partitioned:
+            S.check_own_group_keys(m, self._leaves)
         self._creates_update = self._leaves[0].creates_update
         # the gradient must stay intact if a module reads it after others changed the update
         self._copy_grad = any(m.needs_raw_grad for m in self._leaves[1:])
@@ -151,10 +153,10 @@ class Modular(torch.optim.Optimizer):
         groups, given, defaults, owners = self.param_groups, self._given, self.defaults, self._owners
         for run in ctx.layout.runs:
             group = groups[run.group]
-            settings = S.resolve(module, group, given[run.group], defaults, owners, run.sig)
+            settings = S.resolve(module, group, given[run.group], defaults, owners, run.sig, self._partitioned)
             scale = 1.0
             if fused is not None:
-                scale = S.resolve(fused, group, given[run.group], defaults, owners, run.sig)["lr"]
+                scale = S.resolve(fused, group, given[run.group], defaults, owners, run.sig, self._partitioned)["lr"]
             if (
                 prev is not None
                 and prev.stop == run.start

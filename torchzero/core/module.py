@@ -56,9 +56,12 @@ class Module:
     def set_params(self, param_groups: Iterable[Any]) -> Module:
         """Give this module its own param groups; their settings win over the optimizer's groups.
 
-        ``param_groups`` is a list of dicts with ``"params"`` and any of this module's settings,
-        like torch.optim param groups.  Parameters not in any group use the optimizer's settings.
-        Returns the module, so it can be used inline.
+        ``param_groups`` is a list of dicts with ``"params"`` and settings, like torch.optim param groups.
+        Parameters not in any group use the optimizer's settings.  A key this module declares applies to
+        this module only.  A key it does not declare but another module of the chain does (say ``lr``, which
+        only ``LR`` has) applies to the listed parameters as if it were in the optimizer's param group for
+        them; a key no module declares is an error when the optimizer is built.  Returns the module, so it
+        can be used inline.
         """
         groups = list(param_groups)
         if groups and not isinstance(groups[0], dict):
@@ -67,12 +70,6 @@ class Module:
         for i, group in enumerate(groups):
             if not isinstance(group, dict) or "params" not in group:
                 raise TypeError(f"set_params expects param-group dicts with a 'params' key; group {i} is {group!r}")
-            unknown = sorted(k for k in group if k != "params" and k not in self.defaults)
-            if unknown:
-                raise KeyError(
-                    f"{type(self).__name__}.set_params: group {i} sets {unknown}, which "
-                    f"{type(self).__name__} does not have. Its settings are {sorted(self.defaults)}."
-                )
             params = group["params"]
             params = [params] if isinstance(params, Tensor) else list(params)
             params = [p[1] if isinstance(p, tuple) else p for p in params]

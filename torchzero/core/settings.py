@@ -4,8 +4,10 @@ Per-group values come from ``param_groups`` (plain dicts in torch's format).  Fo
 parameters, the value of a setting is, in order of precedence:
 
 1. the module's own groups from :meth:`Module.set_params`, if the parameter is in one of them;
-2. the optimizer's param group, if the module declares the key (see *exposed keys* below);
-3. the module's constructor value.
+2. keys in *another* module's ``set_params`` groups that that module does not declare (``lr`` given to
+   ``Adam().set_params``): they act like the optimizer's param group for the listed parameters;
+3. the optimizer's param group, if the module declares the key (see *exposed keys* below);
+4. the module's constructor value.
 
 **Exposed keys.**  ``lr`` (owned by the first ``LR`` module), ``betas`` and ``momentum`` (owned by the
 first module that has them) are also put into ``optimizer.defaults`` and every group, because torch
@@ -76,6 +78,18 @@ def check_group_keys(group: Mapping[str, Any], index: int, leaves: list[Module])
     )
 
 
+def check_own_group_keys(module: Module, leaves: list[Module]) -> None:
+    """Raise if ``module.set_params`` groups set a key no module of the chain declares."""
+    declared = {k for m in leaves for k in m.defaults}
+    for i, group in enumerate(module.own_groups or []):
+        unknown = sorted(k for k in group if k != "params" and k not in declared)
+        if unknown:
+            raise KeyError(
+                f"{type(module).__name__}.set_params: group {i} sets {unknown}, but no module in this chain has a "
+                f"setting of that name. {type(module).__name__}'s settings are {sorted(module.defaults)}."
+            )
+
+
 def resolve(
     module: Module,
     group: Mapping[str, Any],
@@ -83,6 +97,7 @@ def resolve(
     defaults: Mapping[str, Any],
     owners: Mapping[str, Module],
     sig: tuple[int, ...],
+    partitioned: Iterable[Module] = (),
 ) -> dict[str, Any]:
     """Settings of ``module`` for one run of parameters (see the module docstring for the rules)."""
     settings = dict(module.defaults)
@@ -91,6 +106,13 @@ def resolve(
             owner = owners.get(key)
             if owner is None or owner is module or key in given or not same_value(group[key], defaults[key]):
                 settings[key] = group[key]
+    for other in partitioned:  # keys put in another module's set_params groups that it does not declare
+        idx = sig[other.partition] if other is not module and other.partition is not None else -1
+        if idx >= 0:
+            assert other.own_groups is not None
+            for key, value in other.own_groups[idx].items():
+                if key in settings and key not in other.defaults:
+                    settings[key] = value
     if module.partition is not None:
         idx = sig[module.partition]
         if idx >= 0:
