@@ -193,7 +193,9 @@ class ManualClosure:
     the first evaluation, and ``self.log`` is muted during re-evaluations.
     """
 
-    def __init__(self, module: pl.LightningModule, opt: tz.Modular, fn: Callable[..., Any], mute: Callable[[bool], None]) -> None:
+    def __init__(
+        self, module: pl.LightningModule, opt: tz.Modular, fn: Callable[..., Any], mute: Callable[[bool], None]
+    ) -> None:
         self.trainer = module.trainer
         self.opt = opt
         self.inner = tz.Closure(fn, lambda: [p for g in opt.param_groups for p in g["params"]])

@@ -3,6 +3,7 @@ Lightning runs, a Trainer factory, and the plain-PyTorch reference loop every te
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -12,7 +13,6 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-import torchzero as tz
 import torchzero_lightning as tzl
 
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -47,7 +47,9 @@ class Model(L.LightningModule):
     """Counts training_step calls (with and without grad), backward hooks, clipping and
     on_before_optimizer_step calls, and records every logged loss."""
 
-    def __init__(self, make_opt: Callable[[Any], Any], dtype: torch.dtype = torch.float32, manual: bool = False) -> None:
+    def __init__(
+        self, make_opt: Callable[[Any], Any], dtype: torch.dtype = torch.float32, manual: bool = False
+    ) -> None:
         super().__init__()
         self.net = make_net(dtype)
         self.make_opt = make_opt
@@ -87,7 +89,9 @@ class Model(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         self.counts["on_before_optimizer_step"] += 1
 
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None) -> None:
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
+    ) -> None:
         self.counts["clip"] += 1
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
@@ -124,6 +128,33 @@ def params(module: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in module.parameters()]
 
 
+def batches(n: int, dl: DataLoader | None = None) -> list[Any]:
+    """The first ``n`` batches of ``dl`` (cycled over epochs, no shuffling)."""
+    return list(itertools.islice(itertools.cycle(list(dl if dl is not None else loader())), n))
+
+
+def assert_params_close(got: list[torch.Tensor], want: Any, **tol: Any) -> None:
+    for p, q in zip(got, list(want), strict=True):
+        torch.testing.assert_close(p, q.detach(), **tol)
+
+
+def _closure(
+    net: torch.nn.Module, opt: Any, batch: Any, counts: Counter[str], autocast: torch.dtype | None, clip: float | None
+) -> Callable[[bool], torch.Tensor]:
+    def closure(backward: bool = True) -> torch.Tensor:
+        counts["backward" if backward else "loss_only"] += 1
+        with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+            loss = loss_fn(net, batch)
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        return loss
+
+    return closure
+
+
 def reference_closure_run(
     make_opt: Callable[[Any], Any],
     steps: int,
@@ -137,26 +168,8 @@ def reference_closure_run(
     opt = make_opt(net.parameters())
     counts: Counter[str] = Counter()
     losses: list[float] = []
-    dl = dl if dl is not None else loader()
-    done = 0
-    while done < steps:
-        for batch in dl:
-            def closure(backward: bool = True) -> torch.Tensor:
-                counts["backward" if backward else "loss_only"] += 1
-                ctx = torch.autocast("cpu", dtype=autocast) if autocast is not None else torch.autocast("cpu", enabled=False)
-                with ctx:
-                    loss = loss_fn(net, batch)
-                if backward:
-                    opt.zero_grad()
-                    loss.backward()
-                    if clip is not None:
-                        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
-                return loss
-
-            loss = opt.step(closure)
-            losses.append(float(loss))
-            counts["closure_calls"] += opt.last_info["closure_calls"]
-            done += 1
-            if done == steps:
-                break
+    for batch in batches(steps, dl):
+        loss = opt.step(_closure(net, opt, batch, counts, autocast, clip))
+        losses.append(float(loss))
+        counts["closure_calls"] += opt.last_info["closure_calls"]
     return params(net), dict(counts), losses

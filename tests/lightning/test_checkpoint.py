@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 import torchzero as tz
 
-from ._common import Model, TzModel, data, fit, loader, params
+from ._common import Model, TzModel, assert_params_close, data, fit, loader, params
 
 K = 4
 
@@ -61,12 +61,10 @@ def test_resume_equals_uninterrupted_run(name, tmp_path):
     second_trainer = fit(second, 2 * K, dl, ckpt_path=str(path))
 
     assert second_trainer.global_step == full_trainer.global_step == 2 * K
-    for p, q in zip(params(second.net), params(full.net)):
-        torch.testing.assert_close(p, q)
+    assert_params_close(params(second.net), params(full.net))
     got, want = _state(second_trainer), _state(full_trainer)
     assert len(got[0]) == len(want[0]) > 0
-    for a, b in zip(got[0], want[0]):
-        torch.testing.assert_close(a, b)
+    assert_params_close(got[0], want[0])
     assert got[1] == want[1], "module global state (step counters, scheduler) should resume"
     assert got[2] == pytest.approx(want[2])
     if full_trainer.lr_scheduler_configs:

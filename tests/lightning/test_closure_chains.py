@@ -9,7 +9,7 @@ import torch
 
 import torchzero as tz
 
-from ._common import Model, TzModel, fit, loss_fn, params, reference_closure_run
+from ._common import Model, TzModel, assert_params_close, fit, loss_fn, params, reference_closure_run
 
 STEPS = 4
 
@@ -31,11 +31,12 @@ def _check_against_reference(model, make_opt, clip=None, autocast=None, exact=Tr
     # backward hooks and clipping run for backward evaluations only; loss-only ones run nothing but training_step
     assert c["on_before_backward"] == c["on_after_backward"] == c["clip"] == backward
     assert c["on_before_optimizer_step"] == STEPS
-    assert model.logged == pytest.approx(ref_losses), "the logged loss should be the loss before each step, once per step"
+    assert model.logged == pytest.approx(ref_losses), (
+        "the logged loss should be the loss before each step, once per step"
+    )
     assert model.step_losses == pytest.approx(ref_losses)
     tol = {} if exact else {"atol": 1e-5, "rtol": 1e-4}
-    for p, q in zip(params(model.net), ref_params):
-        torch.testing.assert_close(p, q, **tol)
+    assert_params_close(params(model.net), ref_params, **tol)
     return ref_counts
 
 
@@ -101,5 +102,4 @@ def test_manual_optimization_with_closure():
     assert model.counts["on_before_optimizer_step"] == STEPS
     # training_step itself + one manual_backward per backward evaluation
     assert model.counts["on_after_backward"] == ref_counts["backward"]
-    for p, q in zip(params(model.net), ref_params):
-        torch.testing.assert_close(p, q)
+    assert_params_close(params(model.net), ref_params)

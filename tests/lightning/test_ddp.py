@@ -13,7 +13,7 @@ import torch
 import torchzero as tz
 from tests.distributed import torchrun
 
-from ._common import data, loader, reference_closure_run
+from ._common import assert_params_close, data, loader, reference_closure_run
 
 N_DDP, STEPS_DDP = 16, 5
 CHAINS = {
@@ -27,14 +27,15 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     torchrun(Path(__file__).with_name("_ddp_worker.py"), str(tmp_path), nproc=2, timeout=150)
     for name, make_opt in CHAINS.items():
         r0, r1 = (torch.load(tmp_path / f"{name}_rank{r}.pt", weights_only=True) for r in (0, 1))
-        for p, q in zip(r0["params"], r1["params"]):
+        for p, q in zip(r0["params"], r1["params"], strict=True):
             assert torch.equal(p, q), f"{name}: the ranks' parameters differ"
-        assert r0["counts"] == r1["counts"], f"{name}: the ranks evaluated differently: {r0['counts']} vs {r1['counts']}"
+        assert r0["counts"] == r1["counts"], (
+            f"{name}: the ranks evaluated differently: {r0['counts']} vs {r1['counts']}"
+        )
         assert r0["local_losses"] != r1["local_losses"], "each rank should see its own half of the data"
 
         full = loader(data(N_DDP, torch.float64), batch_size=N_DDP)
         ref_params, ref_counts, _ = reference_closure_run(make_opt, STEPS_DDP, dl=full, dtype=torch.float64)
         assert r0["counts"].get("training_step_grad", 0) == ref_counts.get("backward", 0), name
         assert r0["counts"].get("training_step_nograd", 0) == ref_counts.get("loss_only", 0), name
-        for p, q in zip(r0["params"], ref_params):
-            torch.testing.assert_close(p, q, atol=1e-9, rtol=1e-7)
+        assert_params_close(r0["params"], ref_params, atol=1e-9, rtol=1e-7)

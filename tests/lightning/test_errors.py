@@ -8,7 +8,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 
 import torchzero as tz
 
-from ._common import TzModel, fit, make_net, params
+from ._common import TzModel, assert_params_close, fit, make_net, params
 
 
 def lbfgs(p):
@@ -16,8 +16,7 @@ def lbfgs(p):
 
 
 def _assert_untouched(model):
-    for p, q in zip(params(model.net), make_net().parameters()):
-        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert_params_close(params(model.net), make_net().parameters(), rtol=0, atol=0)
     opt = model.trainer.optimizers[0]
     assert not opt.state, "the optimizer state should still be empty"
 
@@ -45,8 +44,7 @@ def test_scheduler_on_lr_module():
     model = TzModel(make_opt)
     with pytest.raises(ValueError, match=r"StepLR built on opt.get_lr_module\(\).*StepLR\(opt, \.\.\.\)"):
         fit(model, 2)
-    for p, q in zip(params(model.net), make_net().parameters()):
-        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert_params_close(params(model.net), make_net().parameters(), rtol=0, atol=0)
 
 
 def test_scheduler_on_lr_module_in_a_list_and_the_right_way_passes():

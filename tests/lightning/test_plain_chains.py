@@ -11,7 +11,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 
 import torchzero as tz
 
-from ._common import Model, TzModel, fit, loader, loss_fn, make_net, params
+from ._common import Model, TzModel, assert_params_close, batches, fit, loss_fn, make_net, params
 
 STEPS = 6
 
@@ -36,10 +36,10 @@ def test_adam_accumulation_clipping_onecycle(cls):
     ref = torch.optim.Adam(net.parameters(), lr=1e-3)
     sched = _onecycle(ref)
     betas = []
-    batches = iter(list(loader()) * 4)
+    window = iter(batches(2 * STEPS))
     for _ in range(STEPS):
         for _ in range(2):
-            (loss_fn(net, next(batches)) / 2).backward()
+            (loss_fn(net, next(window)) / 2).backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 0.05)
         betas.append(ref.param_groups[0]["betas"])
         ref.step()
@@ -47,8 +47,7 @@ def test_adam_accumulation_clipping_onecycle(cls):
         ref.zero_grad()
 
     assert trainer.global_step == STEPS
-    for p, q in zip(params(model.net), net.parameters()):
-        torch.testing.assert_close(p, q)
+    assert_params_close(params(model.net), net.parameters())
     opt = trainer.optimizers[0]
     assert opt.param_groups[0]["lr"] == pytest.approx(ref.param_groups[0]["lr"])
     assert opt.param_groups[0]["betas"] == pytest.approx(ref.param_groups[0]["betas"])
@@ -70,15 +69,14 @@ def test_sgd_momentum_weight_decay_with_scheduler(manual):
     net = make_net()
     cfg = _sgd_wd(net.parameters())
     ref, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
-    for batch, _ in zip(list(loader()) * 2, range(STEPS)):
+    for batch in batches(STEPS):
         ref.zero_grad()
         loss_fn(net, batch).backward()
         ref.step()
         sched.step()
 
     assert trainer.global_step == STEPS
-    for p, q in zip(params(model.net), net.parameters()):
-        torch.testing.assert_close(p, q)
+    assert_params_close(params(model.net), net.parameters())
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(ref.param_groups[0]["lr"])
 
 
@@ -88,14 +86,13 @@ def test_bf16_mixed():
 
     net = make_net()
     ref = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for batch, _ in zip(list(loader()) * 2, range(STEPS)):
+    for batch in batches(STEPS):
         ref.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = loss_fn(net, batch)
         loss.backward()
         ref.step()
-    for p, q in zip(params(model.net), net.parameters()):
-        torch.testing.assert_close(p, q)
+    assert_params_close(params(model.net), net.parameters())
 
 
 def test_16_mixed_gradscaler_unscales_and_skips_nonfinite_steps():
@@ -109,7 +106,7 @@ def test_16_mixed_gradscaler_unscales_and_skips_nonfinite_steps():
     ref = tz.Modular(net.parameters(), tz.m.Adam(), tz.m.LR(1e-2))
     scaler = torch.amp.GradScaler("cpu")
     skipped = 0
-    for batch, _ in zip(list(loader()) * 2, range(STEPS)):
+    for batch in batches(STEPS):
         ref.zero_grad()
         with torch.autocast("cpu", dtype=torch.float16):
             loss = loss_fn(net, batch)
@@ -122,11 +119,13 @@ def test_16_mixed_gradscaler_unscales_and_skips_nonfinite_steps():
 
     assert 0 < skipped < STEPS, "the reference should skip some steps and take others"
     assert trainer.precision_plugin.scaler.get_scale() == scaler.get_scale()
-    for p, q in zip(params(model.net), net.parameters()):
+    for p, q in zip(params(model.net), net.parameters(), strict=True):
         assert torch.isfinite(p).all()
         torch.testing.assert_close(p, q)
     # the optimizer state saw exactly the steps that were taken
-    assert trainer.optimizers[0].modules[0].global_state["step"] == ref.modules[0].global_state["step"] == STEPS - skipped
+    assert (
+        trainer.optimizers[0].modules[0].global_state["step"] == ref.modules[0].global_state["step"] == STEPS - skipped
+    )
 
 
 def test_training_step_returning_none_skips_the_step():
@@ -142,11 +141,10 @@ def test_training_step_returning_none_skips_the_step():
 
     net = make_net()
     ref = torch.optim.SGD(net.parameters(), lr=0.1)
-    for i, batch in zip(range(3), loader()):
+    for i, batch in enumerate(batches(3)):
         if i == 1:
             continue
         ref.zero_grad()
         loss_fn(net, batch).backward()
         ref.step()
-    for p, q in zip(params(model.net), net.parameters()):
-        torch.testing.assert_close(p, q)
+    assert_params_close(params(model.net), net.parameters())
