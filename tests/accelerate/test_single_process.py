@@ -140,14 +140,18 @@ def test_grad_scaler_plain_chain_sees_unscaled_grads(chain):
         opt = tz.Modular(model.parameters(), probe, *CHAINS[chain][1]())
         model, opt = acc.prepare(model, opt)
         assert opt.scaler is scaler
+        raw = []  # .grad between backward and step
         for x, y in batches:
             acc.backward(F.mse_loss(model(x), y))
+            raw.append(next(model.parameters()).grad.clone())
             opt.step()
             opt.zero_grad()
-        return model, probe.seen
+        return model, probe.seen, raw
 
-    ref_model, ref_seen = run(None)
-    model, seen = run(_grad_scaler(2.0**12))
+    ref_model, ref_seen, ref_raw = run(None)
+    model, seen, raw = run(_grad_scaler(2.0**12))
+    # the scaler was active: .grad held scaled values until step() unscaled them
+    torch.testing.assert_close(raw[0], ref_raw[0] * 2.0**12, rtol=1e-6, atol=1e-7)
     assert len(seen) == len(ref_seen) == len(batches)
     for got, want in zip(seen, ref_seen, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
