@@ -134,12 +134,6 @@ def test_schedulers(tmp_path):
     assert opt.param_groups[0]["lr"] != start, "a scheduler on get_lr_module() drives the optimizer's lr"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="the FAQ puts 'lr' into Adam's set_params groups, but tz.m.Adam has no lr setting (only tz.m.LR has), "
-    "and Module.set_params rejects keys its module does not declare",
-)
 def test_per_parameter_options(tmp_path):
     snippets = _snippets("per-parameter")
     ns = _run(snippets[:1], _namespace(tmp_path), "per-parameter")
