@@ -11,11 +11,18 @@ from ._problems import DTYPES, Counter, Record, mlp, quadratic, roundtrip
 
 
 class NoBackward(torch.autograd.Function):
-    """Identity whose backward raises: a model built on it cannot be trained by backpropagation."""
+    """Identity whose backward raises: a model built on it cannot be trained by backpropagation.
+
+    Its forward-mode rule (``jvp``) is the identity, so forward-mode AD still passes through it.
+    """
 
     @staticmethod
     def forward(ctx, x):  # type: ignore[override]
         return x.clone()
+
+    @staticmethod
+    def jvp(ctx, tangent):  # type: ignore[override]
+        return tangent
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -162,7 +169,11 @@ def test_eps_is_scoped_with_set_params():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("module", [lambda: tz.m.RandomizedFDM(n_samples=2), lambda: tz.m.FDM()])
+@pytest.mark.parametrize(
+    "module",
+    [lambda: tz.m.RandomizedFDM(n_samples=2), lambda: tz.m.FDM(), lambda: tz.m.ForwardGradient(n_samples=2)],
+    ids=["RandomizedFDM", "FDM", "ForwardGradient"],
+)
 def test_model_whose_backward_raises_still_trains(module, dtype):
     model, X, Y = mlp(dtype)
     opt = tz.Modular(model.parameters(), module(), tz.m.Adam(), tz.m.LR(1e-2))
@@ -231,3 +242,60 @@ def test_must_be_first_in_chain():
 def test_invalid_settings(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# ----------------------------------------------------------------------------------- ForwardGradient
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_gradient_matches_written_out_jvp_estimate(dtype):
+    """est = <grad f, v> v; with Rademacher v, v is the sign pattern of est and <grad f, v> comes from autograd."""
+    model, X, Y = mlp(dtype)
+    params = list(model.parameters())
+    rec = Record()
+    opt = tz.Modular(params, tz.m.ForwardGradient(distribution="rademacher"), rec, tz.m.LR(0.0))
+    counter = Counter(lambda: ((model(X) - Y) ** 2).mean(), params)
+    loss = opt.step(counter.closure)
+    assert counter.calls == 1 and counter.backwards == 0
+    grads = torch.autograd.grad(((model(X) - Y) ** 2).mean(), params)
+    vs = [torch.sign(u) for u in rec.updates[0]]
+    directional = sum((g * v).sum() for g, v in zip(grads, vs, strict=True))
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-6}
+    for u, v in zip(rec.updates[0], vs, strict=True):
+        torch.testing.assert_close(u, directional * v, **tol)
+    torch.testing.assert_close(loss, ((model(X) - Y) ** 2).mean().detach())
+    assert all(p.grad is None for p in params)
+
+
+def test_forward_gradient_gaussian_averages_to_the_gradient_and_round_trips():
+    c = torch.tensor([0.5, -1.5, 2.0, 0.25], dtype=torch.float64)
+    x = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    est, *_ = _estimate(tz.m.ForwardGradient(n_samples=4000), x, lambda x: c @ x)
+    torch.testing.assert_close(est, c, atol=0.15, rtol=0)
+
+    a = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    opt = tz.Modular([a], tz.m.ForwardGradient(), tz.m.SGD(momentum=0.9), tz.m.LR(0.01))
+    opt2 = tz.Modular([b], tz.m.ForwardGradient(), tz.m.SGD(momentum=0.9), tz.m.LR(0.01))
+    ca, cb = Counter(lambda: c @ a + (a**2).sum(), [a]), Counter(lambda: c @ b + (b**2).sum(), [b])
+    for _ in range(2):
+        opt.step(ca.closure)
+    roundtrip(opt, opt2)
+    b.data.copy_(a.detach())
+    for _ in range(2):
+        opt.step(ca.closure)
+        opt2.step(cb.closure)
+    assert torch.equal(a, b)
+
+
+def test_forward_gradient_refuses_a_no_argument_closure():
+    x = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    opt = tz.Modular([x], tz.m.ForwardGradient(), tz.m.LR(0.1))
+
+    def closure():
+        opt.zero_grad()
+        loss = (x**2).sum()
+        loss.backward()
+        return loss
+
+    with pytest.raises(TypeError, match="backward argument"):
+        opt.step(closure)
+    assert torch.equal(x.detach(), torch.ones(3, dtype=torch.float64))
