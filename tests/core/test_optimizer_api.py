@@ -104,3 +104,15 @@ def test_scheduler_without_lr_module_errors_on_step():
         opt.step()
     with pytest.raises(ValueError, match=r"no tz.m.LR"):
         opt.get_lr_module()
+
+
+def test_step_without_any_grad_still_counts_for_schedulers():
+    params = make_params()
+    ref_params = clone_params(params)
+    opt = tz.Modular(params, tz.m.Adam(), tz.m.LR(0.1, scheduler_cls=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, 0.5)))
+    ref = torch.optim.Adam(ref_params, lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(ref, 1, 0.5)
+    opt.step()  # no grads at all: torch steps nothing, but the scheduler still advances
+    ref.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == ref.param_groups[0]["lr"] == 0.05

@@ -112,6 +112,10 @@ class StepContext:
         assert self._grad is not None
         return self._grad
 
+    def grad_or_none(self) -> list[Tensor] | None:
+        """The gradient if it is known (never evaluates the closure)."""
+        return self._grad
+
     def set_grad(self, grad: list[Tensor]) -> None:
         self._grad = grad
 

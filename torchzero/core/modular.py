@@ -107,6 +107,11 @@ class Modular(torch.optim.Optimizer):
         self._layout_params = []  # force a new layout
 
     @property
+    def root(self) -> Chain:
+        """The chain this optimizer runs (nested lists are nested chains)."""
+        return self._root
+
+    @property
     def modules(self) -> list[Module]:
         """The modules of the chain in execution order (nested chains flattened)."""
         return list(self._leaves)
@@ -208,7 +213,10 @@ class Modular(torch.optim.Optimizer):
             layout = self._layout(lambda p: p.requires_grad)
         else:
             layout = self._layout(lambda p: p.grad is not None)
-        if layout is None:
+        if layout is None:  # no parameter has a gradient: nothing to update, but schedulers still count the step
+            ctx = StepContext(self, Layout([]), wrapped, loss)
+            for m in self._leaves:
+                m.after_step(ctx)
             return loss
 
         ctx = StepContext(self, layout, wrapped, loss)

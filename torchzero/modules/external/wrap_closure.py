@@ -75,7 +75,7 @@ class WrapClosure(Wrap):
     def _preceding(self) -> list[Stage]:
         if self._before is None:
             assert self._opt is not None
-            root = self._opt._root  # the chain the Modular runs
+            root = self._opt.root  # the chain the Modular runs
             before = _stages_before(root, self)
             assert before is not None, "WrapClosure is not in its optimizer's chain"
             self._before = before
@@ -88,7 +88,7 @@ class WrapClosure(Wrap):
         creates = bool(before_stages) and self._opt is not None and self._opt.modules[0].creates_update
         originals = ctx.layout.originals
         raw_grads: list[Any] = [p.grad for p in originals]
-        start_grad = ctx._grad  # the gradient at the start point, for modules after this one
+        start_grad = ctx.grad_or_none()  # the gradient at the start point, for modules after this one
         start_loss = ctx.loss
         before = None if ctx.is_last else ops.clone(ctx.params)
         closure = ctx.closure
