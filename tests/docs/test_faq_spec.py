@@ -142,6 +142,16 @@ def test_per_parameter_options(tmp_path):
     assert opt.param_groups[1]["lr"] == 1e-3
     ns = _run(snippets[1:], _namespace(tmp_path), "per-parameter")
     assert isinstance(ns["optimizer"], tz.Modular)
+    # what the FAQ promises: encoder steps with lr 1e-2, decoder with 1e-3. Adam's first step is about
+    # lr * sign(g) per entry (weight decay 1e-4 after LR adds at most ~1e-4 * |theta|).
+    model, opt = ns["model"], ns["optimizer"]
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ns["loss_fn"](model(torch.randn(16, 10)), torch.randint(0, 2, (16,))).backward()
+    opt.step()
+    for name, p in model.named_parameters():
+        step = (p.detach() - start[name]).abs().median().item()
+        expected = 1e-2 if name.startswith("encoder") else 1e-3
+        assert abs(step - expected) < 0.1 * expected, f"{name}: median step {step:.2e}, expected about {expected:.0e}"
 
 
 def test_save_and_load(tmp_path):
