@@ -41,13 +41,18 @@ def closure_modules(opt: Any) -> list[str]:
     return [type(m).__name__ for m in opt.modules if m.needs_closure]
 
 
+def _these(opt: tz.Modular) -> str:
+    names = closure_modules(opt)
+    return f"{', '.join(names)} {'re-evaluates' if len(names) == 1 else 're-evaluate'} the loss"
+
+
 def check_supported(trainer: pl.Trainer, opt: tz.Modular, *, manual: bool) -> None:
     """Raise before anything changes if this run cannot give ``opt`` a ``closure(backward)``."""
-    names = ", ".join(closure_modules(opt))
+    what = _these(opt)
     precision = trainer.precision_plugin
     if isinstance(precision, MixedPrecision) and precision.scaler is not None:
         raise RuntimeError(
-            f"{names} re-evaluate the loss during opt.step(), but precision='16-mixed' steps through a "
+            f"{what} during opt.step(), but precision='16-mixed' steps through a "
             "GradScaler, which calls the closure once and then calls opt.step() without it, so a closure "
             "chain cannot run (and every re-evaluated gradient would need its own unscale and inf check). "
             "Use precision='bf16-mixed' (no scaler) or '32-true', or a chain without closure modules. "
@@ -55,7 +60,7 @@ def check_supported(trainer: pl.Trainer, opt: tz.Modular, *, manual: bool) -> No
         )
     if not isinstance(precision, MixedPrecision) and type(precision).optimizer_step is not Precision.optimizer_step:
         raise RuntimeError(
-            f"{names} re-evaluate the loss during opt.step(), which needs a closure(backward) that "
+            f"{what} during opt.step(), which needs a closure(backward) that "
             f"{type(precision).__name__} does not pass through (it changes how the optimizer is stepped). "
             "Supported: precision '32-true', '64-true', 'bf16-mixed', 'bf16-true', '16-true'. Nothing was changed."
         )
@@ -64,13 +69,13 @@ def check_supported(trainer: pl.Trainer, opt: tz.Modular, *, manual: bool) -> No
         getattr(strategy, "_model_averager", None) is not None
     ):
         raise RuntimeError(
-            f"{names} re-evaluate the loss during opt.step(); torchzero_lightning supports closure chains on "
+            f"{what} during opt.step(); torchzero_lightning supports closure chains on "
             f"one device and with DDP, but this run uses {type(strategy).__name__}, which steps the optimizer "
             "its own way. Use strategy='auto' or 'ddp', or a chain without closure modules. Nothing was changed."
         )
     if not manual and trainer.accumulate_grad_batches != 1:
         raise RuntimeError(
-            f"{names} re-evaluate the loss at trial points, but with accumulate_grad_batches="
+            f"{what} at trial points, but with accumulate_grad_batches="
             f"{trainer.accumulate_grad_batches} the gradient is a sum over several batches while a re-evaluation "
             "can only see the last one, so the line search / estimate would mix two different objectives. Use "
             "accumulate_grad_batches=1 with a larger batch, or a chain without closure modules. Nothing was changed."
@@ -138,11 +143,9 @@ class AutomaticClosure:
         self.kwargs = kwargs
         self.mute = mute
         self.calls = 0
-        self.backward_calls = 0
 
     def __call__(self, backward: bool = True) -> Tensor:
         self.calls += 1
-        self.backward_calls += bool(backward)
         if self.calls == 1:
             loss = self._first(backward)
         else:

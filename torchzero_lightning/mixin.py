@@ -73,11 +73,10 @@ class TorchzeroMixin:
         optimizer_closure: Callable[[], Any] | None = None,
     ) -> None:
         opt = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
+        recorded, self._tz_batch = self._tz_batch, None
         if optimizer_closure is None or not closure_modules(opt):
             return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # type: ignore[misc]
-        trainer = self.trainer  # type: ignore[attr-defined]
-        check_supported(trainer, opt, manual=False)
-        recorded, self._tz_batch = self._tz_batch, None
+        check_supported(self.trainer, opt, manual=False)  # type: ignore[attr-defined]
         if recorded is None or recorded[1] != batch_idx:
             raise RuntimeError(
                 "TorchzeroMixin re-runs training_step on the current batch, which it records in "

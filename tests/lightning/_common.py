@@ -107,6 +107,22 @@ class TzModel(tzl.TorchzeroMixin, Model):
     """The same model with the one line a closure chain needs."""
 
 
+class ManualClosureModel(TzModel):
+    """Manual optimization with a closure(backward) passed to opt.step."""
+
+    def manual_step(self, batch, loss):
+        opt = self.optimizers()
+
+        def closure(backward=True):
+            value = loss_fn(self.net, batch)
+            if backward:
+                opt.zero_grad()
+                self.manual_backward(value)
+            return value
+
+        return {"loss": opt.step(closure)}
+
+
 def trainer(max_steps: int, **kwargs: Any) -> L.Trainer:
     defaults: dict[str, Any] = dict(
         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,

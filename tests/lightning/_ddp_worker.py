@@ -13,20 +13,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 import torch  # noqa: E402
 from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
 
-from tests.lightning._common import TzModel, data, loader, params, trainer  # noqa: E402
+from tests.lightning._common import ManualClosureModel, TzModel, data, loader, params, trainer  # noqa: E402
 from tests.lightning.test_ddp import CHAINS, N_DDP, STEPS_DDP  # noqa: E402
 
 
 def main(out: str) -> None:
     rank = int(os.environ["RANK"])
     for name, make_opt in CHAINS.items():
-        model = TzModel(make_opt, dtype=torch.float64)
+        manual = name.startswith("manual")
+        model = (ManualClosureModel if manual else TzModel)(make_opt, dtype=torch.float64, manual=manual)
         # a desynchronised collective raises after 45 s instead of hanging (torchrun then exits with an error)
         t = trainer(STEPS_DDP, strategy=DDPStrategy(timeout=timedelta(seconds=45)), devices=2)
         # Lightning's DistributedSampler (shuffle=False) gives each rank half of the N_DDP samples: one batch
         t.fit(model, loader(data(N_DDP, torch.float64), batch_size=N_DDP // 2))
         assert t.world_size == 2
-        result = {"params": params(model.net), "counts": dict(model.counts), "local_losses": model.step_losses}
+        result = {"params": params(model.net), "counts": dict(model.counts), "local_losses": model.logged}
         torch.save(result, f"{out}/{name}_rank{rank}.pt")
 
 

@@ -9,7 +9,15 @@ import torch
 
 import torchzero as tz
 
-from ._common import Model, TzModel, assert_params_close, fit, loss_fn, params, reference_closure_run
+from ._common import (
+    ManualClosureModel,
+    Model,
+    TzModel,
+    assert_params_close,
+    fit,
+    params,
+    reference_closure_run,
+)
 
 STEPS = 4
 
@@ -76,25 +84,9 @@ def test_without_mixin_a_closure_chain_pays_a_backward_per_loss_evaluation():
     assert len(model.logged) == 2 * 5
 
 
-class ManualModel(TzModel):
-    """Manual optimization with a closure(backward) passed to opt.step."""
-
-    def manual_step(self, batch, loss):
-        opt = self.optimizers()
-
-        def closure(backward=True):
-            value = loss_fn(self.net, batch)
-            if backward:
-                opt.zero_grad()
-                self.manual_backward(value)
-            return value
-
-        return {"loss": opt.step(closure)}
-
-
 def test_manual_optimization_with_closure():
     make_opt = CHAINS["lbfgs_strongwolfe"]
-    model = ManualModel(make_opt, manual=True)
+    model = ManualClosureModel(make_opt, manual=True)
     trainer = fit(model, STEPS)
     ref_params, ref_counts, ref_losses = reference_closure_run(make_opt, STEPS)
     assert trainer.global_step == STEPS
