@@ -1,0 +1,256 @@
+"""The module registry of the contract suite: one entry per public class of ``tz.m``.
+
+Every class in ``tz.m.__all__`` (except the base classes ``Module``, ``Transform`` and ``Chain``) needs
+an :class:`Entry`: a factory for a sensible chain around the module (a gradient approximator first, a
+line search after a direction, ``LR`` where the module leaves the step size open), per-group settings
+that differ between the two param groups where the module allows it, and what the module promises
+for complex parameters.  ``test_contract.py`` runs every entry through the same checks, so a new
+module is covered as soon as it has an entry, and fails ``test_every_public_module_has_an_entry``
+until it does.
+
+Expected failures are data too: ``xfail`` maps a check name to the bug that breaks it (strict, so
+the entry must be updated when the bug is fixed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import torchzero as tz
+
+BASE_CLASSES = frozenset({"Module", "Transform", "Chain"})
+
+CHECKS = (
+    "run",  # f32/f64: finite params, loss does not blow up, returned loss is f(x0)
+    "roundtrip",  # mid-run state_dict -> save -> load(weights_only) -> fresh optimizer equals uninterrupted
+    "reference",  # foreach path == reference (per-tensor) path
+    "noarg",  # no-argument closure == closure(backward)
+    "needs_closure",  # step() without a closure raises before changing anything
+    "complex",  # complex64 params: equal to the real-view problem, or a clear error
+    "split",  # per-group settings: one optimizer over two groups == one optimizer per tensor
+    "host_sync",  # no tensor is read back to Python on the step path (no closure needed)
+    "state",  # every tensor lives in opt.state; global_state holds Python primitives only
+    "repr",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """How to test one module class.
+
+    Attributes:
+        name: the class name in ``tz.m``.
+        chain: builds fresh modules for the chain (the module under test with its neighbours).
+        groups: settings of the two param groups (different where the module allows it).
+        complex: ``"equiv"`` (complex64 params behave exactly like their real views, as the foreach layer
+            promises), ``"finite"`` (complex is supported but defined differently from the real view:
+            only finiteness and progress are checked) or ``"raises:<text>"`` (the step must raise an error
+            whose message contains ``<text>``, before changing anything).
+        noarg: ``"equal"`` (a no-argument closure gives the same result) or ``"raises:<text>"``.
+        separable: the rule is per element or per tensor, so two groups in one optimizer equal one
+            optimizer per tensor (global norms, line searches and whole-vector methods are not).
+        xfail: ``{check: reason}`` for checks that fail because of a known bug.
+        steps: number of steps.
+        max_growth: the final loss may be at most this multiple of the initial loss.
+    """
+
+    name: str
+    chain: Callable[[], list[Any]]
+    groups: Sequence[dict[str, Any]] = ({}, {})
+    complex: str = "equiv"
+    noarg: str = "equal"
+    separable: bool = False
+    xfail: dict[str, str] = dataclasses.field(default_factory=dict)
+    steps: int = 5
+    max_growth: float = 1.5
+
+
+class FixedStep(tz.m.LineSearch):
+    """The smallest concrete ``LineSearch``: a fixed step when the update is a descent direction."""
+
+    def __init__(self, t: float = 0.1) -> None:
+        super().__init__({"t": t})
+
+    def search(self, line: Any, loss0: float, slope0: float, settings: dict[str, Any]) -> float:
+        line(settings["t"])  # one trial (loss only), so the probe's move/restore is exercised
+        return settings["t"] if slope0 < 0 else 0.0
+
+
+m = tz.m
+E = Entry
+REGISTRY: list[Entry] = [
+    # ------------------------------------------------------------------ learning rate
+    E("LR", lambda: [m.LR(0.05)], ({"lr": 0.05}, {"lr": 0.02}), separable=True),
+    # ------------------------------------------------------------------ optimizers
+    E("SGD", lambda: [m.SGD(momentum=0.9, nesterov=True), m.LR(0.05)], ({"momentum": 0.9}, {"momentum": 0.5}),
+      separable=True),
+    E("Adadelta", lambda: [m.Adadelta(), m.LR(1.0)], ({"rho": 0.9}, {"rho": 0.8}), separable=True, max_growth=1.01),
+    E("Adagrad", lambda: [m.Adagrad(), m.LR(0.1)],
+      ({"lr_decay": 0.0}, {"lr_decay": 0.1, "initial_accumulator_value": 0.1}), separable=True),
+    E("Adam", lambda: [m.Adam(), m.LR(0.05)], ({"betas": (0.9, 0.99)}, {"eps": 1e-6, "amsgrad": True}),
+      separable=True),
+    E("AdamW", lambda: [m.AdamW(lr=0.05)], ({"weight_decay": 0.1}, {"weight_decay": 0.0, "lr": 0.02}),
+      separable=True),
+    E("Adamax", lambda: [m.Adamax(), m.LR(0.05)], ({"betas": (0.9, 0.99)}, {}), separable=True),
+    E("HeavyBall", lambda: [m.HeavyBall(0.9), m.LR(0.02)], ({"momentum": 0.9}, {"momentum": 0.5, "dampening": 0.1}),
+      separable=True),
+    E("NesterovMomentum", lambda: [m.NesterovMomentum(0.9), m.LR(0.02)], ({"momentum": 0.8}, {"momentum": 0.5}),
+      separable=True),
+    E("Lion", lambda: [m.Lion(), m.LR(0.01)], ({"betas": (0.9, 0.99)}, {"betas": (0.95, 0.98)}), separable=True),
+    E("Muon", lambda: [m.Muon(), m.LR(0.02)], ({"momentum": 0.9}, {"nesterov": False}), separable=True,
+      max_growth=2.0),
+    E("NAdam", lambda: [m.NAdam(), m.LR(0.05)], ({"momentum_decay": 4e-3}, {"momentum_decay": 1e-2}),
+      separable=True),
+    E("Orthogonalize", lambda: [m.Orthogonalize(), m.LR(0.02)], ({"ns_steps": 5}, {"adjust_lr_fn": "none"}),
+      separable=True, max_growth=2.0),
+    E("RAdam", lambda: [m.RAdam(), m.LR(0.05)], ({"eps": 1e-8}, {"eps": 1e-6}), separable=True),
+    E("RMSprop", lambda: [m.RMSprop(), m.LR(0.01)], ({"centered": True}, {"momentum": 0.5}), separable=True),
+    E("Rprop", lambda: [m.Rprop(alpha=0.01)], ({"etas": (0.5, 1.2)}, {"etas": (0.4, 1.1), "alpha": 0.02}),
+      separable=True),
+    # ------------------------------------------------------------------ transforms
+    E("EMA", lambda: [m.EMA(0.9), m.LR(0.05)], ({"momentum": 0.9}, {"debiased": True}), separable=True),
+    E("Add", lambda: [m.Add(m.Grad(), alpha=0.5), m.LR(0.05)], ({"alpha": 0.5}, {"alpha": 1.0}), separable=True),
+    E("Sub", lambda: [m.Sub([m.Grad(), m.Mul(0.5)]), m.LR(0.05)], ({"alpha": 1.0}, {"alpha": 0.5}),
+      separable=True),
+    E("Mul", lambda: [m.Mul(0.5), m.LR(0.1)], ({"other": 0.5}, {"other": 0.2}), separable=True),
+    E("Div", lambda: [m.Div(2.0), m.LR(0.1)], ({"other": 2.0}, {"other": 5.0}), separable=True),
+    E("Lerp", lambda: [m.Adam(), m.Lerp(m.Grad(), 0.1), m.LR(0.05)], ({"weight": 0.1}, {"weight": 0.5}),
+      separable=True),
+    E("Neg", lambda: [m.Neg(), m.Mul(-1.0), m.LR(0.05)], ({}, {"lr": 0.02}), separable=True),
+    E("Cautious", lambda: [m.Adam(), m.Cautious(), m.LR(0.05)], ({"normalize": True}, {"normalize": False}),
+      separable=True),
+    # complex: real and imaginary parts are averaged separately (documented), unlike the real view's layout
+    E("Centralize", lambda: [m.Centralize(), m.SGD(), m.LR(0.05)], ({"min_ndim": 2}, {"min_ndim": 3}),
+      complex="finite", separable=True),
+    E("ClipNorm", lambda: [m.ClipNorm(0.5), m.LR(0.05)], ({"max_norm": 0.5}, {"max_norm": 1.0})),
+    E("Normalize", lambda: [m.Normalize(0.5), m.LR(0.1)], ({"norm": 0.5}, {"norm": 1.0})),
+    E("ClipValue", lambda: [m.ClipValue(0.1), m.LR(0.05)], ({"value": 0.1}, {"value": 0.05}), separable=True),
+    E("Clone", lambda: [m.Clone(), m.SGD(), m.LR(0.05)], ({}, {"lr": 0.02}), separable=True),
+    E("Grad", lambda: [m.Adam(), m.Grad(), m.LR(0.05)], ({}, {"lr": 0.02}), separable=True),
+    E("Sign", lambda: [m.Sign(), m.LR(0.01)], ({}, {"lr": 0.02}), separable=True),
+    E("WeightDecay", lambda: [m.Adam(), m.LR(0.05), m.WeightDecay(0.1, scale_by_lr=True)],
+      ({"weight_decay": 0.1}, {"weight_decay": 0.0}), separable=True),
+    # ------------------------------------------------------------------ line searches
+    E("LineSearch", lambda: [m.SGD(), FixedStep(0.1)]),
+    E("Backtracking", lambda: [m.LBFGS(history_size=3), m.Backtracking()]),
+    E("ArmijoTrials", lambda: [m.SGD(momentum=0.5), m.ArmijoTrials(n_trials=4)]),
+    E("StrongWolfe", lambda: [m.LBFGS(history_size=3), m.StrongWolfe(max_evals=8)]),
+    # ------------------------------------------------------------------ quasi-Newton and second order
+    E("LBFGS", lambda: [m.LBFGS(history_size=3), m.LR(0.2)], ({}, {"lr": 0.1})),
+    E("BFGS", lambda: [m.BFGS(), m.LR(0.2)], ({}, {"lr": 0.1})),
+    E("SR1", lambda: [m.SR1(), m.Backtracking()]),
+    E("ExactNewton", lambda: [m.ExactNewton(damping=1e-3), m.Backtracking()], complex="raises:real parameters only",
+      noarg="raises:backward argument"),
+    E("NewtonCG", lambda: [m.NewtonCG(max_iters=4), m.Backtracking()], complex="raises:real parameters only",
+      noarg="raises:backward argument"),
+    # ------------------------------------------------------------------ gradient approximation
+    E("FDM", lambda: [m.FDM(eps=1e-3), m.LR(0.05)], ({}, {"lr": 0.02})),
+    E("RandomizedFDM", lambda: [m.RandomizedFDM(n_samples=2), m.LR(0.02)], ({}, {"lr": 0.01}), max_growth=3.0),
+    E("ForwardGradient", lambda: [m.ForwardGradient(n_samples=2), m.LR(0.02)], ({}, {"lr": 0.01}),
+      noarg="raises:backward argument", max_growth=3.0),
+    # ------------------------------------------------------------------ smoothing
+    E("SAM", lambda: [m.SAM(rho=0.05), m.SGD(momentum=0.9), m.LR(0.05)], ({}, {"lr": 0.02})),
+    # ------------------------------------------------------------------ external
+    E("Wrap", lambda: [m.Wrap(torch.optim.Adam, lr=1.0, betas=(0.9, 0.999), eps=1e-8), m.LR(0.05)], ({"betas": (0.9, 0.99)}, {"eps": 1e-6}),
+      separable=True),
+    E("WrapClosure", lambda: [m.ClipNorm(10.0), m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3)]),
+]  # fmt: skip
+
+
+def entries() -> dict[str, Entry]:
+    out: dict[str, Entry] = {}
+    for e in REGISTRY:
+        assert e.name not in out, f"two registry entries for {e.name}"
+        out[e.name] = e
+    return out
+
+
+def public_modules() -> list[str]:
+    """Names in ``tz.m.__all__`` that are module classes (base classes excluded)."""
+    names = []
+    for name in tz.m.__all__:
+        obj = getattr(tz.m, name)
+        if isinstance(obj, type) and issubclass(obj, tz.m.Module) and name not in BASE_CLASSES:
+            names.append(name)
+    return names
+
+
+# ---------------------------------------------------------------------------- the problem
+class Problem:
+    """A small linear least-squares problem in two param groups: ``W`` (3x2) and ``b`` (2,).
+
+    ``loss = mean |X W + b - Y|^2``.  With a complex dtype every tensor is complex and the loss is the
+    mean squared modulus; ``real_view=True`` builds the same problem on real parameters of shape
+    ``(..., 2)`` (the loss reads them with ``view_as_complex``), which is what the foreach layer must be
+    equivalent to.
+    """
+
+    def __init__(self, dtype: torch.dtype, *, real_view: bool = False, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.complex = dtype.is_complex
+
+        def rnd(*shape: int, scale: float = 1.0) -> Tensor:
+            t = torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+            if self.complex:
+                t = torch.complex(t, torch.randn(*shape, generator=gen, dtype=torch.float64) * scale)
+            return t.to(dtype)
+
+        self.X = rnd(6, 3)
+        self.Y = rnd(6, 2)
+        W, b = rnd(3, 2, scale=0.5), rnd(2, scale=0.5)
+        self.real_view = real_view
+        if real_view:
+            assert self.complex
+            W, b = torch.view_as_real(W).clone(), torch.view_as_real(b).clone()
+        self.params = [W.requires_grad_(), b.requires_grad_()]
+
+    def groups(self, settings: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"params": [p], **s} for p, s in zip(self.params, settings, strict=True)]
+
+    def loss(self) -> Tensor:
+        W, b = self.params
+        if self.real_view:
+            W, b = torch.view_as_complex(W), torch.view_as_complex(b)
+        r = self.X @ W + b - self.Y
+        if self.complex:
+            return (r.real**2 + r.imag**2).mean()
+        return (r**2).mean()
+
+    def closure(self, style: str = "backward") -> Callable[..., Tensor]:
+        params = self.params
+
+        def zero() -> None:
+            for p in params:
+                p.grad = None
+
+        if style == "backward":
+
+            def closure(backward: bool = True) -> Tensor:
+                loss = self.loss()
+                if backward:
+                    zero()
+                    loss.backward()
+                return loss
+
+            return closure
+
+        def noarg() -> Tensor:
+            zero()
+            loss = self.loss()
+            loss.backward()
+            return loss
+
+        return noarg
+
+    def snapshot(self) -> list[Tensor]:
+        return [p.detach().clone() for p in self.params]
+
+    def load(self, values: Sequence[Tensor]) -> None:
+        with torch.no_grad():
+            for p, v in zip(self.params, values, strict=True):
+                p.copy_(v)

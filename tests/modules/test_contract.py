@@ -1,0 +1,342 @@
+"""The contract every public module of ``tz.m`` must keep, run over the registry in ``contract_registry.py``.
+
+For each registry entry (a module in a sensible chain, two param groups with different settings):
+
+* ``run``: fp32 and fp64, a few steps with ``closure(backward)``: finite parameters, a loss that does
+  not blow up, and ``step`` returns the loss at the starting point;
+* ``roundtrip``: a mid-run ``state_dict`` through ``torch.save``/``torch.load(weights_only=True)`` into
+  a fresh optimizer on fresh parameters continues bit for bit like the uninterrupted run;
+* ``reference``: ``tz.foreach.reference_mode()`` (per-tensor ops) equals the foreach path;
+* ``noarg``: a no-argument closure gives the same parameters as ``closure(backward)`` (closure modules),
+  or a clear error where the module documents that it needs the backward argument;
+* ``needs_closure``: ``step()`` without a closure raises before anything changes;
+* ``complex``: complex64 parameters give exactly what the real-view problem gives (the foreach
+  layer's promise), or a clear error naming complex support where the module documents it;
+* ``split``: per-group settings reach their group (one optimizer over two groups, one of them mixing
+  fp32 and fp64, equals one optimizer per tensor) for per-element/per-tensor rules;
+* ``host_sync``: no tensor value is read back to Python on the step path of chains without a closure;
+* ``state``: no tensor kept as a module attribute; ``global_state`` holds Python primitives only;
+* ``docs``: a docstring with an example or a reference/math section (reported as a warning only);
+* ``repr``.
+
+A new module of ``tz.m`` fails ``test_every_public_module_has_an_entry`` until it gets an entry.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+import torchzero as tz
+from tests.modules.contract_registry import CHECKS, REGISTRY, Entry, Problem, entries, public_modules
+
+try:
+    from tests.parity import NoHostSync
+except ImportError:  # pragma: no cover
+    NoHostSync = None  # type: ignore[assignment,misc]
+
+
+def _cases(check: str, applies: Any = lambda e: True) -> list[Any]:
+    assert check in CHECKS
+    out = []
+    for e in REGISTRY:
+        if not applies(e):
+            continue
+        marks = []
+        if check in e.xfail:
+            marks.append(pytest.mark.xfail(strict=True, reason=e.xfail[check]))
+        out.append(pytest.param(e, id=e.name, marks=marks))
+    return out
+
+
+def _requires_closure(e: Entry) -> bool:
+    return tz.m.Chain(*e.chain()).requires_closure
+
+
+def _build(e: Entry, problem: Problem) -> tz.Modular:
+    return tz.Modular(problem.groups(e.groups), *e.chain())
+
+
+def _save_load(sd: dict[str, Any]) -> dict[str, Any]:
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def _run(e: Entry, dtype: torch.dtype, *, style: str = "backward", steps: int | None = None,
+         reference: bool = False, real_view: bool = False) -> tuple[Problem, tz.Modular, list[Tensor]]:  # fmt: skip
+    problem = Problem(dtype, real_view=real_view)
+    opt = _build(e, problem)
+    closure = problem.closure(style)
+    losses = []
+    with tz.foreach.reference_mode(reference):
+        for _ in range(e.steps if steps is None else steps):
+            losses.append(opt.step(closure))
+    return problem, opt, losses
+
+
+# ------------------------------------------------------------------------------------------------ registry
+def test_every_public_module_has_an_entry():
+    known = entries()
+    missing = [n for n in public_modules() if n not in known]
+    assert not missing, (
+        f"tz.m exports {missing} without an entry in tests/modules/contract_registry.py. Add an Entry for each "
+        "(a factory building a sensible chain around the module, two groups with different settings where the "
+        "module allows it, and what it promises for complex parameters), so the module runs through the contract."
+    )
+
+
+def test_no_stale_entries():
+    stale = sorted(set(entries()) - set(public_modules()))
+    assert not stale, f"registry entries {stale} name no public module of tz.m; remove or rename them"
+
+
+# ------------------------------------------------------------------------------------------------ run
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("e", _cases("run"))
+def test_run(e: Entry, dtype: torch.dtype):
+    problem = Problem(dtype)
+    opt = _build(e, problem)
+    closure = problem.closure()
+    with torch.no_grad():
+        initial = problem.loss()
+    for t in range(e.steps):
+        with torch.no_grad():
+            before = problem.loss()
+        loss = opt.step(closure)
+        assert isinstance(loss, Tensor) and loss.ndim == 0, f"step {t}: step(closure) returned {loss!r}"
+        torch.testing.assert_close(loss.to(dtype), before, msg=lambda m: f"step {t}: step() must return f(x0): {m}")
+        for i, p in enumerate(problem.params):
+            assert torch.isfinite(p).all(), f"step {t}: parameter {i} is not finite: {p}"
+    with torch.no_grad():
+        final = problem.loss()
+    assert math.isfinite(final) and final <= e.max_growth * initial, (
+        f"{e.name}: the loss went from {float(initial):.4g} to {float(final):.4g} in {e.steps} steps"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ state
+@pytest.mark.parametrize("e", _cases("roundtrip"))
+def test_state_dict_roundtrip_continues_bit_for_bit(e: Entry):
+    dtype, split = torch.float64, 2
+    full, _, _ = _run(e, dtype)
+
+    problem, opt, _ = _run(e, dtype, steps=split)
+    saved = _save_load(opt.state_dict())
+    fresh = Problem(dtype)
+    fresh.load(problem.snapshot())
+    opt2 = _build(e, fresh)
+    opt2.load_state_dict(saved)
+    closure = fresh.closure()
+    for _ in range(e.steps - split):
+        opt2.step(closure)
+    for i, (a, b) in enumerate(zip(full.params, fresh.params, strict=True)):
+        assert torch.equal(a, b), (
+            f"{e.name}: after a save/load at step {split}, parameter {i} differs from the uninterrupted run "
+            f"(max abs diff {(a - b).abs().max():.3g}): some state is not in state_dict or is not restored"
+        )
+
+
+@pytest.mark.parametrize("e", _cases("state"))
+def test_state_lives_in_the_optimizer(e: Entry):
+    _, opt, _ = _run(e, torch.float64, steps=3)
+    owned = {id(t) for st in opt.state.values() for t in _tensors(st)}
+    params = {id(p) for g in opt.param_groups for p in g["params"]}
+    for m in opt.modules:
+        assert _primitive(m.global_state), (
+            f"{type(m).__name__}.global_state must hold Python primitives only (it is saved as is), "
+            f"got {m.global_state!r}"
+        )
+        for name, value in vars(m).items():
+            if name in ("_opt", "optimizer", "scheduler", "global_state", "own_groups", "defaults"):
+                continue
+            for t in _tensors(value):
+                assert id(t) in owned or id(t) in params, (
+                    f"{type(m).__name__}.{name} keeps a tensor outside opt.state; a checkpoint loses it"
+                )
+
+
+def _tensors(x: Any) -> list[Tensor]:
+    if isinstance(x, Tensor):
+        return [x]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _tensors(v)]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _tensors(v)]
+    return []
+
+
+def _primitive(x: Any) -> bool:
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return True
+    if isinstance(x, (list, tuple)):
+        return all(_primitive(v) for v in x)
+    if isinstance(x, dict):
+        return all(isinstance(k, (str, int)) and _primitive(v) for k, v in x.items())
+    return False
+
+
+# ------------------------------------------------------------------------------------------------ paths
+@pytest.mark.parametrize("e", _cases("reference"))
+def test_reference_mode_equals_foreach(e: Entry):
+    a, _, _ = _run(e, torch.float64)
+    b, _, _ = _run(e, torch.float64, reference=True)
+    for i, (p, q) in enumerate(zip(a.params, b.params, strict=True)):
+        torch.testing.assert_close(p, q, msg=lambda m, i=i: f"{e.name}: parameter {i}, foreach vs reference: {m}")
+
+
+@pytest.mark.parametrize("e", _cases("noarg", lambda e: _requires_closure(e)))
+def test_noarg_closure_equals_backward_closure(e: Entry):
+    a, _, _ = _run(e, torch.float64)
+    if e.noarg.startswith("raises:"):
+        problem = Problem(torch.float64)
+        opt = _build(e, problem)
+        before = problem.snapshot()
+        with pytest.raises(TypeError, match=e.noarg.removeprefix("raises:")):
+            opt.step(problem.closure("noarg"))
+        for p, q in zip(problem.params, before, strict=True):
+            assert torch.equal(p, q), f"{e.name}: the parameters changed before the closure error"
+        return
+    b, _, _ = _run(e, torch.float64, style="noarg")
+    for i, (p, q) in enumerate(zip(a.params, b.params, strict=True)):
+        torch.testing.assert_close(p, q, msg=lambda m, i=i: f"{e.name}: parameter {i}, closure() vs closure(backward): {m}")
+
+
+@pytest.mark.parametrize("e", _cases("needs_closure", lambda e: _requires_closure(e)))
+def test_step_without_closure_raises_before_changing_anything(e: Entry):
+    problem, opt, _ = _run(e, torch.float64, steps=1)
+    problem.closure()(True)  # fresh .grad, as a user who forgot the closure would have
+    params = problem.snapshot()
+    sd = copy.deepcopy(opt.state_dict())
+    with pytest.raises(RuntimeError, match="closure"):
+        opt.step()
+    for p, q in zip(problem.params, params, strict=True):
+        assert torch.equal(p, q), f"{e.name}: step() without a closure changed the parameters before raising"
+    _assert_same_state(sd, opt.state_dict(), e.name)
+
+
+def _assert_same_state(a: Any, b: Any, name: str, path: str = "state_dict") -> None:
+    if isinstance(a, Tensor):
+        assert isinstance(b, Tensor) and torch.equal(a, b), f"{name}: {path} changed"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{name}: keys of {path} changed"
+        for k in a:
+            _assert_same_state(a[k], b[k], name, f"{path}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{name}: {path} changed length"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_state(x, y, name, f"{path}[{i}]")
+    else:
+        assert a == b, f"{name}: {path} changed from {a!r} to {b!r}"
+
+
+# ------------------------------------------------------------------------------------------------ complex
+@pytest.mark.parametrize("e", _cases("complex"))
+def test_complex_params(e: Entry):
+    if e.complex.startswith("raises:"):
+        problem = Problem(torch.complex64)
+        opt = _build(e, problem)
+        before = problem.snapshot()
+        with pytest.raises((TypeError, ValueError, RuntimeError), match=e.complex.removeprefix("raises:")):
+            opt.step(problem.closure())
+        for p, q in zip(problem.params, before, strict=True):
+            assert torch.equal(p, q), f"{e.name}: the parameters changed before the complex-support error"
+        return
+    c, _, _ = _run(e, torch.complex64)
+    for i, p in enumerate(c.params):
+        assert p.dtype == torch.complex64 and torch.isfinite(torch.view_as_real(p)).all(), (
+            f"{e.name}: complex parameter {i} is not finite: {p}"
+        )
+    with torch.no_grad():
+        start = Problem(torch.complex64).loss()
+        final = c.loss()
+    assert final <= e.max_growth * start, f"{e.name}: complex loss went from {float(start):.4g} to {float(final):.4g}"
+    if e.complex == "equiv":
+        r, _, _ = _run(e, torch.complex64, real_view=True)
+        for i, (p, q) in enumerate(zip(c.params, r.params, strict=True)):
+            torch.testing.assert_close(
+                torch.view_as_real(p), q,
+                msg=lambda m, i=i: f"{e.name}: complex parameter {i} differs from the same problem on its real view: {m}",
+            )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ groups
+SPLIT_SHAPES = (((3, 2), torch.float64, 0), ((2,), torch.float32, 0), ((4, 3), torch.float32, 1))
+"""(shape, dtype, group): group 0 mixes fp64 and fp32, so its settings are resolved in two segments"""
+
+
+def _split_params() -> list[Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    return [torch.randn(s, generator=gen, dtype=torch.float64).to(d).requires_grad_() for s, d, _ in SPLIT_SHAPES]
+
+
+def _split_grads(step: int, *lists: list[Tensor]) -> None:
+    gen = torch.Generator().manual_seed(100 + step)
+    noise = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in lists[0]]
+    for params in lists:
+        for p, n in zip(params, noise, strict=True):
+            p.grad = (n + 0.5 * p.detach().double()).to(p.dtype)
+
+
+@pytest.mark.parametrize("e", _cases("split", lambda e: e.separable))
+def test_group_settings_reach_their_group(e: Entry):
+    joint, alone = _split_params(), _split_params()
+    groups = [{"params": [p for p, (_, _, g) in zip(joint, SPLIT_SHAPES, strict=True) if g == gi], **e.groups[gi]}
+              for gi in range(2)]  # fmt: skip
+    opt = tz.Modular(groups, *e.chain())
+    singles = [tz.Modular([{"params": [p], **e.groups[g]}], *e.chain()) for p, (_, _, g) in zip(alone, SPLIT_SHAPES, strict=True)]
+    for t in range(4):
+        _split_grads(t, joint, alone)
+        opt.step()
+        for o in singles:
+            o.step()
+    for i, (p, q) in enumerate(zip(joint, alone, strict=True)):
+        torch.testing.assert_close(
+            p, q,
+            msg=lambda m, i=i: f"{e.name}: parameter {i} ({SPLIT_SHAPES[i][1]}, group {SPLIT_SHAPES[i][2]}) in a "
+            f"two-group optimizer differs from an optimizer of its own with the same settings: {m}",
+        )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ host sync
+@pytest.mark.skipif(NoHostSync is None, reason="tests/parity.py has no NoHostSync")
+@pytest.mark.parametrize("e", _cases("host_sync", lambda e: not _requires_closure(e)))
+def test_no_host_sync_on_the_step_path(e: Entry):
+    problem = Problem(torch.float32)
+    opt = _build(e, problem)
+    for _ in range(3):
+        problem.closure()(True)
+        with NoHostSync():
+            opt.step()
+
+
+# ------------------------------------------------------------------------------------------------ misc
+@pytest.mark.parametrize("e", _cases("repr"))
+def test_repr(e: Entry):
+    _, opt, _ = _run(e, torch.float64, steps=1)
+    text = repr(opt)
+    for m in opt.modules:
+        assert type(m).__name__ in text, f"repr(opt) does not name {type(m).__name__}:\n{text}"
+
+
+@pytest.mark.parametrize("name", [e.name for e in REGISTRY])
+def test_docstring(name: str):
+    doc = getattr(tz.m, name).__doc__ or ""
+    has_example = "Example" in doc or ">>>" in doc
+    has_reference = "Reference" in doc or ".. math::" in doc or ":math:" in doc
+    if not doc.strip() or not (has_example or has_reference):
+        warnings.warn(
+            f"tz.m.{name}: the docstring {'is missing' if not doc.strip() else 'has no Example and no Reference/math'}",
+            UserWarning,
+            stacklevel=1,
+        )
+    elif not has_example:
+        warnings.warn(f"tz.m.{name}: the docstring has no Example", UserWarning, stacklevel=1)
