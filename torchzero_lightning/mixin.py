@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from lightning.pytorch import LightningModule
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 
@@ -48,6 +49,12 @@ class TorchzeroMixin:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        if LightningModule in mro and mro.index(LightningModule) < mro.index(TorchzeroMixin):
+            raise TypeError(
+                f"{cls.__name__} lists TorchzeroMixin after LightningModule, so LightningModule's hooks would "
+                f"shadow the mixin's. Put it first: class {cls.__name__}(tzl.TorchzeroMixin, L.LightningModule)."
+            )
         fn = getattr(cls, "configure_optimizers", None)  # the class's own or an inherited one
         if fn is not None and not getattr(fn, "_tz_checked", False):
 

@@ -94,3 +94,14 @@ def test_closure_chain_needs_a_loss():
     with pytest.raises(RuntimeError, match=r"training_step returned NoneType.*return the loss"):
         fit(model, 2)
     _assert_untouched(model)
+
+
+def test_mixin_must_come_first():
+    import lightning as L
+
+    import torchzero_lightning as tzl
+
+    with pytest.raises(TypeError, match=r"class Wrong\(tzl.TorchzeroMixin, L.LightningModule\)"):
+
+        class Wrong(L.LightningModule, tzl.TorchzeroMixin):
+            pass

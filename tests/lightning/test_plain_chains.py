@@ -56,7 +56,8 @@ def test_adam_accumulation_clipping_onecycle(cls):
 
 def _sgd_wd(p):
     opt = tz.Modular(p, tz.m.SGD(momentum=0.9), tz.m.LR(0.05), tz.m.WeightDecay(1e-2))
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    # cycles SGD's momentum (the Modular exposes 'momentum' in its groups) as well as the lr
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=STEPS, base_momentum=0.8)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -69,15 +70,21 @@ def test_sgd_momentum_weight_decay_with_scheduler(manual):
     net = make_net()
     cfg = _sgd_wd(net.parameters())
     ref, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
+    momenta = []
     for batch in batches(STEPS):
         ref.zero_grad()
         loss_fn(net, batch).backward()
+        momenta.append(ref.param_groups[0]["momentum"])
         ref.step()
         sched.step()
 
     assert trainer.global_step == STEPS
     assert_params_close(params(model.net), net.parameters())
-    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(ref.param_groups[0]["lr"])
+    group = trainer.optimizers[0].param_groups[0]
+    assert (group["lr"], group["momentum"]) == pytest.approx(
+        (ref.param_groups[0]["lr"], ref.param_groups[0]["momentum"])
+    )
+    assert len(set(momenta)) > 1, "OneCycleLR should have cycled the momentum"
 
 
 def test_bf16_mixed():
