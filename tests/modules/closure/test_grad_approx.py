@@ -9,6 +9,9 @@ import torchzero as tz
 
 from ._problems import DTYPES, Counter, Record, mlp, quadratic, roundtrip
 
+# torch's forward-mode AD scripts some decompositions internally with the deprecated torch.jit.script
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 
 class NoBackward(torch.autograd.Function):
     """Identity whose backward raises: a model built on it cannot be trained by backpropagation.
@@ -190,11 +193,12 @@ def test_model_whose_backward_raises_still_trains(module, dtype):
 
 
 @pytest.mark.parametrize("style", ["backward", "noarg"])
-def test_loss_only_evaluations_leave_grad_alone(style):
+@pytest.mark.parametrize("module", [lambda: tz.m.RandomizedFDM(n_samples=2), lambda: tz.m.FDM()], ids=["RFDM", "FDM"])
+def test_loss_only_evaluations_leave_grad_alone(module, style):
     f, x, *_ = quadratic(n=4)
     sentinel = torch.full_like(x, 7.0)
     x.grad = sentinel.clone()
-    est, grad, counter, _, _ = _estimate(tz.m.RandomizedFDM(n_samples=2), x, f, style=style)
+    est, grad, counter, _, _ = _estimate(module(), x, f, style=style)
     assert torch.equal(x.grad, sentinel), f".grad changed with a {style} closure"
     torch.testing.assert_close(grad, est)
 

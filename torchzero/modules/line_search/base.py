@@ -55,6 +55,16 @@ class LineSearch(Module):
 
     Subclasses implement :meth:`search`.  They publish the step size as ``opt.last_info["step_size"]``
     and keep the last accepted one in ``global_state["step_size"]`` (saved in ``state_dict``).
+
+    Example (a search that tries 1, then 0.1, and keeps the better)::
+
+        class TwoTrials(tz.m.LineSearch):
+            def search(self, line, loss0, slope0, settings):
+                losses = {t: line(t)[0] for t in (1.0, 0.1)}
+                best = min(losses, key=losses.get)
+                return best if losses[best] < loss0 else 0.0
+
+        opt = tz.Modular(params, tz.m.LBFGS(), TwoTrials())
     """
 
     needs_closure = True
