@@ -65,7 +65,7 @@ def _plot_path(text: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .demo.chains import CHAINS
+    from .demo.chains import CHAINS, DEFAULT_CHAINS
     from .demo.runner import TRAINERS
 
     parser = argparse.ArgumentParser(
@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a small task with several chains side by side",
         description="Train an MLP on a two-spirals task (made on the fly) with several optimizer chains, "
         "then compare final loss, accuracy, steps, closure evaluations and wall time.",
-        epilog="chains: " + "; ".join(f"{s.name} = {s.label}" for s in CHAINS.values()),
+        epilog="chains (* = run by default): "
+        + "; ".join(f"{s.name}{'*' if s.name in DEFAULT_CHAINS else ''} = {s.label}" for s in CHAINS.values()),
     )
     demo.add_argument(
         "--steps",
@@ -88,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"optimizer steps per chain (default {DEFAULT_STEPS})",
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the initial weights (default 0)")
-    demo.add_argument("--chains", type=_chain_list, default=None, help="comma-separated chain names (default: all)")
+    demo.add_argument(
+        "--chains",
+        type=_chain_list,
+        default=None,
+        help="comma-separated chain names (default: " + ",".join(DEFAULT_CHAINS) + ")",
+    )
     demo.add_argument(
         "--trainer", choices=list(TRAINERS), default="plain", help="training loop to run the chains in (default plain)"
     )

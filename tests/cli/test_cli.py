@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 import torchzero as tz
 from torchzero import cli
 from torchzero.demo import CHAINS, ChainSpec, make_model, make_task, run_chain
+from torchzero.demo.chains import DEFAULT_CHAINS
 
 pytest.importorskip("rich")
 
@@ -44,12 +46,26 @@ def test_demo_prints_a_row_per_chain(capsys):
     assert "adam" in out and "sgd-onecycle" in out
 
 
-def test_demo_with_every_chain_never_crashes(capsys):
-    # chains whose modules have not landed show up as unavailable instead of stopping the demo
+def test_demo_default_chains(capsys):
     code, out, _ = run(capsys, "demo", "--steps", "2", "--samples", "32")
     assert code == 0
-    for name in CHAINS:
+    for name in DEFAULT_CHAINS:
         assert name in out
+    for name in set(CHAINS) - set(DEFAULT_CHAINS):
+        assert f"\n{name}" not in out and f"│ {name} " not in out, f"{name} is not a default chain"
+
+
+def test_every_chain_trains():
+    task = make_task(64, 32)
+    for name, spec in CHAINS.items():
+        result = run_chain(spec, task, steps=3)
+        assert result.status == "ok", f"{name}: {result.status} {result.message}"
+        assert result.steps == 3 and result.closure_calls >= 3, (name, result.steps, result.closure_calls)
+        if name != "fdm-adam":  # a random-direction estimate need not descend within 3 steps
+            assert result.final_loss < result.losses[0], (
+                f"{name}: loss went from {result.losses[0]} to {result.final_loss}"
+            )
+        assert math.isfinite(result.final_loss), name
 
 
 def test_demo_plot_writes_a_png(capsys, tmp_path):

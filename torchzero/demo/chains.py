@@ -80,6 +80,14 @@ def _muon(model: nn.Module, steps: int) -> Modular:
     return Modular(model.parameters(), m.Muon(), m.LR(5e-2))
 
 
+def _sam_adam(model: nn.Module, steps: int) -> Modular:
+    return Modular(model.parameters(), m.SAM(rho=0.05), m.Adam(), m.LR(1e-2))
+
+
+def _bfgs(model: nn.Module, steps: int) -> Modular:
+    return Modular(model.parameters(), m.BFGS(), m.StrongWolfe())
+
+
 CHAINS: dict[str, ChainSpec] = {
     spec.name: spec
     for spec in (
@@ -101,11 +109,21 @@ CHAINS: dict[str, ChainSpec] = {
             "gradient-free: loss evaluations only, no backward pass",
         ),
         ChainSpec("muon", "Muon, LR(5e-2)", ("Muon", "LR"), _muon, "orthogonalised updates for matrices"),
+        # not run by default
+        ChainSpec(
+            "sam-adam", "SAM(rho=0.05), Adam, LR(1e-2)", ("SAM", "Adam", "LR"), _sam_adam,
+            "Adam on the gradient at a nearby worst-case point: two backward passes per step",
+        ),
+        ChainSpec(
+            "bfgs", "BFGS, StrongWolfe", ("BFGS", "StrongWolfe"), _bfgs,
+            "dense quasi-Newton: fine for this small model",
+        ),
     )
 }  # fmt: skip
 """every chain the demo knows, by command-line name"""
 
-DEFAULT_CHAINS = tuple(CHAINS)
+DEFAULT_CHAINS = ("adam", "cautious", "sgd-onecycle", "lbfgs", "fdm-adam", "muon")
+"""the chains ``torchzero demo`` runs without ``--chains``"""
 
 
 def resolve_chains(names: Sequence[str] | None) -> list[ChainSpec]:
