@@ -46,7 +46,8 @@ class Entry:
     Attributes:
         name: the class name in ``tz.m``.
         chain: builds fresh modules for the chain (the module under test with its neighbours).
-        groups: settings of the two param groups (different where the module allows it).
+        groups: settings of the two param groups (different where the module allows it); a single dict puts
+            every parameter in one group.
         complex: ``"equiv"`` (complex64 params behave exactly like their real views, as the foreach layer
             promises), ``"finite"`` (complex is supported but defined differently from the real view:
             only finiteness and progress are checked) or ``"raises:<text>"`` (the step must raise an error
@@ -102,12 +103,14 @@ REGISTRY: list[Entry] = [
     E("NesterovMomentum", lambda: [m.NesterovMomentum(0.9), m.LR(0.02)], ({"momentum": 0.8}, {"momentum": 0.5}),
       separable=True),
     E("Lion", lambda: [m.Lion(), m.LR(0.01)], ({"betas": (0.9, 0.99)}, {"betas": (0.95, 0.98)}), separable=True),
+    # complex: Orthogonalize/Muon decide by the complex tensor's ndim (a complex vector is passed through, its
+    # (n, 2) real view would be orthogonalized), as documented, so only finiteness and progress are checked
     E("Muon", lambda: [m.Muon(), m.LR(0.02)], ({"momentum": 0.9}, {"nesterov": False}), separable=True,
-      max_growth=2.0),
+      complex="finite", max_growth=2.0),
     E("NAdam", lambda: [m.NAdam(), m.LR(0.05)], ({"momentum_decay": 4e-3}, {"momentum_decay": 1e-2}),
       separable=True),
     E("Orthogonalize", lambda: [m.Orthogonalize(), m.LR(0.02)], ({"ns_steps": 5}, {"adjust_lr_fn": "none"}),
-      separable=True, max_growth=2.0),
+      separable=True, complex="finite", max_growth=2.0),
     E("RAdam", lambda: [m.RAdam(), m.LR(0.05)], ({"eps": 1e-8}, {"eps": 1e-6}), separable=True),
     E("RMSprop", lambda: [m.RMSprop(), m.LR(0.01)], ({"centered": True}, {"momentum": 0.5}), separable=True),
     E("Rprop", lambda: [m.Rprop(alpha=0.01)], ({"etas": (0.5, 1.2)}, {"etas": (0.4, 1.1), "alpha": 0.02}),
@@ -156,9 +159,12 @@ REGISTRY: list[Entry] = [
     # ------------------------------------------------------------------ smoothing
     E("SAM", lambda: [m.SAM(rho=0.05), m.SGD(momentum=0.9), m.LR(0.05)], ({}, {"lr": 0.02})),
     # ------------------------------------------------------------------ external
-    E("Wrap", lambda: [m.Wrap(torch.optim.Adam, lr=1.0, betas=(0.9, 0.999), eps=1e-8), m.LR(0.05)], ({"betas": (0.9, 0.99)}, {"eps": 1e-6}),
-      separable=True),
-    E("WrapClosure", lambda: [m.ClipNorm(10.0), m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3)]),
+    # torch.optim.Adam reads its step count back to Python (torch's own host sync), so Wrap is tested on SGD
+    E("Wrap", lambda: [m.Wrap(torch.optim.SGD, lr=1.0, momentum=0.9, dampening=0.0), m.LR(0.05)],
+      ({"momentum": 0.9}, {"momentum": 0.5, "dampening": 0.1}), separable=True),
+    # torch.optim.LBFGS takes a single param group
+    E("WrapClosure", lambda: [m.ClipNorm(10.0), m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3)],
+      groups=({},)),
 ]  # fmt: skip
 
 
@@ -210,6 +216,8 @@ class Problem:
         self.params = [W.requires_grad_(), b.requires_grad_()]
 
     def groups(self, settings: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        if len(settings) == 1:
+            return [{"params": list(self.params), **settings[0]}]
         return [{"params": [p], **s} for p, s in zip(self.params, settings, strict=True)]
 
     def loss(self) -> Tensor:

@@ -38,10 +38,15 @@ class Adam(Transform):
     ``tz.Modular(p, tz.m.Adam(), tz.m.LR(1e-3))`` equals ``torch.optim.Adam(p, lr=1e-3)``.  The step
     count is per module (parameters that join later share it).
 
+    Example::
+
+        opt = tz.Modular(model.parameters(), tz.m.Adam(betas=(0.9, 0.99)), tz.m.LR(1e-3))  # == torch.optim.Adam
+
     Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
     """
 
     fuses_lr = True
+    modifies_update_inplace = False
 
     def __init__(
         self,
@@ -68,13 +73,21 @@ class Adam(Transform):
         update = seg.update
         lr = s["alpha"] * seg.scale
 
-        if ctx.is_last and self.fused is not False and _fused_ok(seg):
+        if self.fused is not False and _fused_ok(seg, lr):
+            # torch's fused kernel does the whole rule in one pass.  As the last stage it updates the params; else it
+            # "updates" a zero buffer with -lr, which leaves exactly lr * m_hat / (sqrt(v_hat) + eps) in it (a NaN or
+            # inf gradient gives NaN there, as it would in the update anyway)
+            target = seg.params if ctx.is_last else ops.mul(update, 0.0)
             step_t = torch.full((), float(t), dtype=torch.float32, device=seg.device)
             torch._fused_adam_(
-                seg.params, update, exp_avg, exp_avg_sq, states[2] if s["amsgrad"] else [], [step_t] * len(seg),
-                lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=s["eps"], amsgrad=s["amsgrad"], maximize=False,
+                target, update, exp_avg, exp_avg_sq, states[2] if s["amsgrad"] else [], [step_t] * len(seg),
+                lr=lr if ctx.is_last else -lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=s["eps"],
+                amsgrad=s["amsgrad"], maximize=False,
             )  # fmt: skip
-            ctx.mark_params_written()
+            if ctx.is_last:
+                ctx.mark_params_written()
+            else:
+                seg.update = target
             return
 
         ops.lerp_(exp_avg, update, 1 - beta1)
@@ -88,12 +101,19 @@ class Adam(Transform):
         denom = ops.sqrt(second)
         ops.div_(denom, math.sqrt(1 - beta2**t))
         ops.add_(denom, s["eps"])
-        emit_div(ctx, seg, exp_avg, denom, step_size)
+        if ctx.is_last:
+            emit_div(ctx, seg, exp_avg, denom, step_size)
+        else:  # build the update in the denominator's buffer, leaving the incoming update (often .grad) intact
+            ops.reciprocal_(denom)
+            ops.mul_(denom, exp_avg)
+            ops.mul_(denom, step_size)
+            seg.update = denom
 
 
-def _fused_ok(seg: Segment) -> bool:
+def _fused_ok(seg: Segment, lr: Any) -> bool:
     return (
-        seg.dtype in _FUSED_DTYPES
+        not isinstance(lr, torch.Tensor)  # a tensor lr (capturable-style) takes the foreach path
+        and seg.dtype in _FUSED_DTYPES
         and seg.device.type in _get_fused_kernels_supported_devices()
         and not ops.is_reference_mode()
         and not torch.is_grad_enabled()  # differentiable mode: fused kernels have no autograd

@@ -56,20 +56,40 @@ class NAdam(Transform):
 
     def step(self, ctx: StepContext, fused: Any = None) -> None:
         next_step(self)
+        # products already advanced during this step, by key: a param group whose tensors have several
+        # dtypes or devices (or set_params groups) is applied in several segments, and must advance once
+        self._advanced: dict[str, float] = {}
         super().step(ctx, fused)
+
+    def _product_keys(self, ctx: StepContext, seg: Segment) -> list[str]:
+        """One key per run of this segment: its param group, and its ``set_params`` group if it has one."""
+        keys = []
+        for run in ctx.layout.runs:
+            if seg.start <= run.start and run.stop <= seg.stop:
+                own = -1 if self.partition is None else run.sig[self.partition]
+                key = str(run.group) if own < 0 else f"{run.group}/{own}"
+                if key not in keys:
+                    keys.append(key)
+        return keys
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:
         s = seg.settings
         beta1, beta2 = s["betas"]
         psi = s["momentum_decay"]
         t = self.global_state["step"]
-        # one product per param group; groups merged into one segment share settings and history
+        # one product per param group (per set_params group within it), advanced once per step even when
+        # the group spans several segments (dtypes, devices); groups merged into one segment share settings
+        # and history
         products: dict[str, float] = self.global_state.setdefault("mu_product", {})
         mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * psi))
         mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
-        product = products.get(str(seg.groups[0]), 1.0) * mu
-        for g in seg.groups:
-            products[str(g)] = product
+        keys = self._product_keys(ctx, seg)
+        product = self._advanced.get(keys[0])
+        if product is None:
+            product = products.get(keys[0], 1.0) * mu
+        for key in keys:
+            products[key] = product
+            self._advanced[key] = product
         product_next = product * mu_next
 
         update = seg.update
