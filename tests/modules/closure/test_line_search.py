@@ -99,8 +99,11 @@ def test_strong_wolfe_restores_gradient_for_next_module():
     g0 = grad_at(lambda: rosenbrock(x), [x])[0]
     rec = Record()
     opt = tz.Modular([x], tz.m.StrongWolfe(init=30.0), rec)
-    opt.step(Counter(lambda: rosenbrock(x), [x]).closure)
+    counter = Counter(lambda: rosenbrock(x), [x])
+    opt.step(counter.closure)
+    assert counter.backwards > 1
     torch.testing.assert_close(rec.grads[0][0], g0)
+    torch.testing.assert_close(x.grad, g0)  # .grad too, not the last trial's gradient
 
 
 # ----------------------------------------------------------------------------------- Armijo searches
@@ -273,3 +276,22 @@ def test_step_without_closure_is_refused():
     with pytest.raises(RuntimeError, match="needs a closure|needs a closure|closure"):
         opt.step()
     assert torch.equal(x.detach(), torch.zeros(2))
+
+
+class Poison(tz.Module):
+    """Test helper: puts an infinite entry into the update."""
+
+    def step(self, ctx) -> None:  # type: ignore[no-untyped-def]
+        u = ctx.update[0].clone()
+        u[0] = math.inf
+        ctx.update = [u]
+
+
+@pytest.mark.parametrize("make", SEARCHES)
+def test_rejected_non_finite_direction_leaves_params_untouched(make):
+    x = torch.tensor([0.5, -0.3], dtype=torch.float64, requires_grad=True)
+    x0 = x.detach().clone()
+    opt = tz.Modular([x], Poison(), make())
+    opt.step(Counter(lambda: (x**2).sum(), [x]).closure)
+    assert opt.last_info["step_size"] == 0.0
+    assert torch.equal(x.detach(), x0)

@@ -109,3 +109,14 @@ def test_sam_trains_small_mlp(dtype):
 def test_invalid_rho():
     with pytest.raises(ValueError, match="rho"):
         tz.m.SAM(rho=0.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_zero_gradient_gives_zero_perturbation(dtype, adaptive):
+    x = torch.zeros(3, dtype=dtype, requires_grad=True)  # the minimum of |x|^2: gradient exactly zero
+    opt = tz.Modular([x], tz.m.SAM(adaptive=adaptive), tz.m.LR(0.1))
+    counter = Counter(lambda: (x**2).sum(), [x], record=True)
+    opt.step(counter.closure)
+    assert torch.equal(counter.points[1][0], torch.zeros(3, dtype=dtype))
+    assert torch.equal(x.detach(), torch.zeros(3, dtype=dtype))

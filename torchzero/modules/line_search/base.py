@@ -51,7 +51,7 @@ class LineSearch(Module):
 
     Every decision compares values returned by the closure.  In a distributed run, return the loss
     averaged over processes (the Lightning and Accelerate adapters do) and every process accepts the
-    same step.  After the search ``ctx.get_grad()`` is again the gradient at :math:`x_0`.
+    same step.  After the search ``ctx.get_grad()`` and ``.grad`` are again the gradient at :math:`x_0`.
 
     Subclasses implement :meth:`search`.  They publish the step size as ``opt.last_info["step_size"]``
     and keep the last accepted one in ``global_state["step_size"]`` (saved in ``state_dict``).
@@ -86,12 +86,15 @@ class LineSearch(Module):
             t = self.search(line, float(loss0), slope0, settings)
         finally:
             probe.restore()
-            if self.backward_trials:
-                ctx.set_grad(grad0)
+            if self.backward_trials and line.evals:
+                _restore_grad(ctx, grad0)
         if t != 0.0:
             self.global_state["step_size"] = t
         for a, b in ctx.layout.buckets:
-            ops.mul_(direction[a:b], t)
+            if t == 0.0:
+                ops.zero_(direction[a:b])  # not 0 * direction: a non-finite direction must not leak
+            else:
+                ops.mul_(direction[a:b], t)
         ctx.update = direction
         ctx.info["step_size"] = t
         ctx.info["line_search_evals"] = line.evals
@@ -106,6 +109,16 @@ class LineSearch(Module):
         if settings.get("adaptive") and previous:
             return previous * settings["grow"]
         return float(settings["init"])
+
+
+def _restore_grad(ctx: StepContext, grad0: list[Tensor]) -> None:
+    """Make ``ctx.get_grad()`` and ``.grad`` the gradient at the starting point again after backward trials."""
+    ctx.set_grad(grad0)
+    grads = ctx.layout.grads()
+    for a, b in ctx.layout.buckets:
+        pairs = [(g, g0) for g, g0 in zip(grads[a:b], grad0[a:b], strict=True) if g is not None]
+        if pairs:
+            ops.copy_([g for g, _ in pairs], [g0 for _, g0 in pairs])
 
 
 def check_positive(name: str, value: float, hint: str = "") -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
+from ...foreach import ops
 from .base import Line, LineSearch, check_positive
 
 
@@ -105,7 +108,9 @@ class StrongWolfe(LineSearch):
         if not slope0 < -tol:
             return 0.0
         max_more = int(settings["max_evals"]) - 1  # trials after the first
-        scale = max(float(d.abs().max()) for d in line.direction)  # bracket width in parameter units
+        # largest |u_i|: converts the bracket width into parameter units (one host sync per bucket)
+        buckets = line.probe.buckets
+        scale = max(float(torch.stack(ops.norm(line.direction[a:b], math.inf)).max()) for a, b in buckets)
 
         t = self.initial_step(settings)
         f, d = line(t, True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
 from ...core.module import Module
 from ...foreach import ops
 from ..line_search._probe import Probe, dot_tensor, scaled
@@ -69,7 +67,7 @@ class SAM(Module):
         else:
             norm = dot_tensor(buckets, grad, grad).sqrt()
             direction = list(grad)
-        factor = s["rho"] / torch.clamp(norm, min=torch.finfo(torch.float64).tiny)
+        factor = s["rho"] / (norm + 1e-12)  # a zero gradient gives a zero perturbation
         perturbation = scaled(buckets, direction, factor)
         probe = Probe(ctx)
         try:
