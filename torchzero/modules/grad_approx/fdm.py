@@ -60,6 +60,8 @@ class FDM(GradApprox):
     Example::
 
         opt = tz.Modular(params, tz.m.FDM(eps=1e-4), tz.m.LBFGS(), tz.m.Backtracking())
+
+    Reference: Nocedal & Wright, *Numerical Optimization* (2nd ed.), Section 8.1.
     """
 
     def __init__(self, eps: float = 1e-3, formula: str = "central") -> None:

@@ -90,6 +90,8 @@ class ArmijoTrials(LineSearch):
     Example::
 
         opt = tz.Modular(params, tz.m.SGD(momentum=0.9), tz.m.ArmijoTrials(n_trials=6))
+
+    Reference: Armijo (1966), as for :class:`Backtracking`; the fixed grid of trials is this library's variant.
     """
 
     def __init__(self, n_trials: int = 8, init: float = 1.0, beta: float = 0.5, c1: float = 1e-4) -> None:

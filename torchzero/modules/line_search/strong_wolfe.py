@@ -56,7 +56,8 @@ class StrongWolfe(LineSearch):
     Each trial evaluates the closure with backward (the slope needs the gradient).  A NaN or infinite
     loss rejects the trial (it becomes the far end of the bracket).  The search stops after
     ``max_evals`` evaluations and then takes the lowest point found, or no step if nothing beat
-    :math:`\phi(0)`.  When :math:`u` is not a descent direction (:math:`\phi'(0) > -\text{tol}`) no step is
+    :math:`\phi(0)`.  Because trials need the gradient, this search is not for gradient-free chains: after
+    ``FDM`` or ``RandomizedFDM`` use ``Backtracking`` or ``ArmijoTrials``.  When :math:`u` is not a descent direction (:math:`\phi'(0) > -\text{tol}`) no step is
     taken and the closure is not called.  Every decision uses the closure's return value: return an
     all-reduced loss in distributed runs.
 

@@ -63,6 +63,10 @@ class ExactNewton(Module):
                 opt.zero_grad()
                 loss.backward()
             return loss
+
+    References: Nocedal & Wright, *Numerical Optimization* (2nd ed.), Section 3.4 (Newton with Hessian
+    modification); Dauphin et al., "Identifying and attacking the saddle point problem in high-dimensional
+    non-convex optimization", NeurIPS 2014 (absolute eigenvalues).
     """
 
     needs_closure = True
