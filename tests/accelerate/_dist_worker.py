@@ -1,11 +1,13 @@
 """Worker for ``test_distributed.py``: run under ``torchrun --nproc_per_node 2`` (gloo, CPU).
 
 Every check runs on every rank in the same order (the collectives must match); a failed check raises,
-torchrun tears the other rank down, and the test shows both outputs.  Prints ``RANK <r> OK <n>`` at the end.
+torchrun tears the other rank down, and the test shows both outputs.  Prints ``RANK <r> OK <n>`` at the end and, given a directory as the first argument,
+writes the list of passed checks to ``rank<r>.json`` there.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -157,6 +159,8 @@ def main() -> None:
     acc = fresh_accelerator()
     acc.wait_for_everyone()
     print(f"RANK {acc.process_index} OK {len(checks)}: {', '.join(checks)}", flush=True)
+    if len(sys.argv) > 1:  # the test reads this (the ranks' stdout lines may interleave)
+        (Path(sys.argv[1]) / f"rank{acc.process_index}.json").write_text(json.dumps(checks))
 
 
 if __name__ == "__main__":
