@@ -31,6 +31,7 @@ CHECKS = (
     "reference",  # foreach path == reference (per-tensor) path
     "noarg",  # no-argument closure == closure(backward)
     "needs_closure",  # step() without a closure raises before changing anything
+    "nonfinite",  # a NaN loss raises NonFiniteLossError before changing anything; NaN trials are rejected
     "complex",  # complex64 params: equal to the real-view problem, or a clear error
     "split",  # per-group settings: one optimizer over two groups == one optimizer per tensor
     "host_sync",  # no tensor is read back to Python on the step path (no closure needed)
@@ -234,9 +235,12 @@ class Problem:
 
         def zero() -> None:
             for p in params:
-                p.grad = None
+                if style == "inplace" and p.grad is not None:
+                    p.grad.zero_()  # opt.zero_grad(set_to_none=False)
+                else:
+                    p.grad = None
 
-        if style == "backward":
+        if style in ("backward", "inplace"):
 
             def closure(backward: bool = True) -> Tensor:
                 loss = self.loss()

@@ -124,9 +124,10 @@ def test_run(e: Entry, dtype: torch.dtype):
 
 
 # ------------------------------------------------------------------------------------------------ state
+@pytest.mark.parametrize(("dtype", "split"), [(torch.float64, 2), (torch.float64, 1), (torch.float32, 3)],
+                         ids=["f64-at2", "f64-at1", "f32-at3"])  # fmt: skip
 @pytest.mark.parametrize("e", _cases("roundtrip"))
-def test_state_dict_roundtrip_continues_bit_for_bit(e: Entry):
-    dtype, split = torch.float64, 2
+def test_state_dict_roundtrip_continues_bit_for_bit(e: Entry, dtype: torch.dtype, split: int):
     full, _, _ = _run(e, dtype)
 
     problem, opt, _ = _run(e, dtype, steps=split)
@@ -142,6 +143,29 @@ def test_state_dict_roundtrip_continues_bit_for_bit(e: Entry):
         assert torch.equal(a, b), (
             f"{e.name}: after a save/load at step {split}, parameter {i} differs from the uninterrupted run "
             f"(max abs diff {(a - b).abs().max():.3g}): some state is not in state_dict or is not restored"
+        )
+
+
+@pytest.mark.parametrize("e", _cases("roundtrip"))
+def test_rollback_into_the_same_optimizer_continues_bit_for_bit(e: Entry):
+    """Loading an older state_dict into an optimizer that has stepped since (a rollback) forgets those steps."""
+    dtype, split = torch.float64, 2
+    full, _, _ = _run(e, dtype)
+
+    problem, opt, _ = _run(e, dtype, steps=split)
+    saved, values = _save_load(opt.state_dict()), problem.snapshot()
+    closure = problem.closure()
+    for _ in range(2):
+        opt.step(closure)
+    opt.load_state_dict(saved)
+    problem.load(values)
+    for _ in range(e.steps - split):
+        opt.step(closure)
+    for i, (a, b) in enumerate(zip(full.params, problem.params, strict=True)):
+        assert torch.equal(a, b), (
+            f"{e.name}: after loading the step-{split} state_dict back into the same optimizer, parameter {i} "
+            f"differs from the uninterrupted run (max abs diff {(a - b).abs().max():.3g}): something outside "
+            "the state_dict (a cache or attribute) survived the load"
         )
 
 
@@ -210,6 +234,17 @@ def test_noarg_closure_equals_backward_closure(e: Entry):
         torch.testing.assert_close(p, q, msg=lambda m, i=i: f"{e.name}: parameter {i}, closure() vs closure(backward): {m}")
 
 
+@pytest.mark.parametrize("e", _cases("noarg", lambda e: _requires_closure(e)))
+def test_closure_zeroing_grads_in_place_equals_set_to_none(e: Entry):
+    """``opt.zero_grad(set_to_none=False)`` in the closure reuses the .grad tensors a module may still hold."""
+    a, _, _ = _run(e, torch.float64)
+    b, _, _ = _run(e, torch.float64, style="inplace")
+    for i, (p, q) in enumerate(zip(a.params, b.params, strict=True)):
+        torch.testing.assert_close(
+            p, q, msg=lambda m, i=i: f"{e.name}: parameter {i}, closure zeroing .grad in place vs setting it to None: {m}"
+        )
+
+
 @pytest.mark.parametrize("e", _cases("needs_closure", lambda e: _requires_closure(e)))
 def test_step_without_closure_raises_before_changing_anything(e: Entry):
     problem, opt, _ = _run(e, torch.float64, steps=1)
@@ -236,6 +271,43 @@ def _assert_same_state(a: Any, b: Any, name: str, path: str = "state_dict") -> N
             _assert_same_state(x, y, name, f"{path}[{i}]")
     else:
         assert a == b, f"{name}: {path} changed from {a!r} to {b!r}"
+
+
+def _nan_closure(problem: Problem, when: Any) -> Any:
+    inner = problem.closure()
+
+    def closure(backward: bool = True) -> Tensor:
+        loss = inner(backward)
+        return loss * float("nan") if when() else loss
+
+    return closure
+
+
+@pytest.mark.parametrize("e", _cases("nonfinite"))
+def test_nonfinite_loss_raises_before_changing_anything(e: Entry):
+    problem, opt, _ = _run(e, torch.float64, steps=1)
+    params, sd = problem.snapshot(), copy.deepcopy(opt.state_dict())
+    with pytest.raises(tz.NonFiniteLossError):
+        opt.step(_nan_closure(problem, lambda: True))
+    for p, q in zip(problem.params, params, strict=True):
+        assert torch.equal(p, q), f"{e.name}: a NaN loss changed the parameters before the error"
+    _assert_same_state(sd, opt.state_dict(), e.name)
+
+
+@pytest.mark.parametrize("e", _cases("nonfinite", lambda e: _requires_closure(e)))
+def test_nonfinite_loss_away_from_x0(e: Entry):
+    """NaN at every point but the step's start: a trial is rejected, or the step raises with x0 restored exactly."""
+    problem, opt, _ = _run(e, torch.float64, steps=1)
+    x0 = problem.snapshot()
+    closure = _nan_closure(problem, lambda: any(not torch.equal(p, q) for p, q in zip(problem.params, x0, strict=True)))
+    try:
+        opt.step(closure)
+    except tz.NonFiniteLossError:
+        for p, q in zip(problem.params, x0, strict=True):
+            assert torch.equal(p, q), f"{e.name}: the parameters were left at a trial point after the error"
+        return
+    for i, p in enumerate(problem.params):
+        assert torch.isfinite(p).all(), f"{e.name}: NaN trial losses led to a non-finite parameter {i}: {p}"
 
 
 # ------------------------------------------------------------------------------------------------ complex
@@ -303,6 +375,31 @@ def test_group_settings_reach_their_group(e: Entry):
             p, q,
             msg=lambda m, i=i: f"{e.name}: parameter {i} ({SPLIT_SHAPES[i][1]}, group {SPLIT_SHAPES[i][2]}) in a "
             f"two-group optimizer differs from an optimizer of its own with the same settings: {m}",
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("e", _cases("split", lambda e: e.separable and not issubclass(getattr(tz.m, e.name), tz.m.Chain)))
+def test_set_params_settings_reach_their_group(e: Entry):
+    """The same as above with the settings given to the module by ``set_params`` (one torch group)."""
+    joint, alone = _split_params(), _split_params()
+    chain = e.chain()
+    target = next(m for m in chain if type(m).__name__ == e.name)
+    own = [{k: v for k, v in g.items() if k in target.defaults} for g in e.groups]
+    target.set_params(
+        [{"params": [p for p, (_, _, g) in zip(joint, SPLIT_SHAPES, strict=True) if g == gi], **own[gi]} for gi in range(2)]
+    )
+    opt = tz.Modular(joint, *chain)
+    singles = [tz.Modular([{"params": [p], **own[g]}], *e.chain()) for p, (_, _, g) in zip(alone, SPLIT_SHAPES, strict=True)]
+    for t in range(4):
+        _split_grads(t, joint, alone)
+        opt.step()
+        for o in singles:
+            o.step()
+    for i, (p, q) in enumerate(zip(joint, alone, strict=True)):
+        torch.testing.assert_close(
+            p, q,
+            msg=lambda m, i=i: f"{e.name}: parameter {i} with settings from set_params differs from an optimizer of "
+            f"its own with the same settings: {m}",
         )  # fmt: skip
 
 
