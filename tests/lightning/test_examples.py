@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-CASES = {"lightning_sam": 40}  # example -> steps for the training check
+CASES = {"lightning_sam": 30}  # example -> steps for the training check
 
 
 @pytest.fixture
