@@ -36,6 +36,7 @@ CHECKS = (
     "split",  # per-group settings: one optimizer over two groups == one optimizer per tensor
     "host_sync",  # no tensor is read back to Python on the step path (no closure needed)
     "state",  # every tensor lives in opt.state; global_state holds Python primitives only
+    "reset",  # reset() (where a module has one) makes it behave like a fresh module
     "repr",
 )
 
@@ -57,6 +58,7 @@ class Entry:
         separable: the rule is per element or per tensor, so two groups in one optimizer equal one
             optimizer per tensor (global norms, line searches and whole-vector methods are not).
         xfail: ``{check: reason}`` for checks that fail because of a known bug.
+        variant: tells apart several entries of one class (another configuration of it).
         steps: number of steps.
         max_growth: the final loss may be at most this multiple of the initial loss.
     """
@@ -68,8 +70,13 @@ class Entry:
     noarg: str = "equal"
     separable: bool = False
     xfail: dict[str, str] = dataclasses.field(default_factory=dict)
+    variant: str = ""
     steps: int = 5
     max_growth: float = 1.5
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}-{self.variant}" if self.variant else self.name
 
 
 class FixedStep(tz.m.LineSearch):
@@ -82,6 +89,17 @@ class FixedStep(tz.m.LineSearch):
         line(settings["t"])  # one trial (loss only), so the probe's move/restore is exercised
         return settings["t"] if slope0 < 0 else 0.0
 
+
+RESET_DENSE = (
+    "quasi_newton/dense.py: DenseQuasiNewton.reset() clears global_state but keeps the inverse_hessian state, so "
+    "SR1 (and BFGS with scale_init=False) continue from the old H instead of the identity. Fix: in step(), "
+    "h.copy_(torch.eye(n, dtype=h.dtype, device=h.device)) when step == 1 (fresh or after reset)."
+)
+RESET_GAMMA = (
+    "quasi_newton/lbfgs.py: LBFGS.reset() clears global_state but keeps the gamma (and rho) state, so with "
+    "scale_first=False the first step after a reset is scaled by the old gamma instead of 1. Fix: in step(), "
+    "gamma_t.fill_(1) and rho_t.zero_() when step == 1."
+)
 
 m = tz.m
 E = Entry
@@ -96,6 +114,8 @@ REGISTRY: list[Entry] = [
       ({"lr_decay": 0.0}, {"lr_decay": 0.1, "initial_accumulator_value": 0.1}), separable=True),
     E("Adam", lambda: [m.Adam(), m.LR(0.05)], ({"betas": (0.9, 0.99)}, {"eps": 1e-6, "amsgrad": True}),
       separable=True),
+    E("Adam", lambda: [m.Adam(fused=False), m.Mul(1.0), m.LR(0.05)], ({"betas": (0.9, 0.99)}, {"amsgrad": True}),
+      separable=True, variant="unfused"),
     E("AdamW", lambda: [m.AdamW(lr=0.05)], ({"weight_decay": 0.1}, {"weight_decay": 0.0, "lr": 0.02}),
       separable=True),
     E("Adamax", lambda: [m.Adamax(), m.LR(0.05)], ({"betas": (0.9, 0.99)}, {}), separable=True),
@@ -133,6 +153,10 @@ REGISTRY: list[Entry] = [
       complex="finite", separable=True),
     E("ClipNorm", lambda: [m.ClipNorm(0.5), m.LR(0.05)], ({"max_norm": 0.5}, {"max_norm": 1.0})),
     E("Normalize", lambda: [m.Normalize(0.5), m.LR(0.1)], ({"norm": 0.5}, {"norm": 1.0})),
+    E("ClipNorm", lambda: [m.ClipNorm(0.5, per_tensor=True), m.LR(0.05)], ({"max_norm": 0.5}, {"max_norm": 1.0}),
+      separable=True, variant="per_tensor"),
+    E("Normalize", lambda: [m.Normalize(0.5, ord=1, per_tensor=True), m.LR(0.05)], ({"norm": 0.5}, {"norm": 1.0}),
+      separable=True, variant="per_tensor_l1"),
     E("ClipValue", lambda: [m.ClipValue(0.1), m.LR(0.05)], ({"value": 0.1}, {"value": 0.05}), separable=True),
     E("Clone", lambda: [m.Clone(), m.SGD(), m.LR(0.05)], ({}, {"lr": 0.02}), separable=True),
     E("Grad", lambda: [m.Adam(), m.Grad(), m.LR(0.05)], ({}, {"lr": 0.02}), separable=True),
@@ -142,12 +166,18 @@ REGISTRY: list[Entry] = [
     # ------------------------------------------------------------------ line searches
     E("LineSearch", lambda: [m.SGD(), FixedStep(0.1)]),
     E("Backtracking", lambda: [m.LBFGS(history_size=3), m.Backtracking()]),
+    E("Backtracking", lambda: [m.Normalize(), m.Backtracking(adaptive=True)], variant="adaptive"),
     E("ArmijoTrials", lambda: [m.SGD(momentum=0.5), m.ArmijoTrials(n_trials=4)]),
     E("StrongWolfe", lambda: [m.LBFGS(history_size=3), m.StrongWolfe(max_evals=8)]),
+    E("StrongWolfe", lambda: [m.SGD(), m.StrongWolfe(c2=0.1, adaptive=True)], variant="adaptive"),
     # ------------------------------------------------------------------ quasi-Newton and second order
     E("LBFGS", lambda: [m.LBFGS(history_size=3), m.LR(0.2)], ({}, {"lr": 0.1})),
+    E("LBFGS", lambda: [m.LBFGS(history_size=2, scale_first=False), m.LR(0.2)], ({}, {"lr": 0.1}),
+      variant="no_scale_first", xfail={"reset": RESET_GAMMA}),
     E("BFGS", lambda: [m.BFGS(), m.LR(0.2)], ({}, {"lr": 0.1})),
-    E("SR1", lambda: [m.SR1(), m.Backtracking()]),
+    E("BFGS", lambda: [m.BFGS(scale_init=False), m.LR(0.2)], ({}, {"lr": 0.1}), variant="no_scale_init",
+      xfail={"reset": RESET_DENSE}),
+    E("SR1", lambda: [m.SR1(), m.Backtracking()], xfail={"reset": RESET_DENSE}),
     E("ExactNewton", lambda: [m.ExactNewton(damping=1e-3), m.Backtracking()], complex="raises:real parameters only",
       noarg="raises:backward argument"),
     E("NewtonCG", lambda: [m.NewtonCG(max_iters=4), m.Backtracking()], complex="raises:real parameters only",
@@ -159,6 +189,7 @@ REGISTRY: list[Entry] = [
       noarg="raises:backward argument", max_growth=3.0),
     # ------------------------------------------------------------------ smoothing
     E("SAM", lambda: [m.SAM(rho=0.05), m.SGD(momentum=0.9), m.LR(0.05)], ({}, {"lr": 0.02})),
+    E("SAM", lambda: [m.SAM(rho=0.5, adaptive=True), m.SGD(), m.LR(0.05)], ({}, {"lr": 0.02}), variant="asam"),
     # ------------------------------------------------------------------ external
     # torch.optim.Adam reads its step count back to Python (torch's own host sync), so Wrap is tested on SGD
     E("Wrap", lambda: [m.Wrap(torch.optim.SGD, lr=1.0, momentum=0.9, dampening=0.0), m.LR(0.05)],
@@ -170,10 +201,11 @@ REGISTRY: list[Entry] = [
 
 
 def entries() -> dict[str, Entry]:
+    """Entries by id (class name, and variant where a class has several)."""
     out: dict[str, Entry] = {}
     for e in REGISTRY:
-        assert e.name not in out, f"two registry entries for {e.name}"
-        out[e.name] = e
+        assert e.id not in out, f"two registry entries with the id {e.id}; give one a variant"
+        out[e.id] = e
     return out
 
 

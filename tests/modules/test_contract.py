@@ -52,7 +52,7 @@ def _cases(check: str, applies: Any = lambda e: True) -> list[Any]:
         marks = []
         if check in e.xfail:
             marks.append(pytest.mark.xfail(strict=True, reason=e.xfail[check]))
-        out.append(pytest.param(e, id=e.name, marks=marks))
+        out.append(pytest.param(e, id=e.id, marks=marks))
     return out
 
 
@@ -85,7 +85,7 @@ def _run(e: Entry, dtype: torch.dtype, *, style: str = "backward", steps: int | 
 
 # ------------------------------------------------------------------------------------------------ registry
 def test_every_public_module_has_an_entry():
-    known = entries()
+    known = {e.name for e in REGISTRY}
     missing = [n for n in public_modules() if n not in known]
     assert not missing, (
         f"tz.m exports {missing} without an entry in tests/modules/contract_registry.py. Add an Entry for each "
@@ -95,7 +95,7 @@ def test_every_public_module_has_an_entry():
 
 
 def test_no_stale_entries():
-    stale = sorted(set(entries()) - set(public_modules()))
+    stale = sorted({e.name for e in entries().values()} - set(public_modules()))
     assert not stale, f"registry entries {stale} name no public module of tz.m; remove or rename them"
 
 
@@ -166,6 +166,30 @@ def test_rollback_into_the_same_optimizer_continues_bit_for_bit(e: Entry):
             f"{e.name}: after loading the step-{split} state_dict back into the same optimizer, parameter {i} "
             f"differs from the uninterrupted run (max abs diff {(a - b).abs().max():.3g}): something outside "
             "the state_dict (a cache or attribute) survived the load"
+        )
+
+
+def _resettable(e: Entry) -> bool:
+    return any(callable(getattr(m, "reset", None)) for m in tz.m.Chain(*e.chain()).walk())
+
+
+@pytest.mark.parametrize("e", _cases("reset", _resettable))
+def test_reset_behaves_like_a_fresh_module(e: Entry):
+    dtype, split = torch.float64, 3
+    problem, opt, _ = _run(e, dtype, steps=split)
+    for m in opt.modules:
+        if callable(getattr(m, "reset", None)):
+            m.reset()
+    fresh = Problem(dtype)
+    fresh.load(problem.snapshot())
+    opt2 = _build(e, fresh)
+    closure, closure2 = problem.closure(), fresh.closure()
+    for _ in range(3):
+        opt.step(closure)
+        opt2.step(closure2)
+    for i, (a, b) in enumerate(zip(problem.params, fresh.params, strict=True)):
+        torch.testing.assert_close(
+            a, b, msg=lambda m, i=i: f"{e.name}: after reset(), parameter {i} differs from a fresh optimizer's: {m}"
         )
 
 
@@ -424,7 +448,7 @@ def test_repr(e: Entry):
         assert type(m).__name__ in text, f"repr(opt) does not name {type(m).__name__}:\n{text}"
 
 
-@pytest.mark.parametrize("name", [e.name for e in REGISTRY])
+@pytest.mark.parametrize("name", sorted({e.name for e in REGISTRY}))
 def test_docstring(name: str):
     doc = getattr(tz.m, name).__doc__ or ""
     has_example = "Example" in doc or ">>>" in doc
