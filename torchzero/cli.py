@@ -147,7 +147,7 @@ def _demo(args: argparse.Namespace, console: Any, specs: list[Any]) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from .demo import make_task, run_chain
+    from .demo import make_task, run_chain, run_side_by_side
 
     task = make_task(args.samples, args.samples, seed=args.seed)
     legend = "\n".join(f"  [bold]{s.name:<13}[/bold] {s.label}  [dim]({s.note})[/dim]" for s in specs)
@@ -160,23 +160,30 @@ def _demo(args: argparse.Namespace, console: Any, specs: list[Any]) -> int:
         )
     )
     warm_up(task, args.trainer)
-    results = []
     columns = (
         TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
     )  # fmt: skip
     with Progress(*columns, console=console) as progress:
         tasks = {s.name: progress.add_task(s.name, total=args.steps, loss="-") for s in specs}
-        for spec in specs:
-            tid = tasks[spec.name]
 
-            def on_step(i: int, loss: float, tid: Any = tid) -> None:
-                progress.update(tid, completed=i, loss=f"{loss:.4f}")
+        def on_step(chain: str, i: int, loss: float) -> None:
+            progress.update(tasks[chain], completed=i, loss=f"{loss:.4f}")
 
-            result = run_chain(spec, task, steps=args.steps, seed=args.seed, trainer=args.trainer, on_step=on_step)
-            if result.status != "ok":
-                progress.update(tid, loss=f"[yellow]{result.status}[/yellow]")
-            results.append(result)
+        if args.trainer == "plain":  # the chains take turns step by step: all bars move together
+            results = run_side_by_side(specs, task, steps=args.steps, seed=args.seed, on_step=on_step)
+        else:  # Lightning and Accelerate run one training loop after the other
+            results: list[Any] = []
+            for spec in specs:
+                results.append(
+                    run_chain(
+                        spec, task, steps=args.steps, seed=args.seed, trainer=args.trainer,
+                        on_step=lambda i, loss, name=spec.name: on_step(name, i, loss),
+                    )
+                )  # fmt: skip
+        for r in results:
+            if r.status != "ok":
+                progress.update(tasks[r.chain], loss=f"[yellow]{r.status}[/yellow]")
 
     table = Table(title=f"{args.steps} steps per chain, trainer {args.trainer}")
     for name, justify in (

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import torchzero as tz
 from torchzero import cli
-from torchzero.demo import CHAINS, ChainSpec, make_model, make_task, run_chain
+from torchzero.demo import CHAINS, ChainSpec, make_model, make_task, run_chain, run_side_by_side
 from torchzero.demo.chains import DEFAULT_CHAINS
 
 pytest.importorskip("rich")
@@ -114,6 +114,33 @@ def test_demo_adam_equals_a_torch_optim_loop():
     torch.testing.assert_close(torch.tensor(result.final_loss), torch.tensor(final))
     assert result.steps == 10
     assert result.closure_calls == 10, "a chain without line search evaluates the closure once per step"
+
+
+def test_side_by_side_equals_one_after_the_other():
+    # the demo interleaves the chains step by step; each must get exactly what it gets alone
+    task = make_task(64, 32, seed=2)
+    names = ["sgd-onecycle", "lbfgs", "fdm-adam", "muon"]
+    missing = ChainSpec("x", "X", ("NoSuchModule",), lambda model, steps: None)
+    diverging = ChainSpec(
+        "z", "Z", ("SGD", "LR"), lambda model, steps: tz.Modular(model.parameters(), tz.m.LR(float("nan")))
+    )
+    seen = []
+    together = run_side_by_side(
+        [CHAINS[n] for n in names] + [missing, diverging], task, steps=5, seed=2, on_step=lambda *a: seen.append(a[:2])
+    )
+    assert seen[: len(names) + 1] == [(n, 1) for n in names] + [("z", 1)], "the chains should take turns"
+    for name, result in zip(names, together[: len(names)], strict=True):
+        alone = run_chain(CHAINS[name], task, steps=5, seed=2)
+        assert result.status == alone.status == "ok", (name, result.message)
+        torch.testing.assert_close(torch.tensor(result.losses), torch.tensor(alone.losses), rtol=0, atol=0)
+        assert (result.closure_calls, result.final_loss, result.test_acc) == (
+            alone.closure_calls,
+            alone.final_loss,
+            alone.test_acc,
+        )
+        assert result.wall_time > 0
+    assert together[-2].status == "unavailable"
+    assert together[-1].status == "diverged" and together[-1].steps == 1
 
 
 def test_unavailable_and_failing_chains_are_reported_not_raised():

@@ -7,9 +7,9 @@ command line (:mod:`torchzero.cli`), so the runners can be used and tested witho
 from .chains import CHAINS, ChainSpec, UnavailableChain, build_chain, resolve_chains
 from .data import Task, make_task
 from .models import make_model
-from .runner import TRAINERS, RunResult, run_chain
+from .runner import TRAINERS, RunResult, run_chain, run_side_by_side
 
 __all__ = [
     "CHAINS", "ChainSpec", "RunResult", "TRAINERS", "Task", "UnavailableChain",
-    "build_chain", "make_model", "make_task", "resolve_chains", "run_chain",
+    "build_chain", "make_model", "make_task", "resolve_chains", "run_chain", "run_side_by_side",
 ]  # fmt: skip

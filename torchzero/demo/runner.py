@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 import torch
@@ -53,8 +53,10 @@ def evaluate(model: nn.Module, task: Task, result: RunResult) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- plain
-def train_plain(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult) -> nn.Module:
-    """A plain PyTorch loop: ``loss = opt.step(closure)``."""
+def plain_steps(
+    spec: ChainSpec, task: Task, steps: int, seed: int, result: RunResult
+) -> Generator[float, None, nn.Module]:
+    """A plain PyTorch loop, ``loss = opt.step(closure)``, one step per ``next()``; returns the model."""
     model = make_model(task.n_features, task.n_classes, seed=seed)
     opt = build_chain(spec, model, steps)
     x, y = task.x_train, task.y_train
@@ -71,8 +73,19 @@ def train_plain(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnS
         result.closure_calls += opt.last_info["closure_calls"]
         result.steps = i + 1
         result.losses.append(float(loss))
-        on_step(i + 1, result.losses[-1])
+        yield result.losses[-1]
     return model
+
+
+def train_plain(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult) -> nn.Module:
+    """A plain PyTorch loop: ``loss = opt.step(closure)``."""
+    run = plain_steps(spec, task, steps, seed, result)
+    while True:
+        try:
+            loss = next(run)
+        except StopIteration as done:
+            return done.value
+        on_step(result.steps, loss)
 
 
 # ---------------------------------------------------------------------------------------------- lightning
@@ -131,13 +144,73 @@ def run_chain(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = TRAINERS[trainer](spec, task, steps, seed, on_step or (lambda i, loss: None), result)
-    except UnavailableChain as e:
-        result.status, result.message = "unavailable", str(e)
-    except NonFiniteLossError:
-        result.status, result.message = "diverged", f"non-finite loss at step {result.steps + 1}"
-    except Exception as e:  # one broken chain must not end the comparison
-        result.status, result.message = "failed", f"{type(e).__name__}: {e}"
+    except Exception as e:
+        _record_failure(result, e)
     result.wall_time = time.perf_counter() - start
     if model is not None:
         evaluate(model, task, result)
     return result
+
+
+def run_side_by_side(
+    specs: list[ChainSpec],
+    task: Task,
+    *,
+    steps: int,
+    seed: int = 0,
+    on_step: Callable[[str, int, float], None] | None = None,
+) -> list[RunResult]:
+    """Train several chains in plain loops that take turns step by step.
+
+    Each chain gets the same results as :func:`run_chain` would give it (its own model, its own random
+    state, seeded alike), but all progress together, and a change in machine load affects all of them
+    alike. ``wall_time`` counts only each chain's own steps. ``on_step(chain, step, loss)``.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        seeded = torch.get_rng_state()
+    results, runs = [], []
+    for spec in specs:
+        result = RunResult(spec.name, spec.label)
+        results.append(result)
+        missing = spec.missing()
+        if missing:
+            result.status, result.message = "unavailable", f"needs tz.m.{', tz.m.'.join(missing)}"
+        else:
+            runs.append([result, plain_steps(spec, task, steps, seed, result), seeded.clone(), None])
+    active = list(runs)
+    while active:
+        for run in list(active):
+            result, gen, rng = run[0], run[1], run[2]
+            loss = None
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(rng)
+                start = time.perf_counter()
+                try:
+                    loss = next(gen)
+                except StopIteration as done:
+                    run[3] = done.value
+                    active.remove(run)
+                except Exception as e:
+                    _record_failure(result, e)
+                    active.remove(run)
+                result.wall_time += time.perf_counter() - start
+                run[2] = torch.get_rng_state()
+            if loss is not None and on_step is not None:
+                on_step(result.chain, result.steps, loss)
+    for result, _, _, model in runs:
+        if model is not None:
+            evaluate(model, task, result)
+    return results
+
+
+def _record_failure(result: RunResult, e: Exception) -> None:
+    """A missing module: ``unavailable``; a non-finite loss: ``diverged``; anything else: ``failed``."""
+    if isinstance(e, UnavailableChain):
+        result.status, result.message = "unavailable", str(e)
+    elif isinstance(e, NonFiniteLossError):
+        result.status, result.message = "diverged", f"non-finite loss at step {result.steps + 1}"
+    else:  # one broken chain must not end the comparison
+        result.status, result.message = "failed", f"{type(e).__name__}: {e}"
