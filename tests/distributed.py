@@ -21,6 +21,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _kill_tree(pid: int) -> None:
+    try:
+        import psutil  # installed with accelerate
+
+        procs = psutil.Process(pid).children(recursive=True) + [psutil.Process(pid)]
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+    except ImportError:
+        os.killpg(pid, 9)
+
+
 def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: float = 180, env: dict | None = None) -> str:
     """Run ``script`` on ``nproc`` processes; return the combined output, fail the test on error or timeout."""
     cmd = [
@@ -33,7 +47,7 @@ def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: float = 18
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
+        _kill_tree(proc.pid)  # torchrun starts each rank in its own session: kill every descendant
         out, _ = proc.communicate()
         pytest.fail(f"torchrun timed out after {timeout}s (ranks out of lockstep?)\n{out[-6000:]}")
     if proc.returncode != 0:
