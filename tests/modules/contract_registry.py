@@ -33,6 +33,7 @@ CHECKS = (
     "needs_closure",  # step() without a closure raises before changing anything
     "nonfinite",  # a NaN loss raises NonFiniteLossError before changing anything; NaN trials are rejected
     "complex",  # complex64 params: equal to the real-view problem, or a clear error
+    "set_params",  # the same with settings given by module.set_params
     "split",  # per-group settings: one optimizer over two groups == one optimizer per tensor
     "host_sync",  # no tensor is read back to Python on the step path (no closure needed)
     "state",  # every tensor lives in opt.state; global_state holds Python primitives only
@@ -101,11 +102,19 @@ RESET_GAMMA = (
     "gamma_t.fill_(1) and rho_t.zero_() when step == 1."
 )
 
+SCHEDULER_SET_PARAMS = (
+    "lr.py: LR(scheduler_cls=...) schedules the optimizer's param_groups, but an lr given by LR.set_params wins "
+    "over them (settings.resolve), so the scheduler silently never reaches those parameters. Fix: LR.bind raises "
+    "when scheduler_cls is set and own_groups set 'lr' (say to put per-group lrs in the optimizer's groups)."
+)
+
 m = tz.m
 E = Entry
 REGISTRY: list[Entry] = [
     # ------------------------------------------------------------------ learning rate
     E("LR", lambda: [m.LR(0.05)], ({"lr": 0.05}, {"lr": 0.02}), separable=True),
+    E("LR", lambda: [m.Adam(), m.LR(0.05, scheduler_cls=lambda o: torch.optim.lr_scheduler.StepLR(o, 2, 0.5))],
+      ({"lr": 0.05}, {"lr": 0.02}), separable=True, variant="scheduler", xfail={"set_params": SCHEDULER_SET_PARAMS}),
     # ------------------------------------------------------------------ optimizers
     E("SGD", lambda: [m.SGD(momentum=0.9, nesterov=True), m.LR(0.05)], ({"momentum": 0.9}, {"momentum": 0.5}),
       separable=True),
@@ -145,6 +154,8 @@ REGISTRY: list[Entry] = [
     E("Div", lambda: [m.Div(2.0), m.LR(0.1)], ({"other": 2.0}, {"other": 5.0}), separable=True),
     E("Lerp", lambda: [m.Adam(), m.Lerp(m.Grad(), 0.1), m.LR(0.05)], ({"weight": 0.1}, {"weight": 0.5}),
       separable=True),
+    E("Lerp", lambda: [m.Adam(), m.Lerp([m.Grad(), m.HeavyBall(0.5)], 0.3), m.LR(0.05)],
+      ({"weight": 0.1}, {"weight": 0.5}), separable=True, variant="stateful_branch"),
     E("Neg", lambda: [m.Neg(), m.Mul(-1.0), m.LR(0.05)], ({}, {"lr": 0.02}), separable=True),
     E("Cautious", lambda: [m.Adam(), m.Cautious(), m.LR(0.05)], ({"normalize": True}, {"normalize": False}),
       separable=True),
@@ -194,9 +205,13 @@ REGISTRY: list[Entry] = [
     # torch.optim.Adam reads its step count back to Python (torch's own host sync), so Wrap is tested on SGD
     E("Wrap", lambda: [m.Wrap(torch.optim.SGD, lr=1.0, momentum=0.9, dampening=0.0), m.LR(0.05)],
       ({"momentum": 0.9}, {"momentum": 0.5, "dampening": 0.1}), separable=True),
+    E("Wrap", lambda: [m.Wrap(torch.optim.SGD, lr=1.0, momentum=0.9, dampening=0.0), m.Mul(1.0), m.LR(0.05)],
+      ({"momentum": 0.9}, {"momentum": 0.5, "dampening": 0.1}), separable=True, variant="measured"),
     # torch.optim.LBFGS takes a single param group
     E("WrapClosure", lambda: [m.ClipNorm(10.0), m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3)],
       groups=({},)),
+    E("WrapClosure", lambda: [m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3), m.LR(0.5)],
+      groups=({},), variant="measured"),
 ]  # fmt: skip
 
 

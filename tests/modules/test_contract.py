@@ -402,7 +402,7 @@ def test_group_settings_reach_their_group(e: Entry):
         )  # fmt: skip
 
 
-@pytest.mark.parametrize("e", _cases("split", lambda e: e.separable and not issubclass(getattr(tz.m, e.name), tz.m.Chain)))
+@pytest.mark.parametrize("e", _cases("set_params", lambda e: e.separable and not issubclass(getattr(tz.m, e.name), tz.m.Chain)))
 def test_set_params_settings_reach_their_group(e: Entry):
     """The same as above with the settings given to the module by ``set_params`` (one torch group)."""
     joint, alone = _split_params(), _split_params()
