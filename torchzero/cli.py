@@ -190,7 +190,7 @@ def _demo(args: argparse.Namespace, console: Any, specs: list[Any]) -> int:
         ("chain", "left"), ("final loss", "right"), ("train acc", "right"),
         ("test acc", "right"), ("steps", "right"), ("closure evals", "right"), ("wall time", "right"),
     ):  # fmt: skip
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify, no_wrap=name == "chain")  # type: ignore[arg-type]
     ok = [r for r in results if r.status == "ok" and math.isfinite(r.final_loss)]
     best = min(ok, key=lambda r: r.final_loss).chain if ok else None
     for r in results:
@@ -200,7 +200,7 @@ def _demo(args: argparse.Namespace, console: Any, specs: list[Any]) -> int:
         name = f"[bold green]{r.chain}[/bold green]" if r.chain == best else r.chain
         loss = f"{r.final_loss:.4f}" if r.status == "ok" else f"[red]{r.status}[/red]"
         table.add_row(
-            name, loss, _pct(r.train_acc), _pct(r.test_acc), str(r.steps), str(r.closure_calls), f"{r.wall_time:.2f} s"
+            name, loss, _pct(r.train_acc), _pct(r.test_acc), str(r.steps), str(r.closure_calls), _seconds(r.wall_time)
         )
     console.print(table)
     for r in results:
@@ -221,6 +221,10 @@ def warm_up(task: Any, trainer: str) -> None:
     from .demo import CHAINS, run_chain
 
     run_chain(CHAINS["adam"], task, steps=2, trainer=trainer)
+
+
+def _seconds(t: float) -> str:
+    return f"{1000 * t:.1f} ms" if t < 1 else f"{t:.2f} s"
 
 
 def _pct(x: float) -> str:
