@@ -103,6 +103,15 @@ def test_no_stale_entries():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("e", _cases("run"))
 def test_run(e: Entry, dtype: torch.dtype):
+    _check_run(e, dtype)
+
+
+@pytest.mark.parametrize("e", _cases("bf16"))
+def test_run_bf16(e: Entry):
+    _check_run(e, torch.bfloat16)
+
+
+def _check_run(e: Entry, dtype: torch.dtype) -> None:
     problem = Problem(dtype)
     opt = _build(e, problem)
     closure = problem.closure()
