@@ -81,8 +81,8 @@ class Modular(torch.optim.Optimizer):
         for m in self._partitioned:
             S.check_own_group_keys(m, self._leaves)
         self._creates_update = self._leaves[0].creates_update
-        # the gradient must stay intact if a module reads it after others changed the update
-        self._copy_grad = any(m.needs_raw_grad for m in self._leaves[1:])
+        # the gradient must stay intact if a module reads it after another wrote into the update in place
+        self._copy_grad = _needs_grad_copy(self._leaves)
         defaults = {key: owner.defaults[key] for key, owner in self._owners.items()}
         if differentiable:
             defaults["differentiable"] = True  # torch then allows non-leaf parameters
@@ -324,6 +324,15 @@ def _bind(root: Chain, fuse: bool) -> list[Module]:
                 f"tz.Modular(params, tz.m.{type(m).__name__}(...), ...)."
             )
     return leaves
+
+
+def _needs_grad_copy(leaves: list[Module]) -> bool:
+    written = False
+    for m in leaves:
+        if m.needs_raw_grad and written:
+            return True
+        written = written or m.modifies_update_inplace
+    return False
 
 
 def _module_positions(modules: list[Module], groups: list[dict[str, Any]]) -> list[dict[tuple[int, int], int]]:

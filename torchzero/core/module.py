@@ -29,7 +29,10 @@ class Module:
     * ``creates_update``: the module builds the update from scratch (ignoring the incoming one), so it
       must come first in the chain.
     * ``needs_raw_grad``: the module reads ``ctx.grad`` after earlier modules changed the update; the
-      chain then keeps the gradient separate from the update (one copy per step).
+      chain then keeps the gradient separate from the update (one copy per step) if a module before it
+      ``modifies_update_inplace``.
+    * ``modifies_update_inplace``: the module may write into the incoming update tensors (the default).
+      A module that always hands on new tensors sets it to False, which spares that copy.
 
     Args:
         defaults: the module's settings and their default values.  Every key can be overridden per
@@ -40,6 +43,7 @@ class Module:
     needs_closure: ClassVar[bool] = False
     creates_update: ClassVar[bool] = False
     needs_raw_grad: ClassVar[bool] = False
+    modifies_update_inplace: ClassVar[bool] = True
 
     def __init__(self, defaults: dict[str, Any] | None = None) -> None:
         self.defaults: dict[str, Any] = dict(defaults or {})
