@@ -436,6 +436,32 @@ def test_set_params_settings_reach_their_group(e: Entry):
         )  # fmt: skip
 
 
+@pytest.mark.parametrize("e", _cases("no_grad", lambda e: not _requires_closure(e)))
+def test_parameter_without_grad_keeps_value_and_state(e: Entry):
+    problem = Problem(torch.float64)
+    opt = _build(e, problem)
+    W, b = problem.params
+    for t in range(4):
+        problem.closure()(True)
+        if t == 2:
+            b.grad = None
+            value, state = b.detach().clone(), copy.deepcopy(opt.state[b])
+            if e.no_grad.startswith("raises:"):
+                params, sd = problem.snapshot(), copy.deepcopy(opt.state_dict())
+                with pytest.raises((ValueError, RuntimeError), match=e.no_grad.removeprefix("raises:")):
+                    opt.step()
+                for p, q in zip(problem.params, params, strict=True):
+                    assert torch.equal(p, q), f"{e.name}: the parameters changed before the missing-grad error"
+                _assert_same_state(sd, opt.state_dict(), e.name)
+                return
+        opt.step()
+        if t == 2:
+            assert torch.equal(b, value), f"{e.name}: a parameter without .grad was changed by the step"
+            _assert_same_state(state, opt.state[b], e.name, "opt.state[param without grad]")
+    for i, p in enumerate(problem.params):
+        assert torch.isfinite(p).all(), f"{e.name}: parameter {i} is not finite after a step with a missing grad"
+
+
 # ------------------------------------------------------------------------------------------------ host sync
 @pytest.mark.skipif(NoHostSync is None, reason="tests/parity.py has no NoHostSync")
 @pytest.mark.parametrize("e", _cases("host_sync", lambda e: not _requires_closure(e)))
