@@ -33,6 +33,7 @@ CHECKS = (
     "noarg",  # no-argument closure == closure(backward)
     "needs_closure",  # step() without a closure raises before changing anything
     "nonfinite",  # a NaN loss raises NonFiniteLossError before changing anything; NaN trials are rejected
+    "closure_error",  # an exception from the closure at a trial point leaves the params at x0
     "complex",  # complex64 params: equal to the real-view problem, or a clear error
     "set_params",  # the same with settings given by module.set_params
     "split",  # per-group settings: one optimizer over two groups == one optimizer per tensor
@@ -126,6 +127,14 @@ DENSE_NO_GRAD = (
     "optimizer', which blames the wrong cause. Fix: compare the layout with the parameters the state was built for "
     "and say 'parameter i of group g has no gradient in this step; BFGS/SR1 need the gradient of every parameter "
     "(freeze it with requires_grad=False before building the optimizer)'."
+)
+
+WRAP_CLOSURE_ERROR = (
+    "external/wrap_closure.py: when the closure raises inside the wrapped optimizer's step (torch.optim.LBFGS moves "
+    "the params before each evaluation), WrapClosure.step restores .grad and ctx.loss in its finally but not the "
+    "parameters, which stay at the failed trial point. Fix: keep x0 = ops.clone(ctx.params) (already made as "
+    "`before` when not last) also when last, and on an exception copy it back per bucket (ops.copy_) before "
+    "re-raising."
 )
 
 m = tz.m
@@ -230,9 +239,9 @@ REGISTRY: list[Entry] = [
       ({"momentum": 0.9}, {"momentum": 0.5, "dampening": 0.1}), separable=True, variant="measured"),
     # torch.optim.LBFGS takes a single param group
     E("WrapClosure", lambda: [m.ClipNorm(10.0), m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3)],
-      groups=({},)),
+      groups=({},), xfail={"closure_error": WRAP_CLOSURE_ERROR}),
     E("WrapClosure", lambda: [m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3), m.LR(0.5)],
-      groups=({},), variant="measured"),
+      groups=({},), variant="measured", xfail={"closure_error": WRAP_CLOSURE_ERROR}),
 ]  # fmt: skip
 
 

@@ -114,14 +114,25 @@ def test_run_bf16(e: Entry):
 def _check_run(e: Entry, dtype: torch.dtype) -> None:
     problem = Problem(dtype)
     opt = _build(e, problem)
-    closure = problem.closure()
+    inner = problem.closure()
+    calls = [0]
+
+    def closure(backward: bool = True) -> Tensor:
+        calls[0] += 1
+        return inner(backward)
+
     with torch.no_grad():
         initial = problem.loss()
     for t in range(e.steps):
         with torch.no_grad():
             before = problem.loss()
+        calls[0] = 0
         loss = opt.step(closure)
         assert isinstance(loss, Tensor) and loss.ndim == 0, f"step {t}: step(closure) returned {loss!r}"
+        assert opt.last_info["closure_calls"] == calls[0], (
+            f"{e.name}, step {t}: last_info['closure_calls'] is {opt.last_info['closure_calls']}, but the closure "
+            f"was called {calls[0]} times"
+        )
         torch.testing.assert_close(loss.to(dtype), before, msg=lambda m: f"step {t}: step() must return f(x0): {m}")
         for i, p in enumerate(problem.params):
             assert torch.isfinite(p).all(), f"step {t}: parameter {i} is not finite: {p}"
@@ -341,6 +352,33 @@ def test_nonfinite_loss_away_from_x0(e: Entry):
         return
     for i, p in enumerate(problem.params):
         assert torch.isfinite(p).all(), f"{e.name}: NaN trial losses led to a non-finite parameter {i}: {p}"
+
+
+class _ClosureFailed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("e", _cases("closure_error", lambda e: _requires_closure(e)))
+def test_closure_error_mid_step_leaves_params_at_x0(e: Entry):
+    """An exception from the closure at a trial point propagates with the parameters back at x0, bit for bit."""
+    problem, opt, _ = _run(e, torch.float64, steps=1)
+    x0 = problem.snapshot()
+    inner, calls = problem.closure(), [0]
+
+    def closure(backward: bool = True) -> Tensor:
+        calls[0] += 1
+        if calls[0] > 1 and any(not torch.equal(p, q) for p, q in zip(problem.params, x0, strict=True)):
+            raise _ClosureFailed("data loader died")
+        return inner(backward)
+
+    try:
+        opt.step(closure)
+    except _ClosureFailed:
+        pass
+    else:
+        pytest.skip(f"{e.name} evaluated no trial point away from x0 in this step")
+    for i, (p, q) in enumerate(zip(problem.params, x0, strict=True)):
+        assert torch.equal(p, q), f"{e.name}: after the closure raised at a trial point, parameter {i} was left there"
 
 
 # ------------------------------------------------------------------------------------------------ complex
