@@ -99,6 +99,8 @@ class StepContext:
         self.update: list[Tensor] = []
         self.is_last = True
         self.params_written = False
+        self.final_loss: Tensor | None = None
+        """set by :meth:`set_final_evaluation`"""
         self.info: dict[str, Any] = {}
         """free-form per-step information modules may publish (line-search step size, ...)"""
 
@@ -143,6 +145,18 @@ class StepContext:
         if self.loss is None:
             self.loss = loss
         return loss
+
+    @property
+    def wants_final_evaluation(self) -> bool:
+        """True when the optimizer can reuse an evaluation at the final parameters (``reuse_evaluation``)."""
+        return self.is_last and self.opt.reuse_evaluation
+
+    def set_final_evaluation(self, loss: Tensor) -> None:
+        """Declare that the parameters this (last) stage wrote are exactly where ``loss`` and the current
+        ``.grad`` were evaluated, so the next step may reuse them (see ``Modular(reuse_evaluation=True)``)."""
+        if not self.is_last:
+            raise RuntimeError("only the last stage of the chain knows the final parameters")
+        self.final_loss = loss
 
     def mark_params_written(self) -> None:
         """Tell the optimizer the parameters were already updated by the last stage."""

@@ -44,6 +44,12 @@ class Modular(torch.optim.Optimizer):
             group may set any key that a module of the chain declares (``lr``, ``eps``, ...).
         *modules: the modules, or one list of them; nested lists become :class:`~torchzero.m.Chain`.
         fuse: run a fusable module and the ``LR`` right after it as one pass (default True).
+        reuse_evaluation: when the last module of a step leaves the parameters at a point where it already
+            evaluated the loss and gradient (a line search whose accepted trial was its last), let the next
+            ``step`` reuse that evaluation instead of calling the closure again, provided it gets the same
+            closure object and neither the parameters nor ``.grad`` changed in between.  This is how
+            ``torch.optim.LBFGS`` saves a closure call per iteration; it is off by default because a closure
+            that reads changing data (the next minibatch) through a variable looks the same.
         differentiable: run the step with autograd enabled so the new parameters are differentiable with
             respect to the old ones, the gradients and the settings given as tensors (meta-learning), like
             torch's ``differentiable=True``. Parameters must then be non-leaf tensors (or not require grad);
@@ -57,7 +63,14 @@ class Modular(torch.optim.Optimizer):
         opt.zero_grad()
     """
 
-    def __init__(self, params: Iterable[Any], *modules: Any, fuse: bool = True, differentiable: bool = False) -> None:
+    def __init__(
+        self,
+        params: Iterable[Any],
+        *modules: Any,
+        fuse: bool = True,
+        reuse_evaluation: bool = False,
+        differentiable: bool = False,
+    ) -> None:
         if isinstance(params, (set, frozenset)):
             raise TypeError(
                 "params were given as a set, whose order changes from run to run, so state could not be matched to "
@@ -71,6 +84,8 @@ class Modular(torch.optim.Optimizer):
             raise ValueError("tz.Modular needs at least one module, e.g. tz.Modular(params, tz.m.Adam(), tz.m.LR(1e-3))")
         self._root = root
         self.differentiable = differentiable
+        self.reuse_evaluation = reuse_evaluation
+        self._reusable: tuple[Any, Tensor, list[tuple[int, int | None]]] | None = None
         self._leaves = _bind(root, fuse)
         self._owners = S.find_owners(self._leaves)
         self._given: list[frozenset[str]] = []
@@ -177,6 +192,10 @@ class Modular(torch.optim.Optimizer):
                 out.append(prev)
         return out
 
+    def _versions(self) -> list[tuple[int, int | None]]:
+        """Version counters of every parameter and its ``.grad`` (they change with any in-place write)."""
+        return [(p._version, None if p.grad is None else p.grad._version) for p in self._all_params()]
+
     def _all_params(self) -> list[Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
 
@@ -204,8 +223,12 @@ class Modular(torch.optim.Optimizer):
         needs_loss = self._root.requires_closure
         wrapped = Closure(closure, self._all_params, none_ok=not needs_loss) if closure is not None else None
         loss = None
+        reusable, self._reusable = self._reusable, None
         if wrapped is not None and not self._creates_update:
-            loss = wrapped(True)
+            if reusable is not None and reusable[0] is closure and reusable[2] == self._versions():
+                loss = reusable[1]  # the last step ended where it evaluated the loss and gradient
+            else:
+                loss = wrapped(True)
             if loss is not None:
                 check_finite(loss)
 
@@ -232,6 +255,8 @@ class Modular(torch.optim.Optimizer):
                 ops.sub_(params[a:b], update[a:b])
         for m in self._leaves:
             m.after_step(ctx)
+        if ctx.final_loss is not None and ctx.params_written and self.reuse_evaluation:
+            self._reusable = (closure, ctx.final_loss, self._versions())
         self.last_info = {"closure_calls": 0 if wrapped is None else wrapped.calls, **ctx.info}
         return ctx.loss
 

@@ -28,11 +28,15 @@ class Line:
         self.probe = probe
         self.direction = direction
         self.evals = 0
+        self.last: tuple[float, bool, Tensor] | None = None
+        """step size, whether it had a backward pass, and the loss of the latest trial"""
 
     def __call__(self, t: float, backward: bool = False) -> tuple[float, float]:
         self.probe.move(self.direction, -t)
-        loss = float(self.ctx.evaluate(backward))  # the closure's value decides: all-reduce it when distributed
+        value = self.ctx.evaluate(backward)
+        loss = float(value)  # the closure's value decides: all-reduce it when distributed
         self.evals += 1
+        self.last = (t, backward, value)
         if not math.isfinite(loss):
             return math.inf, math.nan
         if not backward:
@@ -82,12 +86,20 @@ class LineSearch(Module):
         probe = Probe(ctx)
         line = Line(ctx, probe, direction)
         slope0 = -probe.dot(grad0, direction)
+        t = 0.0
         try:
             t = self.search(line, float(loss0), slope0, settings)
         finally:
-            probe.restore()
-            if self.backward_trials and line.evals:
-                _restore_grad(ctx, grad0)
+            if _ends_at_last_trial(ctx, line, t):
+                # the parameters already sit at the accepted point, and .grad holds its gradient: keep both, and
+                # let the next step reuse this evaluation instead of calling the closure again
+                assert line.last is not None
+                ctx.mark_params_written()
+                ctx.set_final_evaluation(line.last[2])
+            else:
+                probe.restore()
+                if self.backward_trials and line.evals:
+                    _restore_grad(ctx, grad0)
         if t != 0.0:
             self.global_state["step_size"] = t
         for a, b in ctx.layout.buckets:
@@ -109,6 +121,18 @@ class LineSearch(Module):
         if settings.get("adaptive") and previous:
             return previous * settings["grow"]
         return float(settings["init"])
+
+
+def _ends_at_last_trial(ctx: StepContext, line: Line, t: float) -> bool:
+    last = line.last
+    return (
+        ctx.wants_final_evaluation
+        and t != 0.0
+        and last is not None
+        and last[0] == t
+        and last[1]
+        and math.isfinite(float(last[2]))
+    )
 
 
 def _restore_grad(ctx: StepContext, grad0: list[Tensor]) -> None:
