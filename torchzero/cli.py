@@ -143,6 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace, console: Any, specs: list[Any]) -> int:
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -150,7 +151,7 @@ def _demo(args: argparse.Namespace, console: Any, specs: list[Any]) -> int:
     from .demo import make_task, run_chain, run_side_by_side
 
     task = make_task(args.samples, args.samples, seed=args.seed)
-    legend = "\n".join(f"  [bold]{s.name:<13}[/bold] {s.label}  [dim]({s.note})[/dim]" for s in specs)
+    legend = "\n".join(f"  [bold]{s.name:<13}[/bold] {escape(s.label)}  [dim]({escape(s.note)})[/dim]" for s in specs)
     console.print(
         Panel.fit(
             f"Two interleaved spirals, {args.samples} training and {args.samples} test points; an MLP 2-32-32-2 "
@@ -170,10 +171,11 @@ def _demo(args: argparse.Namespace, console: Any, specs: list[Any]) -> int:
         def on_step(chain: str, i: int, loss: float) -> None:
             progress.update(tasks[chain], completed=i, loss=f"{loss:.4f}")
 
+        results: list[Any]
         if args.trainer == "plain":  # the chains take turns step by step: all bars move together
             results = run_side_by_side(specs, task, steps=args.steps, seed=args.seed, on_step=on_step)
         else:  # Lightning and Accelerate run one training loop after the other
-            results: list[Any] = []
+            results = []
             for spec in specs:
                 results.append(
                     run_chain(
@@ -195,7 +197,7 @@ def _demo(args: argparse.Namespace, console: Any, specs: list[Any]) -> int:
     best = min(ok, key=lambda r: r.final_loss).chain if ok else None
     for r in results:
         if r.status == "unavailable":
-            table.add_row(r.chain, f"[dim]unavailable: {r.message}[/dim]", "", "", "", "", "")
+            table.add_row(r.chain, f"[dim]unavailable: {escape(r.message)}[/dim]", "", "", "", "", "")
             continue
         name = f"[bold green]{r.chain}[/bold green]" if r.chain == best else r.chain
         loss = f"{r.final_loss:.4f}" if r.status == "ok" else f"[red]{r.status}[/red]"
@@ -205,7 +207,7 @@ def _demo(args: argparse.Namespace, console: Any, specs: list[Any]) -> int:
     console.print(table)
     for r in results:
         if r.status in ("failed", "diverged"):
-            console.print(f"[red]{r.chain}[/red] {r.status}: {r.message}")
+            console.print(f"[red]{r.chain}[/red] {r.status}: {escape(r.message)}")
     console.print(
         "[dim]closure evals: loss evaluations over the run (opt.last_info['closure_calls']); a plain chain makes one "
         "per step, line searches and finite differences more.[/dim]"

@@ -68,6 +68,21 @@ def test_every_chain_trains():
         assert math.isfinite(result.final_loss), name
 
 
+def test_demo_reports_a_broken_chain_and_goes_on(capsys, monkeypatch):
+    def broken(model, steps):
+        raise KeyError("group 0 sets ['lr'] [red]")  # brackets must be printed, not read as markup
+
+    monkeypatch.setitem(CHAINS, "adam", ChainSpec("adam", "Adam [broken]", ("Adam",), broken))
+    code, out, _ = run(capsys, "demo", "--steps", "2", "--samples", "32", "--chains", "adam,cautious")
+    assert code == 0, "one chain still trained"
+    assert "adam failed: KeyError: \"group 0 sets ['lr'] [red]\"" in out
+    assert "Adam [broken]" in out
+
+    monkeypatch.setitem(CHAINS, "cautious", ChainSpec("cautious", "C", ("Adam",), broken))
+    code, out, _ = run(capsys, "demo", "--steps", "2", "--samples", "32", "--chains", "adam,cautious")
+    assert code == 1, "no chain trained: the demo must not report success"
+
+
 def test_demo_plot_writes_a_png(capsys, tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "losses.png"
