@@ -90,6 +90,9 @@ METHODS: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
     "torch LBFGS (defaults, 20 it/step)": torch_lbfgs(),
     "torch LBFGS (max_iter=1)": torch_lbfgs(max_iter=1, max_eval=26),
     "LBFGS + StrongWolfe": chain(tz.m.LBFGS, tz.m.StrongWolfe),
+    "LBFGS + StrongWolfe (reuse_evaluation)": lambda p: tz.Modular(
+        p, tz.m.LBFGS(), tz.m.StrongWolfe(), reuse_evaluation=True
+    ),
     "LBFGS + Backtracking": chain(tz.m.LBFGS, tz.m.Backtracking),
     "LBFGS + ArmijoTrials(6)": chain(tz.m.LBFGS, lambda: tz.m.ArmijoTrials(n_trials=6)),
     "BFGS + StrongWolfe": chain(tz.m.BFGS, tz.m.StrongWolfe),
@@ -110,6 +113,7 @@ QUICK = [
     "torch LBFGS (defaults, 20 it/step)",
     "torch LBFGS (max_iter=1)",
     "LBFGS + StrongWolfe",
+    "LBFGS + StrongWolfe (reuse_evaluation)",
     "NewtonCG + StrongWolfe",
     "RandomizedFDM + Adam + LR(1e-2)",
 ]
