@@ -33,6 +33,9 @@ def _block(lines: list[str], start: int) -> tuple[list[str], int]:
 
 
 def rst_to_markdown(text: str) -> str:
+    # inline roles first, on the whole text: they may span a line break
+    text = _MATH.sub(lambda m: "\\(" + m.group(1) + "\\)", text)
+    text = _ROLE.sub(lambda m: "`" + m.group(1).split(".")[-1] + "`", text)
     lines = text.splitlines()
     out: list[str] = []
     i = 0
@@ -45,7 +48,7 @@ def rst_to_markdown(text: str) -> str:
             body, i = _block(lines, i + 1)
             math = [first] if first else []
             math += [x for x in body if x.strip()]
-            out += [f"{lead}\\[", *(lead + x for x in math), f"{lead}\\]"]
+            out += ["", f"{lead}\\[", *(lead + x for x in math), f"{lead}\\]", ""]
             continue
         if stripped.endswith("::") and not stripped.startswith(".."):
             head = stripped[:-2].rstrip()
@@ -55,11 +58,9 @@ def rst_to_markdown(text: str) -> str:
                     out.append(f"{lead}**{head}**")
                 elif head:
                     out.append(f"{lead}{head}:")
-                out += ["", f"{lead}```python", *(lead + x if x else "" for x in body), f"{lead}```"]
+                out += ["", f"{lead}```python", *(lead + x if x else "" for x in body), f"{lead}```", ""]
                 i = j
                 continue
-        line = _MATH.sub(lambda m: "\\(" + m.group(1) + "\\)", line)
-        line = _ROLE.sub(lambda m: "`" + m.group(1).split(".")[-1] + "`", line)
         out.append(line)
         i += 1
     return "\n".join(out)
