@@ -38,6 +38,7 @@ CHECKS = (
     "set_params",  # the same with settings given by module.set_params
     "split",  # per-group settings: one optimizer over two groups == one optimizer per tensor
     "no_grad",  # a parameter whose .grad is None in a step keeps its value and state
+    "tensor_lr",  # a 0-dim tensor lr equals the float lr, with no host sync
     "host_sync",  # no tensor is read back to Python on the step path (no closure needed)
     "state",  # every tensor lives in opt.state; global_state holds Python primitives only
     "reset",  # reset() (where a module has one) makes it behave like a fresh module
@@ -61,6 +62,8 @@ class Entry:
         noarg: ``"equal"`` (a no-argument closure gives the same result) or ``"raises:<text>"``.
         no_grad: ``"skip"`` (a parameter whose ``.grad`` is None is left alone, value and state) or
             ``"raises:<text>"`` (whole-vector methods: a clear error before anything changes).
+        tensor_lr: ``"no_sync"`` (a tensor lr stays on the device) or ``"equal"`` (only the result is checked:
+            a wrapped torch optimizer reads a tensor lr on the host itself).
         separable: the rule is per element or per tensor, so two groups in one optimizer equal one
             optimizer per tensor (global norms, line searches and whole-vector methods are not).
         xfail: ``{check: reason}`` for checks that fail because of a known bug.
@@ -75,6 +78,7 @@ class Entry:
     complex: str = "equiv"
     noarg: str = "equal"
     no_grad: str = "skip"
+    tensor_lr: str = "no_sync"
     separable: bool = False
     xfail: dict[str, str] = dataclasses.field(default_factory=dict)
     variant: str = ""
@@ -233,8 +237,9 @@ REGISTRY: list[Entry] = [
     E("SAM", lambda: [m.SAM(rho=0.5, adaptive=True), m.SGD(), m.LR(0.05)], ({}, {"lr": 0.02}), variant="asam"),
     # ------------------------------------------------------------------ external
     # torch.optim.Adam reads its step count back to Python (torch's own host sync), so Wrap is tested on SGD
+    # fused with LR, a tensor lr reaches torch.optim.SGD, whose foreach step reads it on the host (torch's sync)
     E("Wrap", lambda: [m.Wrap(torch.optim.SGD, lr=1.0, momentum=0.9, dampening=0.0), m.LR(0.05)],
-      ({"momentum": 0.9}, {"momentum": 0.5, "dampening": 0.1}), separable=True),
+      ({"momentum": 0.9}, {"momentum": 0.5, "dampening": 0.1}), separable=True, tensor_lr="equal"),
     E("Wrap", lambda: [m.Wrap(torch.optim.SGD, lr=1.0, momentum=0.9, dampening=0.0), m.Mul(1.0), m.LR(0.05)],
       ({"momentum": 0.9}, {"momentum": 0.5, "dampening": 0.1}), separable=True, variant="measured"),
     # torch.optim.LBFGS takes a single param group

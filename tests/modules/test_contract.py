@@ -514,6 +514,30 @@ def test_no_host_sync_on_the_step_path(e: Entry):
             opt.step()
 
 
+def _has_lr(e: Entry) -> bool:
+    return not _requires_closure(e) and any(isinstance(m, tz.m.LR) for m in tz.m.Chain(*e.chain()).walk())
+
+
+@pytest.mark.parametrize("e", _cases("tensor_lr", _has_lr))
+def test_tensor_lr_equals_float_lr_without_host_sync(e: Entry):
+    """A 0-dim tensor lr in the groups (what compiled/captured loops use) gives the float lr's result."""
+    a, b = Problem(torch.float64), Problem(torch.float64)
+    opt_a, opt_b = _build(e, a), _build(e, b)
+    for g in opt_b.param_groups:
+        g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float64)
+    for _ in range(3):
+        a.closure()(True)
+        b.closure()(True)
+        opt_a.step()
+        if e.tensor_lr == "no_sync" and NoHostSync is not None:
+            with NoHostSync():
+                opt_b.step()
+        else:
+            opt_b.step()
+    for i, (p, q) in enumerate(zip(a.params, b.params, strict=True)):
+        torch.testing.assert_close(q, p, msg=lambda m, i=i: f"{e.name}: parameter {i}, tensor lr vs float lr: {m}")
+
+
 # ------------------------------------------------------------------------------------------------ misc
 @pytest.mark.parametrize("e", _cases("repr"))
 def test_repr(e: Entry):
