@@ -269,7 +269,7 @@ def module_catalog() -> list[dict[str, Any]]:
         family = parts[2] if len(parts) > 3 else parts[-1]
         settings, required = _signature_defaults(cls)
         needs_closure, creates_update, note = bool(cls.needs_closure), bool(cls.creates_update), ""
-        if not required:
+        if all(k.startswith("**") for k in required):  # buildable with default arguments
             try:
                 instance = cls()
             except Exception as e:  # a preset whose parts are missing, or a bad default: show, don't crash
@@ -301,7 +301,10 @@ def _signature_defaults(cls: type) -> tuple[dict[str, Any], list[str]]:
     settings: dict[str, Any] = {}
     required: list[str] = []
     for p in inspect.signature(cls.__init__).parameters.values():
-        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        if p.kind is p.VAR_KEYWORD:  # Wrap(opt_cls, **kwargs): the wrapped optimizer's settings
+            required.append(f"**{p.name}")
+            continue
+        if p.name == "self" or p.kind is p.VAR_POSITIONAL:
             continue
         if p.default is p.empty:
             required.append(p.name)
@@ -332,7 +335,9 @@ def cmd_modules(args: argparse.Namespace) -> int:
     for r in rows:
         settings = ", ".join(f"{k}={v!r}" for k, v in r["settings"].items())
         if r["required"]:
-            settings = ", ".join([*(f"{k} (required)" for k in r["required"]), settings]).rstrip(", ")
+            named = [f"{k} (required)" for k in r["required"] if not k.startswith("**")]
+            settings = ", ".join([*named, settings, *(k for k in r["required"] if k.startswith("**"))])
+            settings = settings.replace(", , ", ", ").strip(", ")
         table.add_row(
             r["name"], r["family"], escape(settings or "-"), "yes" if r["needs_closure"] else "",
             "yes" if r["creates_update"] else "", escape(r["summary"]),
