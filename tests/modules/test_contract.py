@@ -25,8 +25,10 @@ A new module of ``tz.m`` fails ``test_every_public_module_has_an_entry`` until i
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import math
+import re
 import warnings
 from typing import Any
 
@@ -133,7 +135,9 @@ def _check_run(e: Entry, dtype: torch.dtype) -> None:
             f"{e.name}, step {t}: last_info['closure_calls'] is {opt.last_info['closure_calls']}, but the closure "
             f"was called {calls[0]} times"
         )
-        torch.testing.assert_close(loss.to(dtype), before, msg=lambda m: f"step {t}: step() must return f(x0): {m}")
+        torch.testing.assert_close(
+            loss.to(dtype), before, msg=lambda m, t=t: f"step {t}: step() must return f(x0): {m}"
+        )
         for i, p in enumerate(problem.params):
             assert torch.isfinite(p).all(), f"step {t}: parameter {i} is not finite: {p}"
     with torch.no_grad():
@@ -277,7 +281,9 @@ def test_noarg_closure_equals_backward_closure(e: Entry):
         return
     b, _, _ = _run(e, torch.float64, style="noarg")
     for i, (p, q) in enumerate(zip(a.params, b.params, strict=True)):
-        torch.testing.assert_close(p, q, msg=lambda m, i=i: f"{e.name}: parameter {i}, closure() vs closure(backward): {m}")
+        torch.testing.assert_close(
+            p, q, msg=lambda m, i=i: f"{e.name}: parameter {i}, closure() vs closure(backward): {m}"
+        )
 
 
 @pytest.mark.parametrize("e", _cases("noarg", lambda e: _requires_closure(e)))
@@ -287,7 +293,9 @@ def test_closure_zeroing_grads_in_place_equals_set_to_none(e: Entry):
     b, _, _ = _run(e, torch.float64, style="inplace")
     for i, (p, q) in enumerate(zip(a.params, b.params, strict=True)):
         torch.testing.assert_close(
-            p, q, msg=lambda m, i=i: f"{e.name}: parameter {i}, closure zeroing .grad in place vs setting it to None: {m}"
+            p,
+            q,
+            msg=lambda m, i=i: f"{e.name}: parameter {i}, closure zeroing .grad in place vs setting it to None: {m}",
         )
 
 
@@ -437,7 +445,10 @@ def test_group_settings_reach_their_group(e: Entry):
     groups = [{"params": [p for p, (_, _, g) in zip(joint, SPLIT_SHAPES, strict=True) if g == gi], **e.groups[gi]}
               for gi in range(2)]  # fmt: skip
     opt = tz.Modular(groups, *e.chain())
-    singles = [tz.Modular([{"params": [p], **e.groups[g]}], *e.chain()) for p, (_, _, g) in zip(alone, SPLIT_SHAPES, strict=True)]
+    singles = [
+        tz.Modular([{"params": [p], **e.groups[g]}], *e.chain())
+        for p, (_, _, g) in zip(alone, SPLIT_SHAPES, strict=True)
+    ]
     for t in range(4):
         _split_grads(t, joint, alone)
         opt.step()
@@ -451,7 +462,9 @@ def test_group_settings_reach_their_group(e: Entry):
         )  # fmt: skip
 
 
-@pytest.mark.parametrize("e", _cases("set_params", lambda e: e.separable and not issubclass(getattr(tz.m, e.name), tz.m.Chain)))
+@pytest.mark.parametrize(
+    "e", _cases("set_params", lambda e: e.separable and not issubclass(getattr(tz.m, e.name), tz.m.Chain))
+)
 def test_set_params_settings_reach_their_group(e: Entry):
     """The same as above with the settings given to the module by ``set_params`` (one torch group)."""
     joint, alone = _split_params(), _split_params()
@@ -459,10 +472,15 @@ def test_set_params_settings_reach_their_group(e: Entry):
     target = next(m for m in chain if type(m).__name__ == e.name)
     own = [{k: v for k, v in g.items() if k in target.defaults} for g in e.groups]
     target.set_params(
-        [{"params": [p for p, (_, _, g) in zip(joint, SPLIT_SHAPES, strict=True) if g == gi], **own[gi]} for gi in range(2)]
+        [
+            {"params": [p for p, (_, _, g) in zip(joint, SPLIT_SHAPES, strict=True) if g == gi], **own[gi]}
+            for gi in range(2)
+        ]
     )
     opt = tz.Modular(joint, *chain)
-    singles = [tz.Modular([{"params": [p], **own[g]}], *e.chain()) for p, (_, _, g) in zip(alone, SPLIT_SHAPES, strict=True)]
+    singles = [
+        tz.Modular([{"params": [p], **own[g]}], *e.chain()) for p, (_, _, g) in zip(alone, SPLIT_SHAPES, strict=True)
+    ]
     for t in range(4):
         _split_grads(t, joint, alone)
         opt.step()
@@ -560,3 +578,19 @@ def test_docstring(name: str):
         )
     elif not has_example:
         warnings.warn(f"tz.m.{name}: the docstring has no Example", UserWarning, stacklevel=1)
+    cls = getattr(tz.m, name)
+    if cls.__init__ is tz.m.Module.__init__:
+        return  # no arguments of its own
+    params = inspect.signature(cls.__init__).parameters
+    args = [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    section = re.search(r"Args:\n(.*?)(?:\n\s*\n|\Z)", doc, re.S)
+    documented = set()
+    for line in (section.group(1) if section else "").splitlines():
+        match = re.match(r"\s*([\w]+(?:,\s*\w+)*):\s", line)
+        if match:
+            documented.update(a.strip() for a in match.group(1).split(","))
+    undocumented = [a for a in args if a not in documented]
+    if undocumented:
+        warnings.warn(
+            f"tz.m.{name}: arguments {undocumented} are not in the docstring's Args", UserWarning, stacklevel=1
+        )
