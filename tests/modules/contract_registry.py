@@ -32,6 +32,7 @@ CHECKS = (
     "reference",  # foreach path == reference (per-tensor) path
     "noarg",  # no-argument closure == closure(backward)
     "needs_closure",  # step() without a closure raises before changing anything
+    "zero_grad",  # an exactly zero gradient gives finite parameters
     "nonfinite",  # a NaN loss raises NonFiniteLossError before changing anything; NaN trials are rejected
     "closure_error",  # an exception from the closure at a trial point leaves the params at x0
     "complex",  # complex64 params: equal to the real-view problem, or a clear error

@@ -327,6 +327,25 @@ def _assert_same_state(a: Any, b: Any, name: str, path: str = "state_dict") -> N
         assert a == b, f"{name}: {path} changed from {a!r} to {b!r}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64], ids=["f32", "c64"])
+@pytest.mark.parametrize("e", _cases("zero_grad"))
+def test_zero_gradient_stays_finite(e: Entry, dtype: torch.dtype):
+    """At an exact minimum (gradient exactly 0) every module hands on a finite update (no 0/0, no inf*0)."""
+    if dtype.is_complex and e.complex.startswith("raises:"):
+        pytest.skip(f"{e.name} does not support complex parameters")
+    problem = Problem(dtype)
+    with torch.no_grad():
+        problem.Y = problem.X @ problem.params[0] + problem.params[1]  # residual exactly 0
+    opt = _build(e, problem)
+    closure = problem.closure()
+    for t in range(3):
+        opt.step(closure)
+        for i, p in enumerate(problem.params):
+            assert torch.isfinite(torch.view_as_real(p) if p.is_complex() else p).all(), (
+                f"{e.name}: with a zero gradient, parameter {i} became non-finite at step {t}: {p}"
+            )
+
+
 def _nan_closure(problem: Problem, when: Any) -> Any:
     inner = problem.closure()
 
