@@ -68,6 +68,7 @@ class Entry:
         separable: the rule is per element or per tensor, so two groups in one optimizer equal one
             optimizer per tensor (global norms, line searches and whole-vector methods are not).
         xfail: ``{check: reason}`` for checks that fail because of a known bug.
+        options: keyword arguments of ``tz.Modular`` (``reuse_evaluation``, ``fuse``).
         variant: tells apart several entries of one class (another configuration of it).
         steps: number of steps.
         max_growth: the final loss may be at most this multiple of the initial loss.
@@ -82,6 +83,7 @@ class Entry:
     tensor_lr: str = "no_sync"
     separable: bool = False
     xfail: dict[str, str] = dataclasses.field(default_factory=dict)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
     variant: str = ""
     steps: int = 5
     max_growth: float = 1.5
@@ -159,6 +161,8 @@ REGISTRY: list[Entry] = [
       separable=True),
     E("Adam", lambda: [m.Adam(fused=False), m.Mul(1.0), m.LR(0.05)], ({"betas": (0.9, 0.99)}, {"amsgrad": True}),
       separable=True, variant="unfused"),
+    E("Adam", lambda: [m.Adam(), m.LR(0.05)], ({"betas": (0.9, 0.99)}, {"amsgrad": True}), separable=True,
+      options={"fuse": False}, variant="fuse_off"),
     E("AdamW", lambda: [m.AdamW(lr=0.05)], ({"weight_decay": 0.1}, {"weight_decay": 0.0, "lr": 0.02}),
       separable=True),
     E("Adamax", lambda: [m.Adamax(), m.LR(0.05)], ({"betas": (0.9, 0.99)}, {}), separable=True),
@@ -215,6 +219,10 @@ REGISTRY: list[Entry] = [
     E("ArmijoTrials", lambda: [m.SGD(momentum=0.5), m.ArmijoTrials(n_trials=4)]),
     E("StrongWolfe", lambda: [m.LBFGS(history_size=3), m.StrongWolfe(max_evals=8)]),
     E("StrongWolfe", lambda: [m.SGD(), m.StrongWolfe(c2=0.1, adaptive=True)], variant="adaptive"),
+    E("StrongWolfe", lambda: [m.LBFGS(history_size=3), m.StrongWolfe(max_evals=8)], variant="reuse",
+      options={"reuse_evaluation": True}),
+    E("Backtracking", lambda: [m.LBFGS(history_size=3), m.Backtracking()], variant="reuse",
+      options={"reuse_evaluation": True}),
     # ------------------------------------------------------------------ quasi-Newton and second order
     E("LBFGS", lambda: [m.LBFGS(history_size=3), m.LR(0.2)], ({}, {"lr": 0.1})),
     E("LBFGS", lambda: [m.LBFGS(history_size=2, scale_first=False), m.LR(0.2)], ({}, {"lr": 0.1}),

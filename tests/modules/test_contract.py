@@ -63,7 +63,7 @@ def _requires_closure(e: Entry) -> bool:
 
 
 def _build(e: Entry, problem: Problem) -> tz.Modular:
-    return tz.Modular(problem.groups(e.groups), *e.chain())
+    return tz.Modular(problem.groups(e.groups), *e.chain(), **e.options)
 
 
 def _save_load(sd: dict[str, Any]) -> dict[str, Any]:
@@ -299,6 +299,19 @@ def test_closure_zeroing_grads_in_place_equals_set_to_none(e: Entry):
         )
 
 
+@pytest.mark.parametrize("e", _cases("noarg", lambda e: not _requires_closure(e)))
+def test_step_with_closure_equals_backward_then_step(e: Entry):
+    """For chains that need no closure, ``step(closure)`` is ``closure(); step()`` (no extra evaluations)."""
+    a, _, _ = _run(e, torch.float64)
+    b = Problem(torch.float64)
+    opt = _build(e, b)
+    for _ in range(e.steps):
+        b.closure()(True)
+        opt.step()
+    for i, (p, q) in enumerate(zip(a.params, b.params, strict=True)):
+        assert torch.equal(p, q), f"{e.name}: parameter {i} differs between step(closure) and backward + step()"
+
+
 @pytest.mark.parametrize("e", _cases("needs_closure", lambda e: _requires_closure(e)))
 def test_step_without_closure_raises_before_changing_anything(e: Entry):
     problem, opt, _ = _run(e, torch.float64, steps=1)
@@ -463,9 +476,9 @@ def test_group_settings_reach_their_group(e: Entry):
     joint, alone = _split_params(), _split_params()
     groups = [{"params": [p for p, (_, _, g) in zip(joint, SPLIT_SHAPES, strict=True) if g == gi], **e.groups[gi]}
               for gi in range(2)]  # fmt: skip
-    opt = tz.Modular(groups, *e.chain())
+    opt = tz.Modular(groups, *e.chain(), **e.options)
     singles = [
-        tz.Modular([{"params": [p], **e.groups[g]}], *e.chain())
+        tz.Modular([{"params": [p], **e.groups[g]}], *e.chain(), **e.options)
         for p, (_, _, g) in zip(alone, SPLIT_SHAPES, strict=True)
     ]
     for t in range(4):
@@ -496,9 +509,9 @@ def test_set_params_settings_reach_their_group(e: Entry):
             for gi in range(2)
         ]
     )
-    opt = tz.Modular(joint, *chain)
+    opt = tz.Modular(joint, *chain, **e.options)
     singles = [
-        tz.Modular([{"params": [p], **own[g]}], *e.chain()) for p, (_, _, g) in zip(alone, SPLIT_SHAPES, strict=True)
+        tz.Modular([{"params": [p], **own[g]}], *e.chain(), **e.options) for p, (_, _, g) in zip(alone, SPLIT_SHAPES, strict=True)
     ]
     for t in range(4):
         _split_grads(t, joint, alone)
