@@ -22,6 +22,7 @@ CASES = {
     "per_parameter": (("Adam", "LR"), 40),
     "schedulers": (("SGD", "Adam", "LR"), 40),
     "wrap_external": (("ClipNorm", "Wrap", "LR", "Cautious"), 40),
+    "checkpoint": (("Adam", "Cautious", "LR", "WeightDecay"), 40),
 }
 
 
@@ -80,3 +81,10 @@ def test_scheduler_example_cycles_lr_and_momentum(examples_on_path):
     peak = max(range(20), key=h["lr"].__getitem__)
     assert 0 < peak < 19, f"lr should peak inside the run, peaked at step {peak}: {h['lr']}"
     assert h["momentum"][peak] < h["momentum"][0], f"momentum should dip when lr peaks: {h['momentum']}"
+
+
+def test_checkpoint_example_resumes_exactly(examples_on_path):
+    _require(CASES["checkpoint"][0])
+    h = _load("checkpoint").train(10)
+    # compared bit for bit: a resumed run must not differ from the uninterrupted one at all
+    assert h["resumed"] == h["loss"], f"resumed {h['resumed']}\nstraight {h['loss']}"
