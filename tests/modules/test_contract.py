@@ -402,14 +402,17 @@ class _ClosureFailed(Exception):
 
 @pytest.mark.parametrize("e", _cases("closure_error", lambda e: _requires_closure(e)))
 def test_closure_error_mid_step_leaves_params_at_x0(e: Entry):
-    """An exception from the closure at a trial point propagates with the parameters back at x0, bit for bit."""
+    """An exception from the closure at a trial point propagates with the parameters back at x0, bit for bit.
+
+    The closure raises at the step's second evaluation (the first is at x0).
+    """
     problem, opt, _ = _run(e, torch.float64, steps=1)
     x0 = problem.snapshot()
     inner, calls = problem.closure(), [0]
 
     def closure(backward: bool = True) -> Tensor:
         calls[0] += 1
-        if calls[0] > 1 and any(not torch.equal(p, q) for p, q in zip(problem.params, x0, strict=True)):
+        if calls[0] > 1:  # the step's second evaluation: a trial point (or ForwardGradient's second tangent)
             raise _ClosureFailed("data loader died")
         return inner(backward)
 
@@ -418,7 +421,7 @@ def test_closure_error_mid_step_leaves_params_at_x0(e: Entry):
     except _ClosureFailed:
         pass
     else:
-        pytest.skip(f"{e.name} evaluated no trial point away from x0 in this step")
+        pytest.skip(f"{e.name} evaluated the closure only once in this step")
     for i, (p, q) in enumerate(zip(problem.params, x0, strict=True)):
         assert torch.equal(p, q), f"{e.name}: after the closure raised at a trial point, parameter {i} was left there"
 
