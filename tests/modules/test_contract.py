@@ -514,7 +514,8 @@ def test_set_params_settings_reach_their_group(e: Entry):
     )
     opt = tz.Modular(joint, *chain, **e.options)
     singles = [
-        tz.Modular([{"params": [p], **own[g]}], *e.chain(), **e.options) for p, (_, _, g) in zip(alone, SPLIT_SHAPES, strict=True)
+        tz.Modular([{"params": [p], **own[g]}], *e.chain(), **e.options)
+        for p, (_, _, g) in zip(alone, SPLIT_SHAPES, strict=True)
     ]
     for t in range(4):
         _split_grads(t, joint, alone)
