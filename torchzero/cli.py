@@ -2,7 +2,8 @@
 
 * ``torchzero demo``: train a small task with several chains side by side and compare them.
 * ``torchzero modules``: every module in ``tz.m`` with its settings and defaults.
-* ``torchzero bench``: run ``benchmarks/step_time.py`` and print its table.
+* ``torchzero bench``: run ``benchmarks/step_time.py`` and print its table (``bench closure``:
+  ``benchmarks/closure_modules.py``).
 
 The output uses ``rich`` (``pip install torchzero[demo]``); the plot uses ``matplotlib``.
 """
@@ -109,9 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         help="run benchmarks/step_time.py and print its table",
-        description="Arguments after `bench` go to the benchmark script.",
+        description="`torchzero bench` runs benchmarks/step_time.py (step time against torch.optim); "
+        "`torchzero bench closure` runs benchmarks/closure_modules.py (closure calls and wall time of line "
+        "searches, quasi-Newton and gradient-free modules). Further arguments go to the script, e.g. --quick.",
     )
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="passed on to benchmarks/step_time.py")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="[step|closure] and arguments for the script")
     return parser
 
 
@@ -350,27 +353,35 @@ def cmd_modules(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- bench
-def find_benchmark() -> Path | None:
-    """``benchmarks/step_time.py`` in the current folder or in the source tree this package runs from."""
+BENCHMARKS = {"step": "step_time.py", "closure": "closure_modules.py"}
+"""``torchzero bench [step|closure]``: which script of ``benchmarks/`` to run"""
+
+
+def find_benchmark(script: str = "step_time.py") -> Path | None:
+    """``benchmarks/<script>`` in the current folder or in the source tree this package runs from."""
     here = Path(__file__).resolve().parent.parent
     for root in (Path.cwd(), here):
-        path = root / "benchmarks" / "step_time.py"
+        path = root / "benchmarks" / script
         if path.is_file():
             return path
     return None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    path = find_benchmark()
+    extra = [a for a in args.args if a != "--"]
+    which = "step"
+    if extra and extra[0] in BENCHMARKS:
+        which, extra = extra[0], extra[1:]
+    script = BENCHMARKS[which]
+    path = find_benchmark(script)
     if path is None:
         print(
-            "torchzero bench: benchmarks/step_time.py was not found (looked in the current folder and next to the "
-            "torchzero package). The benchmark ships with the source repository, not with the installed package: run "
-            "`torchzero bench` from a checkout of the repository.",
+            f"torchzero bench: benchmarks/{script} was not found (looked in the current folder and next to the "
+            "torchzero package). The benchmarks ship with the source repository, not with the installed package: "
+            "run `torchzero bench` from a checkout of the repository.",
             file=sys.stderr,
         )
         return 2
-    extra = [a for a in args.args if a != "--"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.call([sys.executable, str(path), *extra], env=env)
 

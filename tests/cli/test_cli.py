@@ -223,7 +223,7 @@ def test_modules_family_filter(capsys):
 
 # ---------------------------------------------------------------------------------------------- bench
 def test_bench_without_the_script_says_where_it_looked(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "find_benchmark", lambda: None)
+    monkeypatch.setattr(cli, "find_benchmark", lambda script: None)
     code, _, err = run(capsys, "bench")
     assert code == 2
     assert "benchmarks/step_time.py was not found" in err
@@ -239,6 +239,11 @@ def test_bench_runs_the_script_and_passes_arguments(capfd, monkeypatch, tmp_path
     code = cli.main(["bench", "--", "--quick"])
     assert code == 3
     assert "| chain | ms | ['--quick']" in capfd.readouterr().out
+
+    other = script.parent / "closure_modules.py"
+    other.write_text("import sys\nprint('closure calls', sys.argv[1:])\n")
+    assert cli.main(["bench", "closure", "--quick"]) == 0
+    assert "closure calls ['--quick']" in capfd.readouterr().out
 
 
 def test_python_dash_m_torchzero():
