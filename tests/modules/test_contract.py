@@ -221,8 +221,14 @@ def test_reset_behaves_like_a_fresh_module(e: Entry):
 
 @pytest.mark.parametrize("e", _cases("state"))
 def test_state_lives_in_the_optimizer(e: Entry):
-    _, opt, _ = _run(e, torch.float64, steps=3)
+    _, opt, _ = _run(e, torch.float32, steps=3)
     owned = {id(t) for st in opt.state.values() for t in _tensors(st)}
+    for p, st in opt.state.items():
+        for t in _tensors(st):
+            assert t.device == p.device and (not t.is_floating_point() or t.dtype == p.dtype), (
+                f"{e.name}: a state tensor of a {p.dtype} parameter is {t.dtype} on {t.device}; state follows its "
+                "parameter's dtype and device (torch casts it so on load)"
+            )
     params = {id(p) for g in opt.param_groups for p in g["params"]}
     for m in opt.modules:
         assert _primitive(m.global_state), (
