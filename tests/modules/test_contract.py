@@ -562,6 +562,37 @@ def test_parameter_without_grad_keeps_value_and_state(e: Entry):
         assert torch.isfinite(p).all(), f"{e.name}: parameter {i} is not finite after a step with a missing grad"
 
 
+@pytest.mark.parametrize("e", _cases("differentiable", lambda e: not _requires_closure(e)))
+def test_differentiable_mode(e: Entry):
+    """``differentiable=True``: the same steps as the normal mode, and the result backpropagates to the start."""
+    plain = Problem(torch.float64)
+    problem = Problem(torch.float64)
+    leaves = problem.params
+    problem.params = [p * 1.0 for p in leaves]  # non-leaf parameters, as torch's differentiable mode requires
+    opt_plain = _build(e, plain)
+    if e.differentiable.startswith("raises:"):
+        with pytest.raises((ValueError, TypeError, RuntimeError), match=e.differentiable.removeprefix("raises:")):
+            tz.Modular(problem.groups(e.groups), *e.chain(), differentiable=True, **e.options)
+        return
+    opt_d = tz.Modular(problem.groups(e.groups), *e.chain(), differentiable=True, **e.options)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in plain.params]
+        for p, q, g in zip(plain.params, problem.params, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt_plain.step()
+        opt_d.step()
+    for i, (p, q) in enumerate(zip(plain.params, problem.params, strict=True)):
+        torch.testing.assert_close(
+            q.detach(), p, msg=lambda m, i=i: f"{e.name}: parameter {i}, differentiable mode: {m}"
+        )
+    sum(p.sum() for p in problem.params).backward()
+    for i, leaf in enumerate(leaves):
+        assert leaf.grad is not None and torch.isfinite(leaf.grad).all(), (
+            f"{e.name}: no finite gradient reached initial parameter {i} through the steps: {leaf.grad}"
+        )
+
+
 # ------------------------------------------------------------------------------------------------ host sync
 @pytest.mark.skipif(NoHostSync is None, reason="tests/parity.py has no NoHostSync")
 @pytest.mark.parametrize("e", _cases("host_sync", lambda e: not _requires_closure(e)))

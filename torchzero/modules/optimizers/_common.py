@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 from ...foreach import ops
@@ -70,6 +71,10 @@ def emit_div(ctx: StepContext, seg: Segment, num: list[Tensor], den: list[Tensor
 
     ``den`` is only read; ``num`` may be the update itself.
     """
+    if torch.is_grad_enabled():
+        # differentiable mode: autograd keeps the divisor of div/addcdiv for the backward pass (even when it
+        # needs no gradient), and ``den`` may be state that the next step changes in place (Adamax's exp_inf)
+        den = ops.clone(den)
     tensor_scale = isinstance(scale, Tensor)
     if ctx.is_last:
         if tensor_scale:
