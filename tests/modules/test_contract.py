@@ -654,6 +654,50 @@ def test_wrap_belongs_to_one_optimizer():
         tz.Modular(Problem(torch.float32).params, module)
 
 
+LBFGS_JOIN = (
+    "quasi_newton/lbfgs.py: a parameter that joins later (add_param_group, or one whose .grad was None so far) "
+    "gets prev_params = prev_grad = 0 from the default zero init, so its first curvature pair is s = x, y = g "
+    "instead of a step difference; the pair, its rho and gamma then depend on where the parameter happens to sit "
+    "(L-BFGS is translation invariant otherwise). Fix: create prev_params/prev_grad with init=clone of the "
+    "current param/update and give that parameter s = y = 0 in the join step (or reset the history when the "
+    "layout gains parameters)."
+)
+
+
+def _lbfgs_w(offset: float, join: bool) -> Tensor:
+    """W after L-BFGS steps on 0.5 W'AW + |b - c|^2 with b and c shifted by ``offset`` (W's path must not move)."""
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    A = A @ A.T + torch.eye(4, dtype=torch.float64)
+    W = torch.randn(4, generator=gen, dtype=torch.float64).requires_grad_()
+    b = (torch.randn(2, generator=gen, dtype=torch.float64) + offset).requires_grad_(not join)
+    c = torch.tensor([1.0, -2.0], dtype=torch.float64) + offset
+
+    def closure(backward: bool = True) -> Tensor:
+        loss = 0.5 * W @ A @ W + ((b - c) ** 2).sum()
+        if backward:
+            W.grad = b.grad = None
+            loss.backward()
+        return loss
+
+    opt = tz.Modular([{"params": [W]}] if join else [{"params": [W]}, {"params": [b]}], tz.m.LBFGS(5), tz.m.LR(0.5))
+    for t in range(6):
+        if join and t == 2:
+            b.requires_grad_(True)
+            opt.add_param_group({"params": [b]})
+        opt.step(closure)
+    return W.detach()
+
+
+@pytest.mark.parametrize(
+    "join",
+    [False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=LBFGS_JOIN))],
+    ids=["from_start", "joins_later"],
+)
+def test_lbfgs_is_translation_invariant_when_a_parameter_joins_later(join: bool):
+    torch.testing.assert_close(_lbfgs_w(0.0, join), _lbfgs_w(10.0, join))
+
+
 # ------------------------------------------------------------------------------------------------ misc
 @pytest.mark.parametrize("e", _cases("repr"))
 def test_repr(e: Entry):
