@@ -41,6 +41,7 @@ CHECKS = (
     "no_grad",  # a parameter whose .grad is None in a step keeps its value and state
     "tensor_lr",  # a 0-dim tensor lr equals the float lr, with no host sync
     "differentiable",  # differentiable=True takes the same steps and backpropagates to the initial params
+    "join",  # a param group added mid-run is optimized too (or a clear error for whole-vector methods)
     "host_sync",  # no tensor is read back to Python on the step path (no closure needed)
     "state",  # every tensor lives in opt.state; global_state holds Python primitives only
     "reset",  # reset() (where a module has one) makes it behave like a fresh module
@@ -68,6 +69,7 @@ class Entry:
             a wrapped torch optimizer reads a tensor lr on the host itself).
         differentiable: ``"ok"`` (``Modular(differentiable=True)`` works) or ``"raises:<text>"`` (a clear error
             when the optimizer is built).
+        join: ``"ok"`` (a param group added mid-run is optimized) or ``"raises:<text>"``.
         separable: the rule is per element or per tensor, so two groups in one optimizer equal one
             optimizer per tensor (global norms, line searches and whole-vector methods are not).
         xfail: ``{check: reason}`` for checks that fail because of a known bug.
@@ -85,6 +87,7 @@ class Entry:
     no_grad: str = "skip"
     tensor_lr: str = "no_sync"
     differentiable: str = "ok"
+    join: str = "ok"
     separable: bool = False
     xfail: dict[str, str] = dataclasses.field(default_factory=dict)
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -156,6 +159,9 @@ LBFGS_DIFFERENTIABLE = (
     "history slots with torch.where/cat instead of copy_ into saved views, or declare the module unsupported and "
     "raise in bind() when opt.differentiable."
 )
+
+DENSE_JOIN = "raises:parameters changed since the state was made"
+"""dense quasi-Newton holds one n x n matrix: a new group needs a new optimizer (a clear error)"""
 
 m = tz.m
 E = Entry
@@ -241,11 +247,11 @@ REGISTRY: list[Entry] = [
       xfail={"differentiable": LBFGS_DIFFERENTIABLE}),
     E("LBFGS", lambda: [m.LBFGS(history_size=2, scale_first=False), m.LR(0.2)], ({}, {"lr": 0.1}),
       variant="no_scale_first", xfail={"reset": RESET_GAMMA, "differentiable": LBFGS_DIFFERENTIABLE}),
-    E("BFGS", lambda: [m.BFGS(), m.LR(0.2)], ({}, {"lr": 0.1}), no_grad="raises:grad",
+    E("BFGS", lambda: [m.BFGS(), m.LR(0.2)], ({}, {"lr": 0.1}), no_grad="raises:grad", join=DENSE_JOIN,
       xfail={"no_grad": DENSE_NO_GRAD}),
     E("BFGS", lambda: [m.BFGS(scale_init=False), m.LR(0.2)], ({}, {"lr": 0.1}), variant="no_scale_init",
-      no_grad="raises:grad", xfail={"reset": RESET_DENSE, "no_grad": DENSE_NO_GRAD}),
-    E("SR1", lambda: [m.SR1(), m.Backtracking()], xfail={"reset": RESET_DENSE}),
+      no_grad="raises:grad", join=DENSE_JOIN, xfail={"reset": RESET_DENSE, "no_grad": DENSE_NO_GRAD}),
+    E("SR1", lambda: [m.SR1(), m.Backtracking()], join=DENSE_JOIN, xfail={"reset": RESET_DENSE}),
     E("ExactNewton", lambda: [m.ExactNewton(damping=1e-3), m.Backtracking()], complex="raises:real parameters only",
       noarg="raises:backward argument", xfail={"bf16": NEWTON_BF16}),
     E("NewtonCG", lambda: [m.NewtonCG(max_iters=4), m.Backtracking()], complex="raises:real parameters only",
@@ -270,9 +276,9 @@ REGISTRY: list[Entry] = [
       differentiable="raises:non-leaf"),
     # torch.optim.LBFGS takes a single param group
     E("WrapClosure", lambda: [m.ClipNorm(10.0), m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3)],
-      groups=({},), xfail={"closure_error": WRAP_CLOSURE_ERROR}),
+      groups=({},), join="raises:one param_group", xfail={"closure_error": WRAP_CLOSURE_ERROR}),
     E("WrapClosure", lambda: [m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3), m.LR(0.5)],
-      groups=({},), variant="measured", xfail={"closure_error": WRAP_CLOSURE_ERROR}),
+      groups=({},), variant="measured", join="raises:one param_group", xfail={"closure_error": WRAP_CLOSURE_ERROR}),
 ]  # fmt: skip
 
 

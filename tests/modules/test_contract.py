@@ -593,6 +593,36 @@ def test_differentiable_mode(e: Entry):
         )
 
 
+@pytest.mark.parametrize("e", _cases("join"))
+def test_parameter_group_added_mid_run(e: Entry):
+    """``add_param_group`` after a few steps: the new parameter is optimized too, nothing blows up."""
+    problem = Problem(torch.float64)
+    W, b = problem.params
+    b.requires_grad_(False)
+    opt = tz.Modular([{"params": [W], **e.groups[0]}], *e.chain(), **e.options)
+    closure = problem.closure()
+    for _ in range(2):
+        opt.step(closure)
+    b.requires_grad_(True)
+    with torch.no_grad():
+        before, b0 = problem.loss(), b.detach().clone()
+    opt.add_param_group({"params": [b], **(e.groups[1] if len(e.groups) > 1 else {})})
+    if e.join.startswith("raises:"):
+        params = problem.snapshot()
+        with pytest.raises((ValueError, RuntimeError, AssertionError), match=e.join.removeprefix("raises:")):
+            opt.step(closure)
+        for p, q in zip(problem.params, params, strict=True):
+            assert torch.equal(p, q), f"{e.name}: the parameters changed before the error about the new group"
+        return
+    for _ in range(3):
+        opt.step(closure)
+    with torch.no_grad():
+        after = problem.loss()
+    assert all(torch.isfinite(p).all() for p in problem.params), f"{e.name}: non-finite parameters after a new group"
+    assert after <= e.max_growth * before, f"{e.name}: loss {float(before):.4g} -> {float(after):.4g} after a new group"
+    assert not torch.equal(b, b0), f"{e.name}: the parameter of the new group was never updated"
+
+
 # ------------------------------------------------------------------------------------------------ host sync
 @pytest.mark.skipif(NoHostSync is None, reason="tests/parity.py has no NoHostSync")
 @pytest.mark.parametrize("e", _cases("host_sync", lambda e: not _requires_closure(e)))
