@@ -244,6 +244,39 @@ def test_state_lives_in_the_optimizer(e: Entry):
                 )
 
 
+def _declares_no_inplace(e: Entry) -> bool:
+    return any(not getattr(m, "modifies_update_inplace", True) for m in tz.m.Chain(*e.chain()).walk())
+
+
+@pytest.mark.parametrize("e", _cases("state", _declares_no_inplace))
+def test_modules_keep_their_declared_capabilities(e: Entry):
+    """A module declaring ``modifies_update_inplace = False`` leaves the incoming update tensors as they were."""
+    problem = Problem(torch.float64)
+    opt = _build(e, problem)
+    checked = []
+    for m in opt.modules:
+        if getattr(m, "modifies_update_inplace", True) or m.creates_update:
+            continue
+        original = m.step
+
+        def step(ctx: Any, *args: Any, _m: Any = m, _original: Any = original) -> None:
+            incoming = list(ctx.update)
+            values = [t.clone() for t in incoming]
+            _original(ctx, *args)
+            for i, (t, v) in enumerate(zip(incoming, values, strict=True)):
+                assert torch.equal(t, v), (
+                    f"{type(_m).__name__} declares modifies_update_inplace = False but wrote into incoming update "
+                    f"tensor {i}"
+                )
+            checked.append(type(_m).__name__)
+
+        m.step = step  # type: ignore[method-assign]
+    closure = problem.closure()
+    for _ in range(3):
+        opt.step(closure)
+    assert checked, f"{e.name}: the checked modules never ran"
+
+
 def _tensors(x: Any) -> list[Tensor]:
     if isinstance(x, Tensor):
         return [x]
