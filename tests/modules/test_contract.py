@@ -490,6 +490,27 @@ def test_closure_error_mid_step_leaves_params_at_x0(e: Entry):
         assert torch.equal(p, q), f"{e.name}: after the closure raised at a trial point, parameter {i} was left there"
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex64], ids=["f64", "c64"])
+@pytest.mark.parametrize("e", _cases("noncontiguous", lambda e: e.noncontiguous))
+def test_noncontiguous_parameter(e: Entry, dtype: torch.dtype):
+    """A parameter that is a transposed view (tied or transposed weights) gives what its contiguous copy gives."""
+    if dtype.is_complex and e.complex.startswith("raises:"):
+        pytest.skip(f"{e.name} does not support complex parameters")
+    a, b = Problem(dtype), Problem(dtype)
+    W = b.params[0].detach()
+    view = torch.empty(W.shape[1], W.shape[0], dtype=dtype).T
+    view.copy_(W)
+    b.params[0] = view.requires_grad_()
+    opt_a, opt_b = _build(e, a), _build(e, b)
+    for _ in range(4):
+        opt_a.step(a.closure())
+        opt_b.step(b.closure())
+    for i, (p, q) in enumerate(zip(a.params, b.params, strict=True)):
+        torch.testing.assert_close(
+            q, p, msg=lambda m, i=i: f"{e.name}: parameter {i}, non-contiguous vs contiguous: {m}"
+        )
+
+
 # ------------------------------------------------------------------------------------------------ complex
 @pytest.mark.parametrize("e", _cases("complex"))
 def test_complex_params(e: Entry):

@@ -325,6 +325,11 @@ def _bind(root: Chain, fuse: bool) -> list[Module]:
     def visit(module: Module, key: str) -> None:
         if id(module) in seen:
             raise ValueError(f"the module {module!r} appears twice in the chain; create a separate instance for each place")
+        if module.key is not None:
+            raise ValueError(
+                f"the module {module!r} already belongs to another tz.Modular (its state and step counters live "
+                "there); create a new instance for each optimizer, e.g. build the modules inside configure_optimizers."
+            )
         seen.add(id(module))
         module.key = key
         if isinstance(module, Chain):
