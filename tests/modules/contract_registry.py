@@ -35,6 +35,7 @@ CHECKS = (
     "zero_grad",  # an exactly zero gradient gives finite parameters
     "nonfinite",  # a NaN loss raises NonFiniteLossError before changing anything; NaN trials are rejected
     "closure_error",  # an exception from the closure at a trial point leaves the params at x0
+    "noncontiguous",  # a transposed-view parameter equals its contiguous copy
     "complex",  # complex64 params: equal to the real-view problem, or a clear error
     "set_params",  # the same with settings given by module.set_params
     "split",  # per-group settings: one optimizer over two groups == one optimizer per tensor
@@ -70,6 +71,8 @@ class Entry:
         differentiable: ``"ok"`` (``Modular(differentiable=True)`` works) or ``"raises:<text>"`` (a clear error
             when the optimizer is built).
         join: ``"ok"`` (a param group added mid-run is optimized) or ``"raises:<text>"``.
+        noncontiguous: whether non-contiguous parameters are supported (torch.optim.LBFGS flattens grads with
+            ``view(-1)`` and rejects them, so ``WrapClosure`` around it cannot).
         separable: the rule is per element or per tensor, so two groups in one optimizer equal one
             optimizer per tensor (global norms, line searches and whole-vector methods are not).
         xfail: ``{check: reason}`` for checks that fail because of a known bug.
@@ -88,6 +91,7 @@ class Entry:
     tensor_lr: str = "no_sync"
     differentiable: str = "ok"
     join: str = "ok"
+    noncontiguous: bool = True
     separable: bool = False
     xfail: dict[str, str] = dataclasses.field(default_factory=dict)
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -276,9 +280,9 @@ REGISTRY: list[Entry] = [
       differentiable="raises:non-leaf"),
     # torch.optim.LBFGS takes a single param group
     E("WrapClosure", lambda: [m.ClipNorm(10.0), m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3)],
-      groups=({},), join="raises:one param_group", xfail={"closure_error": WRAP_CLOSURE_ERROR}),
+      groups=({},), join="raises:one param_group", noncontiguous=False, xfail={"closure_error": WRAP_CLOSURE_ERROR}),
     E("WrapClosure", lambda: [m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3), m.LR(0.5)],
-      groups=({},), variant="measured", join="raises:one param_group", xfail={"closure_error": WRAP_CLOSURE_ERROR}),
+      groups=({},), variant="measured", join="raises:one param_group", noncontiguous=False, xfail={"closure_error": WRAP_CLOSURE_ERROR}),
 ]  # fmt: skip
 
 
