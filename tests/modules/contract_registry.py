@@ -38,6 +38,7 @@ CHECKS = (
     "noncontiguous",  # a transposed-view parameter equals its contiguous copy
     "complex",  # complex64 params: equal to the real-view problem, or a clear error
     "set_params",  # the same with settings given by module.set_params
+    "set_params_other",  # ... or by another module's set_params (keys it does not declare)
     "split",  # per-group settings: one optimizer over two groups == one optimizer per tensor
     "no_grad",  # a parameter whose .grad is None in a step keeps its value and state
     "tensor_lr",  # a 0-dim tensor lr equals the float lr, with no host sync
@@ -127,9 +128,10 @@ RESET_GAMMA = (
 )
 
 SCHEDULER_SET_PARAMS = (
-    "lr.py: LR(scheduler_cls=...) schedules the optimizer's param_groups, but an lr given by LR.set_params wins "
-    "over them (settings.resolve), so the scheduler silently never reaches those parameters. Fix: LR.bind raises "
-    "when scheduler_cls is set and own_groups set 'lr' (say to put per-group lrs in the optimizer's groups)."
+    "lr.py: LR(scheduler_cls=...) schedules the optimizer's param_groups, but an lr given by set_params (LR's own, "
+    "or another module's, which applies to LR since e5b0a52) wins over them in settings.resolve, so the scheduler "
+    "silently never reaches those parameters. Fix: LR.bind raises when scheduler_cls is set and any set_params "
+    "group of the chain sets 'lr' (say to put per-group lrs in the optimizer's param groups)."
 )
 
 NEWTON_BF16 = (
@@ -147,6 +149,14 @@ DENSE_NO_GRAD = (
     "(freeze it with requires_grad=False before building the optimizer)'."
 )
 
+WRAP_FOREIGN_SET_PARAMS = (
+    "external/wrap.py: Wrap splits the wrapped optimizer's groups by its own set_params groups only "
+    "(_desired_groups/_refresh key = (torch group, own index)). Settings that another module's set_params gives "
+    "to some parameters (allowed since e5b0a52) split a torch group into runs with different Wrap settings that "
+    "map to the same wrapped group, and sync_settings' group.update(seg.settings) lets the last run win for all "
+    "of them. Fix: key the wrapped groups by (run.group, run.sig) -- every partitioning module, as the layout "
+    "does -- in _desired_groups (via opt._positions) and in _refresh's index."
+)
 WRAP_CLOSURE_ERROR = (
     "external/wrap_closure.py: when the closure raises inside the wrapped optimizer's step (torch.optim.LBFGS moves "
     "the params before each evaluation), WrapClosure.step restores .grad and ctx.loss in its finally but not the "
@@ -173,7 +183,8 @@ REGISTRY: list[Entry] = [
     # ------------------------------------------------------------------ learning rate
     E("LR", lambda: [m.LR(0.05)], ({"lr": 0.05}, {"lr": 0.02}), separable=True),
     E("LR", lambda: [m.Adam(), m.LR(0.05, scheduler_cls=lambda o: torch.optim.lr_scheduler.StepLR(o, 2, 0.5))],
-      ({"lr": 0.05}, {"lr": 0.02}), separable=True, variant="scheduler", xfail={"set_params": SCHEDULER_SET_PARAMS}),
+      ({"lr": 0.05}, {"lr": 0.02}), separable=True, variant="scheduler",
+      xfail={"set_params": SCHEDULER_SET_PARAMS, "set_params_other": SCHEDULER_SET_PARAMS}),
     # ------------------------------------------------------------------ optimizers
     E("SGD", lambda: [m.SGD(momentum=0.9, nesterov=True), m.LR(0.05)], ({"momentum": 0.9}, {"momentum": 0.5}),
       separable=True),
@@ -274,10 +285,10 @@ REGISTRY: list[Entry] = [
     # differentiable: the wrapped torch optimizer refuses non-leaf parameters itself
     E("Wrap", lambda: [m.Wrap(torch.optim.SGD, lr=1.0, momentum=0.9, dampening=0.0), m.LR(0.05)],
       ({"momentum": 0.9}, {"momentum": 0.5, "dampening": 0.1}), separable=True, tensor_lr="equal",
-      differentiable="raises:non-leaf"),
+      differentiable="raises:non-leaf", xfail={"set_params_other": WRAP_FOREIGN_SET_PARAMS}),
     E("Wrap", lambda: [m.Wrap(torch.optim.SGD, lr=1.0, momentum=0.9, dampening=0.0), m.Mul(1.0), m.LR(0.05)],
       ({"momentum": 0.9}, {"momentum": 0.5, "dampening": 0.1}), separable=True, variant="measured",
-      differentiable="raises:non-leaf"),
+      differentiable="raises:non-leaf", xfail={"set_params_other": WRAP_FOREIGN_SET_PARAMS}),
     # torch.optim.LBFGS takes a single param group
     E("WrapClosure", lambda: [m.ClipNorm(10.0), m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3)],
       groups=({},), join="raises:one param_group", noncontiguous=False, xfail={"closure_error": WRAP_CLOSURE_ERROR}),

@@ -582,21 +582,31 @@ def test_group_settings_reach_their_group(e: Entry):
         )  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "e", _cases("set_params", lambda e: e.separable and not issubclass(getattr(tz.m, e.name), tz.m.Chain))
-)
-def test_set_params_settings_reach_their_group(e: Entry):
-    """The same as above with the settings given to the module by ``set_params`` (one torch group)."""
+def _set_params_cases() -> list[Any]:
+    applies = lambda e: e.separable and not issubclass(getattr(tz.m, e.name), tz.m.Chain)  # noqa: E731
+    own = [pytest.param(*p.values, "own", id=f"{p.id}-own", marks=p.marks) for p in _cases("set_params", applies)]
+    other = [
+        pytest.param(*p.values, "other", id=f"{p.id}-other", marks=p.marks) for p in _cases("set_params_other", applies)
+    ]
+    return own + other
+
+
+@pytest.mark.parametrize(("e", "carrier"), _set_params_cases())
+def test_set_params_settings_reach_their_group(e: Entry, carrier: str):
+    """The same as above with the settings given by ``set_params`` (one torch group): of the module itself, or of
+    another module (a ``Clone`` put first) that does not declare them, so they apply as group settings."""
     joint, alone = _split_params(), _split_params()
     chain = e.chain()
     target = next(m for m in chain if type(m).__name__ == e.name)
     own = [{k: v for k, v in g.items() if k in target.defaults} for g in e.groups]
-    target.set_params(
-        [
-            {"params": [p for p, (_, _, g) in zip(joint, SPLIT_SHAPES, strict=True) if g == gi], **own[gi]}
-            for gi in range(2)
-        ]
-    )
+    groups = [
+        {"params": [p for p, (_, _, g) in zip(joint, SPLIT_SHAPES, strict=True) if g == gi], **own[gi]}
+        for gi in range(2)
+    ]
+    if carrier == "own":
+        target.set_params(groups)
+    else:
+        chain = [tz.m.Clone().set_params(groups), *chain]
     opt = tz.Modular(joint, *chain, **e.options)
     singles = [
         tz.Modular([{"params": [p], **own[g]}], *e.chain(), **e.options)

@@ -62,12 +62,16 @@ class NAdam(Transform):
         super().step(ctx, fused)
 
     def _product_keys(self, ctx: StepContext, seg: Segment) -> list[str]:
-        """One key per run of this segment: its param group, and its ``set_params`` group if it has one."""
+        """One key per run of this segment: its param group, and the ``set_params`` groups it falls in (this
+        module's or another's: either can set ``betas`` or ``momentum_decay`` for those parameters)."""
         keys = []
         for run in ctx.layout.runs:
             if seg.start <= run.start and run.stop <= seg.stop:
-                own = -1 if self.partition is None else run.sig[self.partition]
-                key = str(run.group) if own < 0 else f"{run.group}/{own}"
+                key = (
+                    "/".join([str(run.group), *(str(i) for i in run.sig)])
+                    if any(i >= 0 for i in run.sig)
+                    else str(run.group)
+                )
                 if key not in keys:
                     keys.append(key)
         return keys
