@@ -116,37 +116,11 @@ class FixedStep(tz.m.LineSearch):
         return settings["t"] if slope0 < 0 else 0.0
 
 
-RESET_DENSE = (
-    "quasi_newton/dense.py: DenseQuasiNewton.reset() clears global_state but keeps the inverse_hessian state, so "
-    "SR1 (and BFGS with scale_init=False) continue from the old H instead of the identity. Fix: in step(), "
-    "h.copy_(torch.eye(n, dtype=h.dtype, device=h.device)) when step == 1 (fresh or after reset)."
-)
-RESET_GAMMA = (
-    "quasi_newton/lbfgs.py: LBFGS.reset() clears global_state but keeps the gamma (and rho) state, so with "
-    "scale_first=False the first step after a reset is scaled by the old gamma instead of 1. Fix: in step(), "
-    "gamma_t.fill_(1) and rho_t.zero_() when step == 1."
-)
-
 SCHEDULER_SET_PARAMS = (
     "lr.py: LR(scheduler_cls=...) schedules the optimizer's param_groups, but an lr given by set_params (LR's own, "
     "or another module's, which applies to LR since e5b0a52) wins over them in settings.resolve, so the scheduler "
     "silently never reaches those parameters. Fix: LR.bind raises when scheduler_cls is set and any set_params "
     "group of the chain sets 'lr' (say to put per-group lrs in the optimizer's param groups)."
-)
-
-NEWTON_BF16 = (
-    "second_order/newton.py: ExactNewton on bfloat16 (or float16) params fails inside torch.linalg.cholesky_ex with "
-    "NotImplementedError \"cholesky_cpu\" not implemented for 'BFloat16'. Fix: solve in float32 when the Hessian's "
-    "dtype is narrower (hess = hess.float(); g = g.float(); cast u back with unflatten), or raise a ValueError that "
-    "names the supported dtypes before the closure is called."
-)
-
-DENSE_NO_GRAD = (
-    "quasi_newton/dense.py: when a parameter has no .grad in a step, DenseQuasiNewton raises 'holds a (8, 8) inverse "
-    "Hessian, but the parameters have 6 elements ... The parameters changed since the state was made; build a new "
-    "optimizer', which blames the wrong cause. Fix: compare the layout with the parameters the state was built for "
-    "and say 'parameter i of group g has no gradient in this step; BFGS/SR1 need the gradient of every parameter "
-    "(freeze it with requires_grad=False before building the optimizer)'."
 )
 
 WRAP_FOREIGN_SET_PARAMS = (
@@ -156,13 +130,6 @@ WRAP_FOREIGN_SET_PARAMS = (
     "map to the same wrapped group, and sync_settings' group.update(seg.settings) lets the last run win for all "
     "of them. Fix: key the wrapped groups by (run.group, run.sig) -- every partitioning module, as the layout "
     "does -- in _desired_groups (via opt._positions) and in _refresh's index."
-)
-WRAP_CLOSURE_ERROR = (
-    "external/wrap_closure.py: when the closure raises inside the wrapped optimizer's step (torch.optim.LBFGS moves "
-    "the params before each evaluation), WrapClosure.step restores .grad and ctx.loss in its finally but not the "
-    "parameters, which stay at the failed trial point. Fix: keep x0 = ops.clone(ctx.params) (already made as "
-    "`before` when not last) also when last, and on an exception copy it back per bucket (ops.copy_) before "
-    "re-raising."
 )
 
 LBFGS_DIFFERENTIABLE = (
@@ -261,14 +228,13 @@ REGISTRY: list[Entry] = [
     E("LBFGS", lambda: [m.LBFGS(history_size=3), m.LR(0.2)], ({}, {"lr": 0.1}),
       xfail={"differentiable": LBFGS_DIFFERENTIABLE}),
     E("LBFGS", lambda: [m.LBFGS(history_size=2, scale_first=False), m.LR(0.2)], ({}, {"lr": 0.1}),
-      variant="no_scale_first", xfail={"reset": RESET_GAMMA, "differentiable": LBFGS_DIFFERENTIABLE}),
-    E("BFGS", lambda: [m.BFGS(), m.LR(0.2)], ({}, {"lr": 0.1}), no_grad="raises:grad", join=DENSE_JOIN,
-      xfail={"no_grad": DENSE_NO_GRAD}),
+      variant="no_scale_first", xfail={"differentiable": LBFGS_DIFFERENTIABLE}),
+    E("BFGS", lambda: [m.BFGS(), m.LR(0.2)], ({}, {"lr": 0.1}), no_grad="raises:grad", join=DENSE_JOIN),
     E("BFGS", lambda: [m.BFGS(scale_init=False), m.LR(0.2)], ({}, {"lr": 0.1}), variant="no_scale_init",
-      no_grad="raises:grad", join=DENSE_JOIN, xfail={"reset": RESET_DENSE, "no_grad": DENSE_NO_GRAD}),
-    E("SR1", lambda: [m.SR1(), m.Backtracking()], join=DENSE_JOIN, xfail={"reset": RESET_DENSE}),
+      no_grad="raises:grad", join=DENSE_JOIN),
+    E("SR1", lambda: [m.SR1(), m.Backtracking()], join=DENSE_JOIN),
     E("ExactNewton", lambda: [m.ExactNewton(damping=1e-3), m.Backtracking()], complex="raises:real parameters only",
-      noarg="raises:backward argument", xfail={"bf16": NEWTON_BF16}),
+      noarg="raises:backward argument"),
     E("NewtonCG", lambda: [m.NewtonCG(max_iters=4), m.Backtracking()], complex="raises:real parameters only",
       noarg="raises:backward argument"),
     # ------------------------------------------------------------------ gradient approximation
@@ -291,9 +257,9 @@ REGISTRY: list[Entry] = [
       differentiable="raises:non-leaf", xfail={"set_params_other": WRAP_FOREIGN_SET_PARAMS}),
     # torch.optim.LBFGS takes a single param group
     E("WrapClosure", lambda: [m.ClipNorm(10.0), m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3)],
-      groups=({},), join="raises:one param_group", noncontiguous=False, xfail={"closure_error": WRAP_CLOSURE_ERROR}),
+      groups=({},), join="raises:one param_group", noncontiguous=False),
     E("WrapClosure", lambda: [m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3), m.LR(0.5)],
-      groups=({},), variant="measured", join="raises:one param_group", noncontiguous=False, xfail={"closure_error": WRAP_CLOSURE_ERROR}),
+      groups=({},), variant="measured", join="raises:one param_group", noncontiguous=False),
 ]  # fmt: skip
 
 

@@ -748,15 +748,6 @@ def test_tensor_lr_equals_float_lr_without_host_sync(e: Entry):
         torch.testing.assert_close(q, p, msg=lambda m, i=i: f"{e.name}: parameter {i}, tensor lr vs float lr: {m}")
 
 
-SHARED_MODULE = (
-    "core/modular.py: _bind rebinds a module that already belongs to another tz.Modular (only Wrap refuses), so "
-    "both optimizers share its global_state (Adam's step count advances twice per iteration: wrong bias "
-    "correction) and LR._opt points at the last optimizer (the first one's scheduler then reads the other's "
-    "groups). Fix: in _bind.visit, raise ValueError when module.key is not None ('this module already belongs to "
-    "a tz.Modular; create a new instance for each optimizer')."
-)
-
-
 @pytest.mark.parametrize("make", [lambda: tz.m.Adam(), lambda: tz.m.LR(0.1)], ids=["Adam", "LR"])
 def test_a_module_belongs_to_one_optimizer(make: Any):
     module = make()
@@ -770,16 +761,6 @@ def test_wrap_belongs_to_one_optimizer():
     tz.Modular(Problem(torch.float64).params, module)
     with pytest.raises(ValueError, match="already"):
         tz.Modular(Problem(torch.float32).params, module)
-
-
-LBFGS_JOIN = (
-    "quasi_newton/lbfgs.py: a parameter that joins later (add_param_group, or one whose .grad was None so far) "
-    "gets prev_params = prev_grad = 0 from the default zero init, so its first curvature pair is s = x, y = g "
-    "instead of a step difference; the pair, its rho and gamma then depend on where the parameter happens to sit "
-    "(L-BFGS is translation invariant otherwise). Fix: create prev_params/prev_grad with init=clone of the "
-    "current param/update and give that parameter s = y = 0 in the join step (or reset the history when the "
-    "layout gains parameters)."
-)
 
 
 def _lbfgs_w(offset: float, join: bool) -> Tensor:
@@ -807,11 +788,7 @@ def _lbfgs_w(offset: float, join: bool) -> Tensor:
     return W.detach()
 
 
-@pytest.mark.parametrize(
-    "join",
-    [False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=LBFGS_JOIN))],
-    ids=["from_start", "joins_later"],
-)
+@pytest.mark.parametrize("join", [False, True], ids=["from_start", "joins_later"])
 def test_lbfgs_is_translation_invariant_when_a_parameter_joins_later(join: bool):
     torch.testing.assert_close(_lbfgs_w(0.0, join), _lbfgs_w(10.0, join))
 

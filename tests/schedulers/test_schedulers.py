@@ -228,6 +228,32 @@ def test_only_the_first_lr_module_may_own_a_scheduler():
         tz.Modular([p], tz.m.LR(1.0), tz.m.Adam(), tz.m.LR(0.1, scheduler_cls=lambda o: S.StepLR(o, 2)))
 
 
+@pytest.mark.parametrize("owner", ["LR", "Adam"])
+def test_scheduler_cls_with_an_lr_from_set_params_is_an_error(owner):
+    """An lr from set_params wins over the group's lr, so a scheduler_cls could never change it: refuse at build."""
+    p, q = torch.randn(3, requires_grad=True), torch.randn(2, requires_grad=True)
+    lr = tz.m.LR(0.1, scheduler_cls=lambda o: S.StepLR(o, 2, 0.5))
+    adam = tz.m.Adam()
+    (lr if owner == "LR" else adam).set_params([{"params": [q], "lr": 0.01}])
+    with pytest.raises(ValueError, match=f"{owner}.set_params group 0 sets lr=0.01.*optimizer's param groups"):
+        tz.Modular([p, q], adam, lr)
+    # per-group lrs in the optimizer's groups are scheduled like torch's
+    p2, q2 = p.detach().clone().requires_grad_(), q.detach().clone().requires_grad_()
+    opt = tz.Modular([{"params": [p]}, {"params": [q], "lr": 0.01}], tz.m.Adam(),
+                     tz.m.LR(0.1, scheduler_cls=lambda o: S.StepLR(o, 2, 0.5)))  # fmt: skip
+    ref = torch.optim.Adam([{"params": [p2]}, {"params": [q2], "lr": 0.01}], lr=0.1)
+    ref_sched = S.StepLR(ref, 2, 0.5)
+    for t in range(5):
+        for a, b in ((p, p2), (q, q2)):
+            a.grad = torch.full_like(a, 1.0 + t)
+            b.grad = a.grad.clone()
+        opt.step()
+        ref.step()
+        ref_sched.step()
+    torch.testing.assert_close(p.detach(), p2.detach())
+    torch.testing.assert_close(q.detach(), q2.detach())
+
+
 def test_lr_module_found_when_nested_and_drives_lr():
     p = torch.randn(3, requires_grad=True)
     q = p.detach().clone().requires_grad_()

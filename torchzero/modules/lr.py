@@ -84,6 +84,19 @@ class LR(Transform, torch.optim.Optimizer):
                     "only the first LR module of a chain can own a scheduler (it owns the group 'lr'); "
                     "pass scheduler_cls to the first tz.m.LR of the chain"
                 )
+            # an lr from set_params wins over the group's lr, which is what the scheduler changes
+            for m in opt.modules:
+                if m is not self and "lr" in m.defaults:
+                    continue  # another LR module: its own lr is its own business
+                for i, group in enumerate(m.own_groups or []):
+                    if "lr" in group:
+                        raise ValueError(
+                            f"LR(scheduler_cls=...) schedules the 'lr' of the optimizer's param groups, but "
+                            f"{type(m).__name__}.set_params group {i} sets lr={group['lr']!r}, which wins over the "
+                            "group's lr, so the scheduler would never reach those parameters. Put per-parameter "
+                            "learning rates in the optimizer's param groups instead (tz.Modular([{'params': ..., "
+                            "'lr': ...}, ...], ...)), or drop scheduler_cls and schedule it yourself."
+                        )
             self.scheduler = self.scheduler_cls(self)
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 opt.register_step_pre_hook(_needs_closure_for_plateau)

@@ -239,3 +239,55 @@ def test_history_size_mismatch_on_load_is_explained():
     with pytest.raises(ValueError, match="history_size=3"):
         opt2.step()
     assert torch.equal(y.detach(), before)
+
+
+@pytest.mark.parametrize("scale_first", [False, True])
+def test_reset_behaves_like_a_fresh_module(scale_first):
+    """reset() forgets gamma and rho too: with scale_first=False the next step is not scaled by the old gamma."""
+    f, x, *_ = quadratic(n=5, cond=20)
+    y = x.detach().clone().requires_grad_()
+    opt = tz.Modular([x], tz.m.LBFGS(history_size=2, scale_first=scale_first), tz.m.LR(0.1))
+    cx, cy = Counter(lambda: f(x), [x]), Counter(lambda: f(y), [y])
+    for _ in range(3):
+        opt.step(cx.closure)
+    opt.modules[0].reset()
+    y.data.copy_(x.detach())
+    fresh = tz.Modular([y], tz.m.LBFGS(history_size=2, scale_first=scale_first), tz.m.LR(0.1))
+    for _ in range(3):
+        opt.step(cx.closure)
+        fresh.step(cy.closure)
+    torch.testing.assert_close(x.detach(), y.detach(), rtol=0, atol=0)
+
+
+def test_parameter_joining_later_starts_with_a_zero_pair():
+    """A parameter added by add_param_group contributes s = y = 0 in its first step, so W's path does not
+    depend on where the new parameter sits, and equals a run where it joined with an all-zero history."""
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    a = a @ a.T + torch.eye(4, dtype=torch.float64)
+    W0 = torch.randn(4, generator=gen, dtype=torch.float64)
+    b0 = torch.randn(2, generator=gen, dtype=torch.float64)
+
+    def run(b_offset):
+        W, b = W0.clone().requires_grad_(), (b0 + b_offset).requires_grad_(False)
+        c = torch.tensor([1.0, -2.0], dtype=torch.float64) + b_offset
+
+        def closure(backward=True):
+            loss = 0.5 * W @ a @ W + ((b - c) ** 2).sum()
+            if backward:
+                W.grad = b.grad = None
+                loss.backward()
+            return loss
+
+        opt = tz.Modular([W], tz.m.LBFGS(5), tz.m.LR(0.5))
+        for t in range(6):
+            if t == 2:
+                b.requires_grad_(True)
+                opt.add_param_group({"params": [b]})
+            opt.step(closure)
+        return W.detach(), b.detach() - b_offset
+
+    W_ref, b_ref = run(0.0)
+    W_off, b_off = run(10.0)
+    torch.testing.assert_close(W_off, W_ref)
+    torch.testing.assert_close(b_off, b_ref)

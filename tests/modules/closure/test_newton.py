@@ -38,6 +38,27 @@ def test_exact_newton_damping_matches_written_out_solve():
     torch.testing.assert_close(grad, g)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("damping", [7.0, 0.0])  # 7: H + 7I is positive definite (Cholesky); 0: eigh
+def test_exact_newton_on_half_precision_solves_in_float32(dtype, damping):
+    """bf16/fp16 have no Cholesky/eigh kernels: the solve runs in fp32 on the half-precision H and g."""
+    x = torch.tensor([0.7, -0.4, 1.5], dtype=dtype, requires_grad=True)
+    w = torch.tensor([2.0, -3.0, 1.0], dtype=dtype)
+    f = lambda x: (w * x**2).sum() + x[0] * x[2]  # noqa: E731
+    u, grad, *_ = _newton_update(tz.m.ExactNewton(damping=damping), f, x)
+    assert u.dtype == dtype and grad.dtype == dtype
+    xd = x.detach()
+    g = (2 * w * xd + torch.stack([xd[2], torch.zeros((), dtype=dtype), xd[0]])).float()
+    h = torch.diag(2 * w.float()) + torch.tensor([[0, 0, 1], [0, 0, 0], [1, 0, 0]], dtype=torch.float32)
+    if damping:
+        expected = torch.linalg.solve(h + damping * torch.eye(3), g)
+    else:  # indefinite: |H|^-1 g
+        evals, evecs = torch.linalg.eigh(h)
+        expected = evecs @ ((evecs.T @ g) / evals.abs())
+    torch.testing.assert_close(grad, g.to(dtype))
+    torch.testing.assert_close(u, expected.to(dtype))
+
+
 def test_exact_newton_on_a_saddle_uses_absolute_eigenvalues():
     x = torch.tensor([0.7, -0.4], dtype=torch.float64, requires_grad=True)
     u, grad, *_ = _newton_update(tz.m.ExactNewton(), lambda x: x[0] ** 2 - 3 * x[1] ** 2, x)

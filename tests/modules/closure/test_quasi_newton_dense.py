@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -141,3 +143,56 @@ def test_parameter_count_change_is_explained():
     with pytest.raises(ValueError, match="inverse Hessian"):
         opt2.step()
     assert torch.equal(y.detach(), torch.zeros(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("make", [lambda: tz.m.SR1(scale_first=False), lambda: tz.m.BFGS(scale_init=False)])
+def test_reset_starts_again_from_the_identity(make):
+    """After reset() the next steps equal a fresh module's: H is the identity again, not the old estimate."""
+    f, x, *_ = quadratic(n=4, cond=10)
+    y = x.detach().clone().requires_grad_()
+    opt = tz.Modular([x], make(), tz.m.LR(0.05))
+    cx, cy = Counter(lambda: f(x), [x]), Counter(lambda: f(y), [y])
+    for _ in range(3):
+        opt.step(cx.closure)
+    opt.modules[0].reset()
+    y.data.copy_(x.detach())
+    fresh = tz.Modular([y], make(), tz.m.LR(0.05))
+    for _ in range(3):
+        opt.step(cx.closure)
+        fresh.step(cy.closure)
+    torch.testing.assert_close(x.detach(), y.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("missing", [0, 1])
+def test_parameter_without_grad_names_that_parameter(missing):
+    """A whole-vector method cannot skip a parameter: the error names it and how to freeze it, before any change."""
+    ps = [torch.randn(3, dtype=torch.float64, requires_grad=True), torch.randn(2, dtype=torch.float64, requires_grad=True)]
+    opt = tz.Modular([{"params": [ps[0]]}, {"params": [ps[1]]}], tz.m.BFGS(), tz.m.LR(0.1))
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    ps[missing].grad = None
+    ps[1 - missing].grad = torch.ones_like(ps[1 - missing])
+    before, sd = [p.detach().clone() for p in ps], copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=rf"parameter 0 of group {missing} .* has no gradient.*requires_grad=False"):
+        opt.step()
+    for p, b in zip(ps, before):
+        assert torch.equal(p.detach(), b)
+    after = opt.state_dict()
+    assert after["param_groups"] == sd["param_groups"] and sorted(after["state"]) == sorted(sd["state"])
+    for k, st in sd["state"].items():
+        for name, t in st.items():
+            if isinstance(t, torch.Tensor):
+                assert torch.equal(after["state"][k][name], t), name
+
+
+def test_new_param_group_is_explained():
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    opt = tz.Modular([x], tz.m.BFGS(), tz.m.LR(0.1))
+    x.grad = torch.ones_like(x)
+    opt.step()
+    y = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    opt.add_param_group({"params": [y]})
+    y.grad = torch.ones_like(y)
+    with pytest.raises(ValueError, match="parameters changed since the state was made"):
+        opt.step()

@@ -115,3 +115,32 @@ def test_after_a_gradient_approximation_each_evaluation_reruns_it():
         torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-3, atol=1e-3)
         assert opt.last_info["closure_calls"] > 2 * sum(p.numel() for p in ps)  # FDM ran more than once
     assert_same(ps, qs, rtol=1e-3, atol=1e-3)
+
+
+class _LoaderDied(Exception):
+    pass
+
+
+@pytest.mark.parametrize("last", [True, False])
+def test_closure_error_at_a_trial_point_restores_the_start(last):
+    """torch.optim.LBFGS moves the parameters before each evaluation: an error there leaves them at x0, bit for bit."""
+    ps, _ = params_and_copy(torch.float64)
+    chain = [tz.m.WrapClosure(torch.optim.LBFGS, max_iter=5)] + ([] if last else [tz.m.LR(0.5)])
+    opt = tz.Modular(ps, *chain)
+    calls = [0]
+
+    def closure(backward=True):
+        calls[0] += 1
+        if calls[0] > 1:
+            raise _LoaderDied("data loader died")
+        loss = rosenbrock(ps)
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+    before = [p.detach().clone() for p in ps]
+    with pytest.raises(_LoaderDied):
+        opt.step(closure)
+    assert calls[0] == 2
+    assert_same(ps, before, rtol=0, atol=0)

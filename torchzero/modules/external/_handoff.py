@@ -76,3 +76,10 @@ def measure_and_undo(ctx: StepContext, before: list[Tensor], scratch: list[Tenso
         ops.copy_(params[a:b], before[a:b])  # exact undo
         ops.sub_(before[a:b], scratch[a:b])  # before - after
     return before
+
+
+def restore_params(ctx: StepContext, before: list[Tensor]) -> None:
+    """Copy ``before`` back into the parameters, bit for bit (after a wrapped step failed midway)."""
+    params = ctx.params
+    for a, b in ctx.layout.buckets:
+        ops.copy_(params[a:b], before[a:b])

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ...core.module import Chain, Module
 from ...foreach import ops
-from ._handoff import measure_and_undo, set_grads
+from ._handoff import measure_and_undo, restore_params, set_grads
 from .wrap import Wrap
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class WrapClosure(Wrap):
         raw_grads: list[Any] = [p.grad for p in originals]
         start_grad = ctx.grad_or_none()  # the gradient at the start point, for modules after this one
         start_loss = ctx.loss
-        before = None if ctx.is_last else ops.clone(ctx.params)
+        before = ops.clone(ctx.params)  # the start point: the new update is measured from it, or it is restored
         closure = ctx.closure
         calls = 0
 
@@ -124,6 +124,11 @@ class WrapClosure(Wrap):
 
         try:
             self.optimizer.step(wrapped_closure)
+        except BaseException:
+            # the wrapped optimizer moves the parameters before each evaluation: an error from the closure (or
+            # from a stage run inside it) must not leave them at a trial point
+            restore_params(ctx, before)
+            raise
         finally:
             for p, g in zip(originals, raw_grads, strict=True):
                 p.grad = g
@@ -131,7 +136,6 @@ class WrapClosure(Wrap):
         if ctx.is_last:
             ctx.mark_params_written()
         else:
-            assert before is not None
             ctx.update = measure_and_undo(ctx, before, ctx.update)
             if start_grad is not None:
                 ctx.set_grad(start_grad)

@@ -47,9 +47,35 @@ class DenseQuasiNewton(Module):
     def direction(self, h: Tensor, g: Tensor, settings: dict[str, Any]) -> Tensor:
         return h @ g
 
+    def _check_layout(self, ctx: StepContext) -> list[list[int]]:
+        """``[group, index]`` of each parameter of this step; raise before any change if the state was made for others."""
+        where = {id(p): [gi, i] for gi, g in enumerate(ctx.opt.param_groups) for i, p in enumerate(g["params"])}
+        current = [where[id(p)] for p in ctx.layout.originals]
+        saved = self.global_state.get("layout")
+        if saved is None or saved == current:
+            return current
+        name = type(self).__name__
+        missing = [pos for pos in saved if pos not in current]
+        if missing:
+            gi, i = missing[0]
+            p = ctx.opt.param_groups[gi]["params"][i]
+            if p.requires_grad and p.grad is None:
+                raise ValueError(
+                    f"parameter {i} of group {gi} (shape {tuple(p.shape)}) has no gradient in this step; {name} "
+                    "builds one matrix over all parameters and needs the gradient of every parameter it started "
+                    "with. Freeze a parameter with requires_grad=False before building the optimizer (or leave it "
+                    "out of the optimizer), or make the loss depend on it. Nothing was changed."
+                )
+        raise ValueError(
+            f"{name} holds its inverse Hessian for parameters {saved} ([group, index]), but this step has "
+            f"parameters {current}. The parameters changed since the state was made (a new param group, or a "
+            "parameter that got its first gradient); build a new optimizer. Nothing was changed."
+        )
+
     def step(self, ctx: StepContext) -> None:
         settings = ctx.settings(self)
         params, grad = ctx.params, ctx.update
+        layout = self._check_layout(ctx)
         first = params[0]
         n = sum(p.numel() for p in params)
         h, prev_x, prev_g = ctx.state(
@@ -73,7 +99,9 @@ class DenseQuasiNewton(Module):
             )
         x, g = flatten(params, first), flatten(grad, first)
         step = self.global_state.get("step", 0) + 1
-        if step > 1:
+        if step == 1:  # fresh, or after reset(): the matrix may hold an earlier run's estimate
+            h.copy_(torch.eye(n, dtype=h.dtype, device=h.device))
+        else:
             h.copy_(self.update_inverse(h, x - prev_x, g - prev_g, step == 2, settings))
         if step == 1 and settings["scale_first"]:
             u = g * torch.clamp(1.0 / g.abs().sum(), max=1.0)
@@ -82,6 +110,7 @@ class DenseQuasiNewton(Module):
         prev_x.copy_(x)
         prev_g.copy_(g)
         self.global_state["step"] = step
+        self.global_state["layout"] = layout
         ctx.update = unflatten(u, params)
 
     def reset(self) -> None:

@@ -70,6 +70,9 @@ class LBFGS(Module):
         grad = ctx.update
         params = ctx.params
 
+        # a parameter without state yet (first step, or it joined later) starts at "no change": s = y = 0 in
+        # this step, so its first curvature pair does not depend on where the parameter happens to sit
+        index = {id(v): i for i, v in enumerate(params)}
         s_hist, y_hist, prev_x, prev_g = ctx.state(
             self,
             "s_history",
@@ -79,6 +82,8 @@ class LBFGS(Module):
             init={
                 "s_history": lambda v: v.new_zeros((m, *v.shape)),
                 "y_history": lambda v: v.new_zeros((m, *v.shape)),
+                "prev_params": lambda v: v.detach().clone(),
+                "prev_grad": lambda v: grad[index[id(v)]].detach().clone(),
             },
         )
         if s_hist[0].shape[0] != m:
@@ -99,6 +104,9 @@ class LBFGS(Module):
 
         step = self.global_state.get("step", 0) + 1
         order: list[int] = list(self.global_state.get("order", []))  # history slots, oldest first
+        if step == 1:  # fresh, or after reset(): the scalars may hold an earlier run's values
+            rho_t.zero_()
+            gamma_t.fill_(1.0)
         if step > 1:
             sk = ops.sub(params, prev_x) if params else []
             yk = ops.sub(grad, prev_g) if params else []

@@ -87,6 +87,11 @@ class ExactNewton(Module):
             hess = _hessian(grads, params, flat_g)
         g = flat_g.detach()
         hess = (hess.detach() + hess.detach().mT) / 2
+        ctx.set_grad(unflatten(g, params))
+        # bf16/fp16 have no Cholesky or eigh kernels (and too few bits for a solve): solve in at least fp32,
+        # unflatten casts the direction back to each parameter's dtype
+        solve_dtype = torch.promote_types(hess.dtype, torch.float32)
+        hess, g = hess.to(solve_dtype), g.to(solve_dtype)
         n = g.numel()
         damping = settings["damping"]
         eye = torch.eye(n, dtype=hess.dtype, device=hess.device)
@@ -97,7 +102,6 @@ class ExactNewton(Module):
             eigvals, eigvecs = torch.linalg.eigh(hess)
             floor = max(damping, torch.finfo(hess.dtype).tiny)
             u = eigvecs @ ((eigvecs.mT @ g) / eigvals.abs().clamp_min(floor))
-        ctx.set_grad(unflatten(g, params))
         ctx.update = unflatten(u, params)
 
 
