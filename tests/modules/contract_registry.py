@@ -123,15 +123,6 @@ SCHEDULER_SET_PARAMS = (
     "group of the chain sets 'lr' (say to put per-group lrs in the optimizer's param groups)."
 )
 
-WRAP_FOREIGN_SET_PARAMS = (
-    "external/wrap.py: Wrap splits the wrapped optimizer's groups by its own set_params groups only "
-    "(_desired_groups/_refresh key = (torch group, own index)). Settings that another module's set_params gives "
-    "to some parameters (allowed since e5b0a52) split a torch group into runs with different Wrap settings that "
-    "map to the same wrapped group, and sync_settings' group.update(seg.settings) lets the last run win for all "
-    "of them. Fix: key the wrapped groups by (run.group, run.sig) -- every partitioning module, as the layout "
-    "does -- in _desired_groups (via opt._positions) and in _refresh's index."
-)
-
 LBFGS_DIFFERENTIABLE = (
     "quasi_newton/lbfgs.py: under Modular(differentiable=True) LBFGS steps without error, but backward through "
     "the steps fails ('modified by an inplace operation'): tensors autograd saved (the two-loop direction read by "
@@ -251,10 +242,10 @@ REGISTRY: list[Entry] = [
     # differentiable: the wrapped torch optimizer refuses non-leaf parameters itself
     E("Wrap", lambda: [m.Wrap(torch.optim.SGD, lr=1.0, momentum=0.9, dampening=0.0), m.LR(0.05)],
       ({"momentum": 0.9}, {"momentum": 0.5, "dampening": 0.1}), separable=True, tensor_lr="equal",
-      differentiable="raises:non-leaf", xfail={"set_params_other": WRAP_FOREIGN_SET_PARAMS}),
+      differentiable="raises:non-leaf"),
     E("Wrap", lambda: [m.Wrap(torch.optim.SGD, lr=1.0, momentum=0.9, dampening=0.0), m.Mul(1.0), m.LR(0.05)],
       ({"momentum": 0.9}, {"momentum": 0.5, "dampening": 0.1}), separable=True, variant="measured",
-      differentiable="raises:non-leaf", xfail={"set_params_other": WRAP_FOREIGN_SET_PARAMS}),
+      differentiable="raises:non-leaf"),
     # torch.optim.LBFGS takes a single param group
     E("WrapClosure", lambda: [m.ClipNorm(10.0), m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3)],
       groups=({},), join="raises:one param_group", noncontiguous=False),

@@ -167,6 +167,23 @@ def test_set_params_groups_reach_the_wrapped_optimizer():
         assert_same(ps, qs)
 
 
+def test_settings_from_another_modules_set_params_reach_the_wrapped_optimizer():
+    """A module before Wrap that does not declare momentum gives it to some parameters by set_params: they get
+    a wrapped group of their own (the settings may differ inside one torch group)."""
+    ps, qs = params_and_copy()
+    first = tz.m.Clone().set_params([{"params": [ps[1]], "momentum": 0.0}, {"params": [ps[2]], "momentum": 0.5}])
+    opt = tz.Modular(ps, first, tz.m.Wrap(torch.optim.SGD, lr=0.1, momentum=0.9))
+    ref = torch.optim.SGD(
+        [{"params": [qs[0]]}, {"params": [qs[1]], "momentum": 0.0}, {"params": [qs[2]], "momentum": 0.5}],
+        lr=0.1, momentum=0.9,
+    )  # fmt: skip
+    for t in range(6):
+        feed(t, ps, qs)
+        opt.step()
+        ref.step()
+        assert_same(ps, qs, rtol=0, atol=0)
+
+
 def test_added_param_group_reaches_the_wrapped_optimizer():
     ps, qs = params_and_copy()
     opt = tz.Modular(ps[:2], tz.m.Wrap(torch.optim.Adam, lr=0.01))

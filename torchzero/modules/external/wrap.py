@@ -86,24 +86,25 @@ class Wrap(Module):
         self.optimizer: torch.optim.Optimizer | None = None
         self._opt: Modular | None = None
         self._base_lrs: list[Any] = []
-        self._keys: list[tuple[int, int]] = []
+        self._keys: list[tuple[int, tuple[int, ...]]] = []
         self._seen_layout: Any = None
         self._run_groups: list[tuple[int, int, int]] = []
 
     # ---------------------------------------------------------------- groups
-    def _desired_groups(self, opt: Modular) -> tuple[list[tuple[int, int]], list[list[Tensor]]]:
-        own: dict[int, int] = {}
-        if self.own_groups is not None:
-            own = {id(p): i for i, g in enumerate(self.own_groups) for p in g["params"]}
-        keys: list[tuple[int, int]] = []
+    def _desired_groups(self, opt: Modular) -> tuple[list[tuple[int, tuple[int, ...]]], list[list[Tensor]]]:
+        """One wrapped group per (torch group, set_params signature), the same runs the layout resolves settings
+        for: settings given by *any* module's set_params (this one's, or another's that does not declare them)
+        may differ inside one torch group."""
+        parts = opt._positions  # per partitioning module: (group, index) -> its set_params group
+        keys: list[tuple[int, tuple[int, ...]]] = []
         params: list[list[Tensor]] = []
         for gi, group in enumerate(opt.param_groups):
-            split: dict[int, list[Tensor]] = {}
-            for p in group["params"]:
-                split.setdefault(own.get(id(p), -1), []).append(p)
-            for idx in sorted(split):
-                keys.append((gi, idx))
-                params.append(split[idx])
+            split: dict[tuple[int, ...], list[Tensor]] = {}
+            for i, p in enumerate(group["params"]):
+                split.setdefault(tuple(part.get((gi, i), -1) for part in parts), []).append(p)
+            for sig in sorted(split):
+                keys.append((gi, sig))
+                params.append(split[sig])
         return keys, params
 
     def bind(self, opt: Modular) -> None:
@@ -141,10 +142,7 @@ class Wrap(Module):
                 )
         self._keys = keys
         index = {key: i for i, key in enumerate(keys)}
-        part = self.partition
-        self._run_groups = [
-            (run.start, run.stop, index[(run.group, -1 if part is None else run.sig[part])]) for run in ctx.layout.runs
-        ]
+        self._run_groups = [(run.start, run.stop, index[(run.group, run.sig)]) for run in ctx.layout.runs]
         self._seen_layout = ctx.layout
 
     def sync_settings(self, ctx: StepContext, fused: Module | None) -> None:
