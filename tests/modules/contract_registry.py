@@ -71,6 +71,8 @@ class Entry:
             a wrapped torch optimizer reads a tensor lr on the host itself).
         differentiable: ``"ok"`` (``Modular(differentiable=True)`` works) or ``"raises:<text>"`` (a clear error
             when the optimizer is built).
+        set_params: ``"ok"`` (settings given by ``set_params`` reach their parameters) or ``"raises:<text>"`` (a
+            clear error when the optimizer is built).
         join: ``"ok"`` (a param group added mid-run is optimized) or ``"raises:<text>"``.
         noncontiguous: whether non-contiguous parameters are supported (torch.optim.LBFGS flattens grads with
             ``view(-1)`` and rejects them, so ``WrapClosure`` around it cannot).
@@ -91,6 +93,7 @@ class Entry:
     no_grad: str = "skip"
     tensor_lr: str = "no_sync"
     differentiable: str = "ok"
+    set_params: str = "ok"
     join: str = "ok"
     noncontiguous: bool = True
     separable: bool = False
@@ -116,13 +119,6 @@ class FixedStep(tz.m.LineSearch):
         return settings["t"] if slope0 < 0 else 0.0
 
 
-SCHEDULER_SET_PARAMS = (
-    "lr.py: LR(scheduler_cls=...) schedules the optimizer's param_groups, but an lr given by set_params (LR's own, "
-    "or another module's, which applies to LR since e5b0a52) wins over them in settings.resolve, so the scheduler "
-    "silently never reaches those parameters. Fix: LR.bind raises when scheduler_cls is set and any set_params "
-    "group of the chain sets 'lr' (say to put per-group lrs in the optimizer's param groups)."
-)
-
 LBFGS_DIFFERENTIABLE = (
     "quasi_newton/lbfgs.py: under Modular(differentiable=True) LBFGS steps without error, but backward through "
     "the steps fails ('modified by an inplace operation'): tensors autograd saved (the two-loop direction read by "
@@ -142,7 +138,8 @@ REGISTRY: list[Entry] = [
     E("LR", lambda: [m.LR(0.05)], ({"lr": 0.05}, {"lr": 0.02}), separable=True),
     E("LR", lambda: [m.Adam(), m.LR(0.05, scheduler_cls=lambda o: torch.optim.lr_scheduler.StepLR(o, 2, 0.5))],
       ({"lr": 0.05}, {"lr": 0.02}), separable=True, variant="scheduler",
-      xfail={"set_params": SCHEDULER_SET_PARAMS, "set_params_other": SCHEDULER_SET_PARAMS}),
+      # the scheduler changes the groups' lr; an lr from set_params would win over it, so LR refuses it at build
+      set_params="raises:set_params"),
     # ------------------------------------------------------------------ optimizers
     E("SGD", lambda: [m.SGD(momentum=0.9, nesterov=True), m.LR(0.05)], ({"momentum": 0.9}, {"momentum": 0.5}),
       separable=True),

@@ -607,6 +607,10 @@ def test_set_params_settings_reach_their_group(e: Entry, carrier: str):
         target.set_params(groups)
     else:
         chain = [tz.m.Clone().set_params(groups), *chain]
+    if e.set_params.startswith("raises:"):
+        with pytest.raises(ValueError, match=e.set_params.removeprefix("raises:")):
+            tz.Modular(joint, *chain, **e.options)
+        return
     opt = tz.Modular(joint, *chain, **e.options)
     singles = [
         tz.Modular([{"params": [p], **own[g]}], *e.chain(), **e.options)
