@@ -119,15 +119,6 @@ class FixedStep(tz.m.LineSearch):
         return settings["t"] if slope0 < 0 else 0.0
 
 
-LBFGS_DIFFERENTIABLE = (
-    "quasi_newton/lbfgs.py: under Modular(differentiable=True) LBFGS steps without error, but backward through "
-    "the steps fails ('modified by an inplace operation'): tensors autograd saved (the two-loop direction read by "
-    "dot_tensor, y_history slices read by add_scaled_) are changed in place afterwards. Fix: under "
-    "torch.is_grad_enabled() build the direction out of place (ops.add instead of add_scaled_) and write "
-    "history slots with torch.where/cat instead of copy_ into saved views, or declare the module unsupported and "
-    "raise in bind() when opt.differentiable."
-)
-
 DENSE_JOIN = "raises:parameters changed since the state was made"
 """dense quasi-Newton holds one n x n matrix: a new group needs a new optimizer (a clear error)"""
 
@@ -213,10 +204,9 @@ REGISTRY: list[Entry] = [
     E("Backtracking", lambda: [m.LBFGS(history_size=3), m.Backtracking()], variant="reuse",
       options={"reuse_evaluation": True}),
     # ------------------------------------------------------------------ quasi-Newton and second order
-    E("LBFGS", lambda: [m.LBFGS(history_size=3), m.LR(0.2)], ({}, {"lr": 0.1}),
-      xfail={"differentiable": LBFGS_DIFFERENTIABLE}),
+    E("LBFGS", lambda: [m.LBFGS(history_size=3), m.LR(0.2)], ({}, {"lr": 0.1})),
     E("LBFGS", lambda: [m.LBFGS(history_size=2, scale_first=False), m.LR(0.2)], ({}, {"lr": 0.1}),
-      variant="no_scale_first", xfail={"differentiable": LBFGS_DIFFERENTIABLE}),
+      variant="no_scale_first"),
     E("BFGS", lambda: [m.BFGS(), m.LR(0.2)], ({}, {"lr": 0.1}), no_grad="raises:grad", join=DENSE_JOIN),
     E("BFGS", lambda: [m.BFGS(scale_init=False), m.LR(0.2)], ({}, {"lr": 0.1}), variant="no_scale_init",
       no_grad="raises:grad", join=DENSE_JOIN),

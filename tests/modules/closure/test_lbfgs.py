@@ -291,3 +291,41 @@ def test_parameter_joining_later_starts_with_a_zero_pair():
     W_off, b_off = run(10.0)
     torch.testing.assert_close(W_off, W_ref)
     torch.testing.assert_close(b_off, b_ref)
+
+
+@pytest.mark.parametrize("scale_first", [True, False])
+def test_differentiable_mode_backpropagates_through_the_steps(scale_first):
+    """differentiable=True: the same steps as the normal mode, and d(final loss)/d(start) equals central finite
+    differences of the normal mode (grads from the loss with create_graph, so each step depends on the start)."""
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(5, 5, generator=gen, dtype=torch.float64)
+    a = a @ a.T / 5 + torch.eye(5, dtype=torch.float64)
+    x0 = torch.randn(5, generator=gen, dtype=torch.float64)
+
+    def f(ps):
+        x = torch.cat([ps[0].reshape(-1), ps[1]])
+        return 0.5 * x @ a @ x + (x**4).sum() / 4
+
+    def run(start, differentiable):
+        ps = [start[:3].reshape(3, 1) * 1.0, start[3:] * 1.0]  # non-leaf, as torch's differentiable mode requires
+        if not differentiable:
+            ps = [p.detach().requires_grad_() for p in ps]
+        opt = tz.Modular(ps, tz.m.LBFGS(2, scale_first=scale_first), tz.m.LR(0.3), differentiable=differentiable)
+        for _ in range(4):
+            with torch.enable_grad():
+                grads = torch.autograd.grad(f(ps), ps, create_graph=differentiable)
+            for p, g in zip(ps, grads):
+                p.grad = g
+            opt.step()
+        return f(ps)
+
+    start = x0.clone().requires_grad_()
+    loss = run(start, True)
+    torch.testing.assert_close(loss.detach(), run(x0, False))
+    (grad,) = torch.autograd.grad(loss, start)
+    eps, fd = 1e-6, torch.zeros(5, dtype=torch.float64)
+    for i in range(5):
+        e = torch.zeros(5, dtype=torch.float64)
+        e[i] = eps
+        fd[i] = (run(x0 + e, False) - run(x0 - e, False)) / (2 * eps)
+    torch.testing.assert_close(grad, fd, rtol=1e-5, atol=1e-7)

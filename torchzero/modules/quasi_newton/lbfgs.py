@@ -102,6 +102,12 @@ class LBFGS(Module):
         )
         rho_t, gamma_t = rho[0], gamma[0]
 
+        # differentiable=True: autograd keeps the history slices and scalars that earlier steps read, so they
+        # are never written in place; each step writes into copies and puts those in the state
+        functional = torch.is_grad_enabled()
+        if functional:
+            s_hist, y_hist, rho_t, gamma_t = ops.clone(s_hist), ops.clone(y_hist), rho_t.clone(), gamma_t.clone()
+
         step = self.global_state.get("step", 0) + 1
         order: list[int] = list(self.global_state.get("order", []))  # history slots, oldest first
         if step == 1:  # fresh, or after reset(): the scalars may hold an earlier run's values
@@ -120,6 +126,9 @@ class LBFGS(Module):
             rho_t[slot] = torch.where(accept, 1.0 / ys, torch.zeros_like(ys))
             if s["scale_init"]:
                 gamma_t.copy_(torch.where(accept, ys / yy, gamma_t.to(ys.dtype)))
+        if functional:
+            self._store(ctx, {"s_history": s_hist, "y_history": y_hist})
+            self._store(ctx, {"rho": [rho_t], "gamma": [gamma_t]})
 
         if not order:
             direction = ops.clone(grad)
@@ -134,20 +143,40 @@ class LBFGS(Module):
             for slot in reversed(order):
                 si, yi = [h[slot] for h in s_hist], [h[slot] for h in y_hist]
                 alphas[slot] = rho_t[slot] * dot_tensor(buckets, si, q)
-                add_scaled_(buckets, q, yi, -alphas[slot])
+                q = _add_scaled(buckets, q, yi, -alphas[slot], functional)
             direction = scaled(buckets, q, gamma_t)
             for slot in order:
                 si, yi = [h[slot] for h in s_hist], [h[slot] for h in y_hist]
                 beta = rho_t[slot] * dot_tensor(buckets, yi, direction)
-                add_scaled_(buckets, direction, si, alphas[slot] - beta)
+                direction = _add_scaled(buckets, direction, si, alphas[slot] - beta, functional)
 
-        for a, b in buckets:
-            ops.copy_(prev_x[a:b], params[a:b])
-            ops.copy_(prev_g[a:b], grad[a:b])
+        if functional:
+            self._store(ctx, {"prev_params": ops.clone(params), "prev_grad": ops.clone(grad)})
+        else:
+            for a, b in buckets:
+                ops.copy_(prev_x[a:b], params[a:b])
+                ops.copy_(prev_g[a:b], grad[a:b])
         self.global_state["step"] = step
         self.global_state["order"] = order
         ctx.update = direction
 
+    def _store(self, ctx: StepContext, values: dict[str, list[Tensor]]) -> None:
+        """Put new state tensors in place of the old ones (for the first ``len`` parameters of the step)."""
+        state = ctx.opt.state
+        for name, tensors in values.items():
+            for p, t in zip(ctx.layout.originals, tensors):
+                state[p][self.key][name] = t
+
     def reset(self) -> None:
         """Forget the history (the next step is a scaled gradient step)."""
         self.global_state.clear()
+
+
+def _add_scaled(
+    buckets: list[tuple[int, int]], xs: list[Tensor], ys: list[Tensor], alpha: Tensor, functional: bool
+) -> list[Tensor]:
+    """``x + alpha * y``: in place, or as new tensors when autograd may have kept ``x`` (it was read by a dot)."""
+    if not functional:
+        add_scaled_(buckets, xs, ys, alpha)
+        return xs
+    return ops.add(xs, scaled(buckets, ys, alpha))
