@@ -66,7 +66,9 @@ def _upstream_chains() -> dict[str, Callable[[list[torch.Tensor]], torch.optim.O
     return {
         "torch Adam foreach": lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True),
         "upstream Adam,LR": lambda p: Opt(p, tz.m.Adam(), tz.m.LR(1e-3)),
-        "upstream Adam,Cautious,LR,WD": lambda p: Opt(p, tz.m.Adam(), tz.m.Cautious(), tz.m.LR(1e-3), tz.m.WeightDecay(1e-4)),
+        "upstream Adam,Cautious,LR,WD": lambda p: Opt(
+            p, tz.m.Adam(), tz.m.Cautious(), tz.m.LR(1e-3), tz.m.WeightDecay(1e-4)
+        ),
         "upstream HeavyBall,LR": lambda p: Opt(p, tz.m.HeavyBall(0.9), tz.m.LR(1e-3)),
     }
 

@@ -6,6 +6,7 @@ output of every rank instead of hanging the suite.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -27,10 +28,8 @@ def _kill_tree(pid: int) -> None:
 
         procs = psutil.Process(pid).children(recursive=True) + [psutil.Process(pid)]
         for p in procs:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
-            except psutil.NoSuchProcess:
-                pass
     except ImportError:
         os.killpg(pid, 9)
 
@@ -43,7 +42,9 @@ def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: float = 18
         str(script), *args,
     ]  # fmt: skip
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, start_new_session=True
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

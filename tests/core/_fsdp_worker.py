@@ -14,7 +14,11 @@ def _model():
 
 CHAINS = {
     "adam_fused": (lambda p: tz.Modular(p, tz.m.Adam(), tz.m.LR(1e-2)), lambda p: torch.optim.Adam(p, lr=1e-2), None),
-    "adam_foreach": (lambda p: tz.Modular(p, tz.m.Adam(fused=False), tz.m.LR(1e-2), tz.m.SGD()), lambda p: torch.optim.Adam(p, lr=1e-2), None),
+    "adam_foreach": (
+        lambda p: tz.Modular(p, tz.m.Adam(fused=False), tz.m.LR(1e-2), tz.m.SGD()),
+        lambda p: torch.optim.Adam(p, lr=1e-2),
+        None,
+    ),
     "sgd_nesterov": (
         lambda p: tz.Modular(p, tz.m.SGD(momentum=0.9, nesterov=True), tz.m.LR(1e-2)),
         lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, nesterov=True),
@@ -53,7 +57,7 @@ def main():
             ref_opt.step()
             ref_opt.zero_grad()
         assert type(next(model.parameters())).__name__ == "DTensor"
-        for a, b in zip(model.parameters(), ref.parameters()):
+        for a, b in zip(model.parameters(), ref.parameters(), strict=True):
             torch.testing.assert_close(a.full_tensor(), b.detach(), rtol=1e-5, atol=1e-6)
         print(f"rank {rank}: {name} OK", flush=True)
     dist.destroy_process_group()

@@ -30,7 +30,7 @@ def set_grads(seed, *param_lists):
     g = torch.Generator().manual_seed(seed)
     grads = [torch.randn(p.shape, dtype=p.dtype, generator=g) for p in param_lists[0]]
     for params in param_lists:
-        for p, gr in zip(params, grads):
+        for p, gr in zip(params, grads, strict=True):
             p.grad = gr.clone()
 
 

@@ -65,7 +65,7 @@ def test_closure_styles_equal_plain_loop(style):
         ref_loss.backward()
         ref_opt.step()
         torch.testing.assert_close(loss, ref_loss.detach())
-    for p, q in zip(model.parameters(), ref.parameters()):
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q)
 
 
@@ -102,7 +102,7 @@ def test_bad_closure_return_changes_nothing(value, error, match):
     with pytest.raises(error, match=match):
         opt.step(closure)
     after, state_after = _snapshot(model, opt)
-    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
     assert state_after == state == {}
 
 
@@ -136,7 +136,7 @@ def test_module_needing_closure_without_one_errors_before_changes():
     before, _ = _snapshot(model, opt)
     with pytest.raises(RuntimeError, match="needs a closure"):
         opt.step()
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 class _LossOnlyProbe(tz.Module):
@@ -147,9 +147,9 @@ class _LossOnlyProbe(tz.Module):
         grads_before = [p.grad for p in ctx.layout.originals]
         ctx.evaluate(False)
         ctx.evaluate(False)
-        for u, h in zip(ctx.update, held):
+        for u, h in zip(ctx.update, held, strict=True):
             torch.testing.assert_close(u, h)
-        assert all(p.grad is g for p, g in zip(ctx.layout.originals, grads_before))
+        assert all(p.grad is g for p, g in zip(ctx.layout.originals, grads_before, strict=True))
 
 
 @pytest.mark.parametrize("style", ["backward_arg", "no_arg"])

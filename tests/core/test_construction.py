@@ -20,7 +20,9 @@ def _model():
         lambda m: tz.Modular(m.parameters(), [tz.m.Adam(), [Scale(2.0), [tz.m.LR(1e-3)]]]),
         lambda m: tz.Modular(m.parameters(), tz.m.Chain(tz.m.Adam(), tz.m.LR(1e-3))),
         lambda m: tz.Modular(m.named_parameters(), tz.m.Adam(), tz.m.LR(1e-3)),
-        lambda m: tz.Modular([{"params": m[0].parameters()}, {"params": m[2].parameters(), "lr": 0.1}], tz.m.Adam(), tz.m.LR(1e-3)),
+        lambda m: tz.Modular(
+            [{"params": m[0].parameters()}, {"params": m[2].parameters(), "lr": 0.1}], tz.m.Adam(), tz.m.LR(1e-3)
+        ),
     ],
     ids=["varargs", "list", "nested", "chain", "named", "groups"],
 )
@@ -31,7 +33,7 @@ def test_construction_forms_all_step(make):
     before = [p.detach().clone() for p in model.parameters()]
     model(torch.randn(8, 3)).pow(2).mean().backward()
     opt.step()
-    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_nested_keys_and_flattened_modules():

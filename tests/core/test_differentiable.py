@@ -34,7 +34,7 @@ def test_gradients_through_step_match_torch(tz_chain, torch_opt):
     torch.testing.assert_close(ours, theirs, **tol)
     d_ours = torch.autograd.grad((ours**2).sum(), (w, g))
     d_theirs = torch.autograd.grad((theirs**2).sum(), (w, g))
-    for a, b in zip(d_ours, d_theirs):
+    for a, b in zip(d_ours, d_theirs, strict=True):
         torch.testing.assert_close(a, b, **tol)
 
 
@@ -57,5 +57,7 @@ def test_momentum_gradient_flows_through_the_first_buffer():
         buf = g * 1.0 if buf is None else 0.9 * buf + g
         p = p - 0.1 * buf
     torch.testing.assert_close(ours, p)
-    for a, b in zip(torch.autograd.grad((ours**2).sum(), (w, g)), torch.autograd.grad((p**2).sum(), (w, g))):
+    for a, b in zip(
+        torch.autograd.grad((ours**2).sum(), (w, g)), torch.autograd.grad((p**2).sum(), (w, g)), strict=True
+    ):
         torch.testing.assert_close(a, b)

@@ -14,7 +14,12 @@ def test_layout_groups_by_device_dtype_then_group():
     f32b = torch.zeros(3)
     layout = Layout([[f32, f64], [c64, f32b]])
     # complex64 is handled as a float32 view and lands in the float32 bucket
-    assert layout.originals == [f32, c64, f32b, f64] or [id(t) for t in layout.originals] == [id(f32), id(c64), id(f32b), id(f64)]
+    assert layout.originals == [f32, c64, f32b, f64] or [id(t) for t in layout.originals] == [
+        id(f32),
+        id(c64),
+        id(f32b),
+        id(f64),
+    ]
     assert layout.buckets == [(0, 3), (3, 4)]
     assert [(r.group, r.dtype) for r in layout.runs] == [(0, torch.float32), (1, torch.float32), (0, torch.float64)]
     assert layout.views[1].shape == (2, 2)
@@ -30,7 +35,7 @@ def test_mixed_dtypes_in_one_optimizer_match_separate_torch_optimizers():
         opt.step()
         for r in refs:
             r.step()
-    for p, q in zip(params, ref):
+    for p, q in zip(params, ref, strict=True):
         torch.testing.assert_close(p, q)
 
 

@@ -33,7 +33,7 @@ def test_add_param_group_matches_torch():
         opt.step()
         ref.step()
     # the new group's Adam state starts at the module's step count (documented), so compare the old group only
-    for p, q in zip(a, ra):
+    for p, q in zip(a, ra, strict=True):
         torch.testing.assert_close(p, q)
 
 
@@ -50,7 +50,9 @@ def test_step_hooks_run():
 
 def test_repr_shows_chain_and_overrides():
     params = make_params()
-    opt = tz.Modular([{"params": params[:1], "lr": 0.5, "eps": 1e-4}, {"params": params[1:]}], tz.m.Adam(), tz.m.LR(1e-3))
+    opt = tz.Modular(
+        [{"params": params[:1], "lr": 0.5, "eps": 1e-4}, {"params": params[1:]}], tz.m.Adam(), tz.m.LR(1e-3)
+    )
     text = repr(opt)
     assert "0: Adam(" in text and "1: LR(lr=0.001)" in text
     assert "group 0: 1 params, lr=0.5, eps=0.0001" in text
@@ -73,7 +75,7 @@ def test_torch_scheduler_on_modular_matches_torch(where):
         s1.step()
         s2.step()
         assert opt.param_groups[0]["lr"] == pytest.approx(ref.param_groups[0]["lr"])
-    for p, q in zip(a, b):
+    for p, q in zip(a, b, strict=True):
         torch.testing.assert_close(p, q)
 
 
@@ -91,7 +93,7 @@ def test_one_cycle_momentum_on_modular_matches_torch():
         s1.step()
         s2.step()
         assert opt.param_groups[0]["betas"] == pytest.approx(ref.param_groups[0]["betas"])
-    for p, q in zip(a, b):
+    for p, q in zip(a, b, strict=True):
         torch.testing.assert_close(p, q)
 
 
@@ -109,7 +111,9 @@ def test_scheduler_without_lr_module_errors_on_step():
 def test_step_without_any_grad_still_counts_for_schedulers():
     params = make_params()
     ref_params = clone_params(params)
-    opt = tz.Modular(params, tz.m.Adam(), tz.m.LR(0.1, scheduler_cls=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, 0.5)))
+    opt = tz.Modular(
+        params, tz.m.Adam(), tz.m.LR(0.1, scheduler_cls=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, 0.5))
+    )
     ref = torch.optim.Adam(ref_params, lr=0.1)
     sched = torch.optim.lr_scheduler.StepLR(ref, 1, 0.5)
     opt.step()  # no grads at all: torch steps nothing, but the scheduler still advances

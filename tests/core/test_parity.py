@@ -28,7 +28,7 @@ def _run(opt, ref, params, ref_params, steps, path):
             set_grads(i, params, ref_params)
             opt.step()
             ref.step()
-    for p, q in zip(params, ref_params):
+    for p, q in zip(params, ref_params, strict=True):
         tol = {"atol": 1e-2, "rtol": 1e-2} if p.dtype == torch.bfloat16 else {}
         torch.testing.assert_close(p, q, **tol)
 
@@ -54,7 +54,9 @@ def test_adam_lr_equals_torch_adam(dtypes, path, amsgrad):
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtypes", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize(("momentum", "dampening", "nesterov"), [(0.0, 0.0, False), (0.9, 0.1, False), (0.9, 0.0, True)])
+@pytest.mark.parametrize(
+    ("momentum", "dampening", "nesterov"), [(0.0, 0.0, False), (0.9, 0.1, False), (0.9, 0.0, True)]
+)
 def test_sgd_lr_equals_torch_sgd(dtypes, path, momentum, dampening, nesterov):
     params = make_params(dtypes)
     ref_params = clone_params(params)
@@ -79,7 +81,7 @@ def test_unfused_equals_fused_bit_for_bit_up_to_tolerance():
         unfused.step()
         if i == 4:
             fused.param_groups[0]["lr"] = unfused.param_groups[0]["lr"] = 3e-3  # no one-step lag
-        for p, q in zip(a, b):
+        for p, q in zip(a, b, strict=True):
             torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
@@ -108,6 +110,6 @@ def test_params_without_grad_are_skipped_like_torch():
         a[0].grad = b[0].grad = None  # first parameter never gets a gradient
         opt.step()
         ref.step()
-    for p, q in zip(a, b):
+    for p, q in zip(a, b, strict=True):
         torch.testing.assert_close(p, q)
     assert len(opt.state) == len(a) - 1

@@ -62,7 +62,9 @@ def test_lbfgs_strong_wolfe_needs_no_more_closure_calls_than_torch(problem):
     ref.step(closure)
     target = float(f(x.detach())) + 1e-8
     torch_calls, _ = _count_to(lambda p: torch.optim.LBFGS(p, line_search_fn="strong_wolfe"), make_x(), f, target, True)
-    ours, _ = _count_to(lambda p: tz.Modular(p, tz.m.LBFGS(), tz.m.StrongWolfe(), reuse_evaluation=True), make_x(), f, target, False)
+    ours, _ = _count_to(
+        lambda p: tz.Modular(p, tz.m.LBFGS(), tz.m.StrongWolfe(), reuse_evaluation=True), make_x(), f, target, False
+    )
     without, _ = _count_to(lambda p: tz.Modular(p, tz.m.LBFGS(), tz.m.StrongWolfe()), make_x(), f, target, False)
     assert ours <= torch_calls < without, (ours, torch_calls, without)
 
@@ -75,9 +77,9 @@ def test_same_trajectory_with_and_without_reuse():
         opt = tz.Modular([x], tz.m.LBFGS(), tz.m.StrongWolfe(), reuse_evaluation=reuse)
 
         def closure(backward=True):
-            loss = f(x)
+            loss = f(x)  # noqa: B023 - used within the iteration
             if backward:
-                opt.zero_grad()
+                opt.zero_grad()  # noqa: B023
                 loss.backward()
             return loss
 

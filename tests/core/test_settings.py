@@ -58,11 +58,11 @@ def test_set_params_key_of_another_module_applies_to_listed_params():
     opt = tz.Modular(a + b, adam, tz.m.LR(1e-3))
     ref = torch.optim.Adam([{"params": ra, "lr": 1e-2, "eps": 1e-5}, {"params": rb}], lr=1e-3)
     for i in range(5):
-        for p, q in zip(a + b, ra + rb):
+        for p, q in zip(a + b, ra + rb, strict=True):
             p.grad = q.grad = torch.full_like(p, float(i + 1))
         opt.step()
         ref.step()
-    for p, q in zip(a + b, ra + rb):
+    for p, q in zip(a + b, ra + rb, strict=True):
         torch.testing.assert_close(p, q)
 
 

@@ -37,7 +37,7 @@ def test_resume_equals_uninterrupted_bit_for_bit(k):
 
     c = make_params(dtypes, seed=123)  # a fresh "process": different initial values, then restored
     with torch.no_grad():
-        for p, s in zip(c, saved["params"]):
+        for p, s in zip(c, saved["params"], strict=True):
             p.copy_(s)
     resumed = tz.Modular(_groups(c), *_chain())
     resumed.load_state_dict(saved["opt"])
@@ -45,7 +45,7 @@ def test_resume_equals_uninterrupted_bit_for_bit(k):
         set_grads(i, a, c)
         straight.step()
         resumed.step()
-    for p, q in zip(a, c):
+    for p, q in zip(a, c, strict=True):
         assert torch.equal(p, q)
     assert resumed.param_groups[0]["lr"] == straight.param_groups[0]["lr"]
 

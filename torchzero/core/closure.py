@@ -35,9 +35,7 @@ def _takes_backward_argument(fn: Callable[..., Any]) -> bool:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # some builtins and C callables have no signature
         return False
-    positional = [
-        p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    positional = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = [p for p in positional if p.default is p.empty]
     required_kw = [p for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
     if len(required) > 1 or required_kw:
@@ -70,7 +68,9 @@ def as_loss(value: Any, *, where: str = "the closure") -> Tensor:
 class Closure:
     """A user closure with the calling convention normalised to ``evaluate(backward)``."""
 
-    def __init__(self, fn: Callable[..., Any], params: Callable[[], Iterable[Tensor]], *, none_ok: bool = False) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], params: Callable[[], Iterable[Tensor]], *, none_ok: bool = False
+    ) -> None:
         if not callable(fn):
             raise TypeError(f"closure must be callable, got {type(fn).__name__}")
         self.fn = fn
@@ -105,7 +105,7 @@ class Closure:
             with torch.enable_grad():
                 return as_loss(self.fn())
         finally:
-            for p, g in zip(params, saved):
+            for p, g in zip(params, saved, strict=True):
                 p.grad = g
 
 

@@ -125,7 +125,7 @@ class StepContext:
         """Read ``.grad`` of every parameter of the layout (zeros where a parameter got none)."""
         grads = self.layout.grads()
         if any(g is None for g in grads):
-            grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, self.params)]
+            grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, self.params, strict=True)]
         self._grad = grads  # type: ignore[assignment]
         return self._grad  # type: ignore[return-value]
 
@@ -206,11 +206,11 @@ class StepContext:
         originals = self.layout.originals[start:stop]
         views = self.params[start:stop]
         out: list[list[Tensor]] = [[] for _ in names]
-        for p, v in zip(originals, views):
+        for p, v in zip(originals, views, strict=True):
             ms = state[p].get(key)
             if ms is None:
                 ms = state[p][key] = {}
-            for lst, name in zip(out, names):
+            for lst, name in zip(out, names, strict=True):
                 t = ms.get(name)
                 if t is None:
                     fn = init.get(name) if isinstance(init, dict) else init

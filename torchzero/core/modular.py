@@ -76,12 +76,11 @@ class Modular(torch.optim.Optimizer):
                 "params were given as a set, whose order changes from run to run, so state could not be matched to "
                 "parameters on reload. Pass a list instead, e.g. list(model.parameters())."
             )
-        if len(modules) == 1 and isinstance(modules[0], Chain):
-            root = modules[0]
-        else:
-            root = Chain(*modules)
+        root = modules[0] if len(modules) == 1 and isinstance(modules[0], Chain) else Chain(*modules)
         if not root.modules:
-            raise ValueError("tz.Modular needs at least one module, e.g. tz.Modular(params, tz.m.Adam(), tz.m.LR(1e-3))")
+            raise ValueError(
+                "tz.Modular needs at least one module, e.g. tz.Modular(params, tz.m.Adam(), tz.m.LR(1e-3))"
+            )
         self._root = root
         self.differentiable = differentiable
         self.reuse_evaluation = reuse_evaluation
@@ -287,7 +286,7 @@ class Modular(torch.optim.Optimizer):
             )
         groups, saved_groups = self.param_groups, state_dict["param_groups"]
         if len(groups) != len(saved_groups) or any(
-            len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups)
+            len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups, strict=True)
         ):
             raise ValueError(
                 "this state dict was saved for a different parameter layout: saved group sizes "
@@ -311,7 +310,11 @@ class Modular(torch.optim.Optimizer):
         for m in self._leaves:
             lines.append(f"  {m.key}: {m!r}")
         for i, g in enumerate(self.param_groups):
-            overrides = {k: v for k, v in g.items() if k not in S.FRAMEWORK_KEYS and (k in self._given[i] or not S.same_value(v, self.defaults.get(k)))}
+            overrides = {
+                k: v
+                for k, v in g.items()
+                if k not in S.FRAMEWORK_KEYS and (k in self._given[i] or not S.same_value(v, self.defaults.get(k)))
+            }
             extra = "".join(f", {k}={v!r}" for k, v in overrides.items())
             lines.append(f"  group {i}: {len(g['params'])} params{extra}")
         lines.append(")")
@@ -324,7 +327,9 @@ def _bind(root: Chain, fuse: bool) -> list[Module]:
 
     def visit(module: Module, key: str) -> None:
         if id(module) in seen:
-            raise ValueError(f"the module {module!r} appears twice in the chain; create a separate instance for each place")
+            raise ValueError(
+                f"the module {module!r} appears twice in the chain; create a separate instance for each place"
+            )
         if module.key is not None:
             raise ValueError(
                 f"the module {module!r} already belongs to another tz.Modular (its state and step counters live "

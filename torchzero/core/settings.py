@@ -30,7 +30,17 @@ EXPOSED_KEYS = ("lr", "betas", "momentum")
 """keys that ``optimizer.defaults`` and every group carry, for torch schedulers"""
 
 FRAMEWORK_KEYS = frozenset(
-    {"params", "param_names", "differentiable", "initial_lr", "max_lr", "min_lr", "base_lr", "base_momentum", "max_momentum"}
+    {
+        "params",
+        "param_names",
+        "differentiable",
+        "initial_lr",
+        "max_lr",
+        "min_lr",
+        "base_lr",
+        "base_momentum",
+        "max_momentum",
+    }
 )
 """keys torch and its schedulers keep in groups; never an error, never a module setting"""
 

@@ -83,10 +83,7 @@ def _make(name: str, single: Callable[..., Any] | None = None, saves_output: boo
             # modifying their state in place, so give the op copies of arguments that carry a graph; and run the
             # per-tensor ops, which all have derivatives (not every foreach kernel does)
             args = tuple(_detach_safe(a) for a in args)
-        if differentiable or is_reference_mode():
-            out = _loop(single, xs, args, kwargs)
-        else:
-            out = multi(xs, *args, **kwargs)
+        out = _loop(single, xs, args, kwargs) if differentiable or is_reference_mode() else multi(xs, *args, **kwargs)
         if inplace:
             return None
         if saves_output and torch.is_grad_enabled() and out[0].requires_grad:
@@ -176,5 +173,5 @@ def global_norm(xs: Sequence[Tensor], ord: float = 2) -> Tensor:
 
 def where_(xs: Sequence[Tensor], masks: Sequence[Tensor], value: float) -> None:
     """``x[~mask] = value`` for each pair (exact, per tensor: torch has no foreach ``where``)."""
-    for x, m in zip(xs, masks):
+    for x, m in zip(xs, masks, strict=True):
         x.masked_fill_(~m, value)

@@ -1,6 +1,7 @@
 """All modules (``tz.m``), one family per subpackage, one concept per file."""
 
 from ..core.module import Chain, Module, Transform
+from . import external, grad_approx, line_search, optimizers, quasi_newton, second_order, smoothing, transforms
 from .external import *  # noqa: F403
 from .grad_approx import *  # noqa: F403
 from .line_search import *  # noqa: F403
@@ -10,8 +11,6 @@ from .quasi_newton import *  # noqa: F403
 from .second_order import *  # noqa: F403
 from .smoothing import *  # noqa: F403
 from .transforms import *  # noqa: F403
-
-from . import external, grad_approx, line_search, optimizers, quasi_newton, second_order, smoothing, transforms  # noqa: E402, I001
 
 __all__ = ["LR", "Chain", "Module", "Transform"]
 for _family in (external, grad_approx, line_search, optimizers, quasi_newton, second_order, smoothing, transforms):
