@@ -329,3 +329,53 @@ def test_differentiable_mode_backpropagates_through_the_steps(scale_first):
         e[i] = eps
         fd[i] = (run(x0 + e, False) - run(x0 - e, False)) / (2 * eps)
     torch.testing.assert_close(grad, fd, rtol=1e-5, atol=1e-7)
+
+
+def test_parameter_skipping_steps_matches_written_out_two_loop():
+    """b has no .grad in steps 2 and 3. While absent it is left alone and the two-loop runs over the present
+    parameters only (with the stored rho); when it comes back its part of the pairs written meanwhile is zero
+    and its part of the returning step's pair is s = y = 0 (written out on flat vectors with masks)."""
+    gen = torch.Generator().manual_seed(4)
+    a = torch.randn(5, 5, generator=gen, dtype=torch.float64)
+    a = a @ a.T / 5 + torch.eye(5, dtype=torch.float64)
+    W = torch.randn(3, generator=gen, dtype=torch.float64).requires_grad_()
+    b = torch.randn(2, generator=gen, dtype=torch.float64).requires_grad_()
+    m, lr, skip = 3, 0.1, (2, 3)
+    opt = tz.Modular([W, b], tz.m.LBFGS(history_size=m), tz.m.LR(lr))
+
+    pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    prev_x, prev_g = torch.zeros(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+    last_present = torch.zeros(5, dtype=torch.bool)
+    gamma = torch.ones((), dtype=torch.float64)
+    for t in range(8):
+        x = torch.cat([W.detach(), b.detach()])
+        g = a @ x
+        W.grad = g[:3].clone()
+        b.grad = None if t in skip else g[3:].clone()
+        mask = torch.ones(5, dtype=torch.bool)
+        mask[3:] = t not in skip
+        if t > 0:
+            fresh = mask & ~last_present  # back this step: s = y = 0
+            keep = (mask & ~fresh).double()
+            s, y = (x - prev_x) * keep, (g - prev_g) * keep
+            pairs = [*pairs, (s, y, 1 / (s @ y))][-m:]
+            gamma = (s @ y) / (y @ y)
+        md = mask.double()
+        if not pairs:
+            u = g * md * min(1.0, 1.0 / float((g * md).abs().sum()))
+        else:
+            q, alphas = g * md, []
+            for s, y, rho in reversed(pairs):
+                alphas.append(rho * (s * md) @ q)
+                q = q - alphas[-1] * y * md
+            r = gamma * q
+            for (s, y, rho), alpha in zip(pairs, reversed(alphas)):
+                r = r + (alpha - rho * (y * md) @ r) * s * md
+            u = r
+        opt.step()
+        after = torch.cat([W.detach(), b.detach()])
+        torch.testing.assert_close((x - after)[mask], lr * u[mask], rtol=1e-10, atol=1e-12, msg=lambda e, t=t: f"{t}: {e}")
+        assert torch.equal(after[~mask], x[~mask])
+        prev_x = torch.where(mask, x, prev_x)
+        prev_g = torch.where(mask, g, prev_g)
+        last_present = mask

@@ -33,6 +33,10 @@ class LBFGS(Module):
     ``rho`` and :math:`\gamma` live in the state of the first parameter, like ``torch.optim.LBFGS``
     keeps its scalars, so everything round-trips through ``state_dict`` with ``weights_only=True``.
 
+    A parameter that joins later (``add_param_group``, or its first gradient) or comes back after steps
+    without a gradient takes part in that step's pair with :math:`s = y = 0`; while absent it is left alone.
+    ``Modular(differentiable=True)`` is supported (the history is then replaced, never written in place).
+
     Args:
         history_size: number of curvature pairs kept.
         tol_curvature: pairs with :math:`\langle y, s\rangle` at or below this are skipped.
@@ -113,6 +117,7 @@ class LBFGS(Module):
         if step == 1:  # fresh, or after reset(): the scalars may hold an earlier run's values
             rho_t.zero_()
             gamma_t.fill_(1.0)
+        absent = self._absent_parameters(ctx, s_hist, y_hist, prev_x, prev_g)
         if step > 1:
             sk = ops.sub(params, prev_x) if params else []
             yk = ops.sub(grad, prev_g) if params else []
@@ -121,6 +126,8 @@ class LBFGS(Module):
             accept = ys > s["tol_curvature"]
             slot = len(order) if len(order) < m else order.pop(0)
             order.append(slot)
+            for slots in absent.values():
+                slots.append(slot)
             ops.copy_([h[slot] for h in s_hist], sk)
             ops.copy_([h[slot] for h in y_hist], yk)
             rho_t[slot] = torch.where(accept, 1.0 / ys, torch.zeros_like(ys))
@@ -159,6 +166,43 @@ class LBFGS(Module):
         self.global_state["step"] = step
         self.global_state["order"] = order
         ctx.update = direction
+
+    def _absent_parameters(
+        self, ctx: StepContext, s_hist: list[Tensor], y_hist: list[Tensor], prev_x: list[Tensor], prev_g: list[Tensor]
+    ) -> dict[str, list[int]]:
+        """Bookkeeping for parameters with history that skip steps (their ``.grad`` is None).
+
+        Such a parameter's state is left alone while it is absent; the history slots written meanwhile are
+        remembered (``global_state["absent"]``, keyed ``"group,index"``).  When it comes back, its part of
+        those slots is zeroed (so every stored pair agrees with the ``rho`` computed when it was written) and
+        its previous point is set to the current one, so its part of this step's pair is ``s = y = 0``.
+        Returns the (mutable) slot lists of the parameters absent in this step.
+        """
+        opt, key = ctx.opt, self.key
+        known: dict[str, list[int]] = self.global_state.get("absent", {})
+        total = sum(len(g["params"]) for g in opt.param_groups)
+        if not known and len(ctx.params) == total:
+            return {}  # the usual case: every parameter takes part, nothing to look up
+        present = {id(p): i for i, p in enumerate(ctx.layout.originals)}
+        absent: dict[str, list[int]] = {}
+        for gi, group in enumerate(opt.param_groups):
+            for pi, p in enumerate(group["params"]):
+                name = f"{gi},{pi}"
+                i = present.get(id(p))
+                if i is None:
+                    if name in known or key in opt.state.get(p, {}):
+                        absent[name] = list(known.get(name, []))
+                elif name in known:  # back after skipping steps
+                    for slot in sorted(set(known[name])):
+                        s_hist[i][slot].zero_()
+                        y_hist[i][slot].zero_()
+                    prev_x[i].copy_(ctx.params[i])
+                    prev_g[i].copy_(ctx.update[i])
+        if absent:
+            self.global_state["absent"] = absent
+        else:
+            self.global_state.pop("absent", None)
+        return absent
 
     def _store(self, ctx: StepContext, values: dict[str, list[Tensor]]) -> None:
         """Put new state tensors in place of the old ones (for the first ``len`` parameters of the step)."""
