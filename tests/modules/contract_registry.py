@@ -45,6 +45,7 @@ CHECKS = (
     "differentiable",  # differentiable=True takes the same steps and backpropagates to the initial params
     "join",  # a param group added mid-run is optimized too (or a clear error for whole-vector methods)
     "host_sync",  # no tensor is read back to Python on the step path (no closure needed)
+    "deepcopy",  # copy.deepcopy(opt) mid-run continues like the original
     "state",  # every tensor lives in opt.state; global_state holds Python primitives only
     "reset",  # reset() (where a module has one) makes it behave like a fresh module
     "repr",
@@ -76,6 +77,8 @@ class Entry:
         join: ``"ok"`` (a param group added mid-run is optimized) or ``"raises:<text>"``.
         noncontiguous: whether non-contiguous parameters are supported (torch.optim.LBFGS flattens grads with
             ``view(-1)`` and rejects them, so ``WrapClosure`` around it cannot).
+        deepcopy: whether ``copy.deepcopy(opt)`` is supported (torch.optim.LBFGS loses ``_params`` in a deepcopy,
+            so ``WrapClosure`` around it cannot).
         separable: the rule is per element or per tensor, so two groups in one optimizer equal one
             optimizer per tensor (global norms, line searches and whole-vector methods are not).
         xfail: ``{check: reason}`` for checks that fail because of a known bug.
@@ -96,6 +99,7 @@ class Entry:
     set_params: str = "ok"
     join: str = "ok"
     noncontiguous: bool = True
+    deepcopy: bool = True
     separable: bool = False
     xfail: dict[str, str] = dataclasses.field(default_factory=dict)
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -235,9 +239,9 @@ REGISTRY: list[Entry] = [
       differentiable="raises:non-leaf"),
     # torch.optim.LBFGS takes a single param group
     E("WrapClosure", lambda: [m.ClipNorm(10.0), m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3)],
-      groups=({},), join="raises:one param_group", noncontiguous=False),
+      groups=({},), join="raises:one param_group", noncontiguous=False, deepcopy=False),
     E("WrapClosure", lambda: [m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3), m.LR(0.5)],
-      groups=({},), variant="measured", join="raises:one param_group", noncontiguous=False),
+      groups=({},), variant="measured", join="raises:one param_group", noncontiguous=False, deepcopy=False),
 ]  # fmt: skip
 
 

@@ -219,6 +219,22 @@ def test_reset_behaves_like_a_fresh_module(e: Entry):
         )
 
 
+@pytest.mark.parametrize("e", _cases("deepcopy", lambda e: e.deepcopy))
+def test_deepcopy_continues_like_the_original(e: Entry):
+    """``copy.deepcopy(opt)`` mid-run is an independent optimizer (on copied parameters) that continues the same way."""
+    problem, opt, _ = _run(e, torch.float64, steps=2)
+    clone = copy.deepcopy(opt)
+    twin = Problem(torch.float64)
+    twin.params = [p for g in clone.param_groups for p in g["params"]]
+    for p, q in zip(problem.params, twin.params, strict=True):
+        assert p is not q and torch.equal(p, q)
+    for _ in range(3):
+        opt.step(problem.closure())
+        clone.step(twin.closure())
+    for i, (p, q) in enumerate(zip(problem.params, twin.params, strict=True)):
+        assert torch.equal(p, q), f"{e.name}: parameter {i} of a deep-copied optimizer differs from the original's"
+
+
 @pytest.mark.parametrize("e", _cases("state"))
 def test_state_lives_in_the_optimizer(e: Entry):
     _, opt, _ = _run(e, torch.float32, steps=3)
