@@ -314,7 +314,7 @@ def test_differentiable_mode_backpropagates_through_the_steps(scale_first):
         for _ in range(4):
             with torch.enable_grad():
                 grads = torch.autograd.grad(f(ps), ps, create_graph=differentiable)
-            for p, g in zip(ps, grads):
+            for p, g in zip(ps, grads, strict=True):
                 p.grad = g
             opt.step()
         return f(ps)
@@ -369,12 +369,14 @@ def test_parameter_skipping_steps_matches_written_out_two_loop():
                 alphas.append(rho * (s * md) @ q)
                 q = q - alphas[-1] * y * md
             r = gamma * q
-            for (s, y, rho), alpha in zip(pairs, reversed(alphas)):
+            for (s, y, rho), alpha in zip(pairs, reversed(alphas), strict=True):
                 r = r + (alpha - rho * (y * md) @ r) * s * md
             u = r
         opt.step()
         after = torch.cat([W.detach(), b.detach()])
-        torch.testing.assert_close((x - after)[mask], lr * u[mask], rtol=1e-10, atol=1e-12, msg=lambda e, t=t: f"{t}: {e}")
+        torch.testing.assert_close(
+            (x - after)[mask], lr * u[mask], rtol=1e-10, atol=1e-12, msg=lambda e, t=t: f"{t}: {e}"
+        )
         assert torch.equal(after[~mask], x[~mask])
         prev_x = torch.where(mask, x, prev_x)
         prev_g = torch.where(mask, g, prev_g)

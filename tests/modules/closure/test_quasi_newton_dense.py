@@ -166,7 +166,10 @@ def test_reset_starts_again_from_the_identity(make):
 @pytest.mark.parametrize("missing", [0, 1])
 def test_parameter_without_grad_names_that_parameter(missing):
     """A whole-vector method cannot skip a parameter: the error names it and how to freeze it, before any change."""
-    ps = [torch.randn(3, dtype=torch.float64, requires_grad=True), torch.randn(2, dtype=torch.float64, requires_grad=True)]
+    ps = [
+        torch.randn(3, dtype=torch.float64, requires_grad=True),
+        torch.randn(2, dtype=torch.float64, requires_grad=True),
+    ]
     opt = tz.Modular([{"params": [ps[0]]}, {"params": [ps[1]]}], tz.m.BFGS(), tz.m.LR(0.1))
     for p in ps:
         p.grad = torch.ones_like(p)
@@ -176,7 +179,7 @@ def test_parameter_without_grad_names_that_parameter(missing):
     before, sd = [p.detach().clone() for p in ps], copy.deepcopy(opt.state_dict())
     with pytest.raises(ValueError, match=rf"parameter 0 of group {missing} .* has no gradient.*requires_grad=False"):
         opt.step()
-    for p, b in zip(ps, before):
+    for p, b in zip(ps, before, strict=True):
         assert torch.equal(p.detach(), b)
     after = opt.state_dict()
     assert after["param_groups"] == sd["param_groups"] and sorted(after["state"]) == sorted(sd["state"])

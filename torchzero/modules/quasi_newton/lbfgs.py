@@ -208,7 +208,7 @@ class LBFGS(Module):
         """Put new state tensors in place of the old ones (for the first ``len`` parameters of the step)."""
         state = ctx.opt.state
         for name, tensors in values.items():
-            for p, t in zip(ctx.layout.originals, tensors):
+            for p, t in zip(ctx.layout.originals, tensors, strict=False):
                 state[p][self.key][name] = t
 
     def reset(self) -> None:
