@@ -35,6 +35,7 @@ CHECKS = (
     "zero_grad",  # an exactly zero gradient gives finite parameters
     "nonfinite",  # a NaN loss raises NonFiniteLossError before changing anything; NaN trials are rejected
     "closure_error",  # an exception from the closure at a trial point leaves the params at x0
+    "empty_param",  # a parameter with no elements changes nothing for the others
     "noncontiguous",  # a transposed-view parameter equals its contiguous copy
     "complex",  # complex64 params: equal to the real-view problem, or a clear error
     "set_params",  # the same with settings given by module.set_params
@@ -123,6 +124,13 @@ class FixedStep(tz.m.LineSearch):
         return settings["t"] if slope0 < 0 else 0.0
 
 
+WOLFE_EMPTY = (
+    "line_search/strong_wolfe.py: the bracket scale `max(float(torch.stack(ops.norm(line.direction[a:b], "
+    "math.inf)).max()) ...)` raises 'RuntimeError: _foreach_norm cannot compute the infinity norm on an empty "
+    "tensor' when a parameter has no elements (an empty FSDP shard, a zero-width layer). Fix: leave out tensors "
+    "with numel() == 0 before ops.norm (and use 0.0 for a bucket with nothing left)."
+)
+
 DENSE_JOIN = "raises:parameters changed since the state was made"
 """dense quasi-Newton holds one n x n matrix: a new group needs a new optimizer (a clear error)"""
 
@@ -201,10 +209,12 @@ REGISTRY: list[Entry] = [
     E("Backtracking", lambda: [m.LBFGS(history_size=3), m.Backtracking()]),
     E("Backtracking", lambda: [m.Normalize(), m.Backtracking(adaptive=True)], variant="adaptive"),
     E("ArmijoTrials", lambda: [m.SGD(momentum=0.5), m.ArmijoTrials(n_trials=4)]),
-    E("StrongWolfe", lambda: [m.LBFGS(history_size=3), m.StrongWolfe(max_evals=8)]),
-    E("StrongWolfe", lambda: [m.SGD(), m.StrongWolfe(c2=0.1, adaptive=True)], variant="adaptive"),
+    E("StrongWolfe", lambda: [m.LBFGS(history_size=3), m.StrongWolfe(max_evals=8)],
+      xfail={"empty_param": WOLFE_EMPTY}),
+    E("StrongWolfe", lambda: [m.SGD(), m.StrongWolfe(c2=0.1, adaptive=True)], variant="adaptive",
+      xfail={"empty_param": WOLFE_EMPTY}),
     E("StrongWolfe", lambda: [m.LBFGS(history_size=3), m.StrongWolfe(max_evals=8)], variant="reuse",
-      options={"reuse_evaluation": True}),
+      options={"reuse_evaluation": True}, xfail={"empty_param": WOLFE_EMPTY}),
     E("Backtracking", lambda: [m.LBFGS(history_size=3), m.Backtracking()], variant="reuse",
       options={"reuse_evaluation": True}),
     # ------------------------------------------------------------------ quasi-Newton and second order

@@ -527,6 +527,33 @@ def test_noncontiguous_parameter(e: Entry, dtype: torch.dtype):
         )
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex64], ids=["f64", "c64"])
+@pytest.mark.parametrize("e", _cases("empty_param"))
+def test_parameter_with_no_elements(e: Entry, dtype: torch.dtype):
+    """A parameter with no elements (an empty FSDP shard, a zero-width layer) changes nothing for the others."""
+    if dtype.is_complex and e.complex.startswith("raises:"):
+        pytest.skip(f"{e.name} does not support complex parameters")
+    a, b = Problem(dtype), Problem(dtype)
+    empty = torch.zeros(0, 3, dtype=dtype, requires_grad=True)
+    groups = b.groups(e.groups)
+    groups[-1]["params"].append(empty)
+    opt_a, opt_b = _build(e, a), tz.Modular(groups, *e.chain(), **e.options)
+    inner = b.closure()
+
+    def closure(backward: bool = True) -> Tensor:
+        empty.grad = None
+        loss = inner(backward)
+        if backward:
+            empty.grad = torch.zeros_like(empty)
+        return loss
+
+    for _ in range(3):
+        opt_a.step(a.closure())
+        opt_b.step(closure)
+    for i, (p, q) in enumerate(zip(a.params, b.params, strict=True)):
+        torch.testing.assert_close(q, p, msg=lambda m, i=i: f"{e.name}: parameter {i} next to an empty parameter: {m}")
+
+
 # ------------------------------------------------------------------------------------------------ complex
 @pytest.mark.parametrize("e", _cases("complex"))
 def test_complex_params(e: Entry):

@@ -154,7 +154,7 @@ class Orthogonalize(Transform):
             if ndim < 2 or (ndim > 2 and not flatten):
                 passed.append(i)
                 continue
-            matrix = d if d.ndim == 2 else d.reshape(d.shape[0], -1)
+            matrix = d if d.ndim == 2 else d.flatten(1)  # (shape[0], -1), also for a tensor with no elements
             o = newton_schulz(matrix, steps, coefficients, eps, dtype).reshape(d.shape)
             step = scale * lr_ratio(adjust, matrix.shape)
             if ctx.is_last:
