@@ -148,8 +148,8 @@ def _check_run(e: Entry, dtype: torch.dtype) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ state
-@pytest.mark.parametrize(("dtype", "split"), [(torch.float64, 2), (torch.float64, 1), (torch.float32, 3), (torch.complex64, 2)],
-                         ids=["f64-at2", "f64-at1", "f32-at3", "c64-at2"])  # fmt: skip
+@pytest.mark.parametrize(("dtype", "split"), [(torch.float64, 2), (torch.float64, 1), (torch.float64, 0), (torch.float32, 3), (torch.complex64, 2)],
+                         ids=["f64-at2", "f64-at1", "f64-before_any_step", "f32-at3", "c64-at2"])  # fmt: skip
 @pytest.mark.parametrize("e", _cases("roundtrip"))
 def test_state_dict_roundtrip_continues_bit_for_bit(e: Entry, dtype: torch.dtype, split: int):
     if dtype.is_complex and e.complex.startswith("raises:"):
