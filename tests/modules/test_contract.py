@@ -803,6 +803,32 @@ def test_a_module_belongs_to_one_optimizer(make: Any):
         tz.Modular(Problem(torch.float32).params, module)
 
 
+UNIFORM_LATE = (
+    "core: settings of a module that treats all parameters as one vector (LineSearch, LBFGS, SAM, FDM, ... via "
+    "ctx.settings) are only checked when that module runs, so tz.Modular(groups with c1 differing, LBFGS(), "
+    "Backtracking()) builds fine and the first step raises after LBFGS already advanced its step counter and "
+    "created prev_params/prev_grad. Fix: modules declare it (e.g. a class attribute `uniform_settings = True` "
+    "on the modules that call ctx.settings), and Modular checks those modules' resolved settings across runs "
+    "at build, in add_param_group, and at the start of step() before the first module runs (a scheduler may "
+    "change a group's value), raising the same error before anything changes."
+)
+
+
+@pytest.mark.xfail(strict=True, reason=UNIFORM_LATE)
+def test_differing_settings_of_a_whole_vector_module_fail_before_anything_changes():
+    problem = Problem(torch.float64)
+    try:
+        opt = tz.Modular(problem.groups([{"c1": 1e-4}, {"c1": 1e-3}]), tz.m.LBFGS(3), tz.m.Backtracking())
+    except ValueError:
+        return  # refused at build: nothing to change
+    params, sd = problem.snapshot(), copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match="same in every param group"):
+        opt.step(problem.closure())
+    for p, q in zip(problem.params, params, strict=True):
+        assert torch.equal(p, q)
+    _assert_same_state(sd, opt.state_dict(), "LBFGS + Backtracking")
+
+
 def test_wrap_belongs_to_one_optimizer():
     module = tz.m.Wrap(torch.optim.SGD, lr=0.1)
     tz.Modular(Problem(torch.float64).params, module)
