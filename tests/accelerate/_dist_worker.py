@@ -109,7 +109,8 @@ def check_accumulation() -> None:
                 acc.backward(F.mse_loss(model(xb), yb))
                 opt.step()
                 opt.zero_grad()
-    assert opt.optimizer.modules[0].global_state["step"] == N_STEPS
+    key = opt.optimizer.modules[0].key
+    assert {s[key]["step"] for s in opt.optimizer.state.values()} == {N_STEPS}
     flat = flat_params(model)
     same_on_all_ranks(acc, flat, "accumulation params")
     torch.testing.assert_close(flat, flat_params(ref_model), rtol=1e-5, atol=1e-6)

@@ -216,7 +216,8 @@ def test_prepared_one_cycle_steps_once_per_optimizer_step_and_cycles_adam_betas(
             lrs.append((opt.param_groups[0]["lr"], *opt.param_groups[0]["betas"]))
 
     assert sched.scheduler.last_epoch == n_windows
-    assert opt.optimizer.modules[0].global_state["step"] == n_windows
+    key = opt.optimizer.modules[0].key
+    assert {s[key]["step"] for s in opt.optimizer.state.values()} == {n_windows}
     torch.testing.assert_close(torch.tensor(lrs, dtype=torch.float64), torch.tensor(ref_lrs, dtype=torch.float64))
     assert len({beta1 for _, beta1, _ in lrs}) == n_windows, "OneCycleLR did not cycle beta1"
     torch.testing.assert_close(flat_params(model), flat_params(ref), rtol=1e-5, atol=1e-6)

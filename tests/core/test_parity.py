@@ -113,3 +113,20 @@ def test_params_without_grad_are_skipped_like_torch():
     for p, q in zip(a, b, strict=True):
         torch.testing.assert_close(p, q)
     assert len(opt.state) == len(a) - 1
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_parameter_that_joins_later_starts_at_step_one_like_torch(fused):
+    a = make_params((torch.float32, torch.float64))
+    b = clone_params(a)
+    opt = tz.Modular(a, tz.m.Adam(fused=fused), tz.m.LR(1e-2))
+    ref = torch.optim.Adam(b, lr=1e-2)
+    for i in range(8):
+        set_grads(i, a, b)
+        if i < 3:
+            a[1].grad = b[1].grad = None  # gets its first gradient at step 4
+        opt.step()
+        ref.step()
+        for p, q in zip(a, b, strict=True):
+            torch.testing.assert_close(p, q)
+    assert opt.state[a[1]]["0"]["step"] == 5 and opt.state[a[0]]["0"]["step"] == 8

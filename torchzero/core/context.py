@@ -22,10 +22,11 @@ class Segment:
     """A contiguous slice of the step's tensors: one device, one dtype, one set of settings.
 
     ``settings`` are the resolved settings of the module being applied; ``scale`` is the learning rate
-    of a fused :class:`~torchzero.m.LR` (1.0 when nothing is fused).
+    of a fused :class:`~torchzero.m.LR` (1.0 when nothing is fused); ``step`` is the step count of every
+    parameter in the segment, counting this step, for modules that declare ``counts_steps`` (else None).
     """
 
-    __slots__ = ("ctx", "module", "start", "stop", "device", "dtype", "settings", "scale", "groups")
+    __slots__ = ("ctx", "module", "start", "stop", "device", "dtype", "settings", "scale", "groups", "step")
 
     def __init__(
         self,
@@ -38,8 +39,10 @@ class Segment:
         settings: dict[str, Any],
         scale: float,
         group: int,
+        step: int | None = None,
     ) -> None:
         self.ctx = ctx
+        self.step = step
         self.module = module
         self.start = start
         self.stop = stop
@@ -99,6 +102,8 @@ class StepContext:
         self.update: list[Tensor] = []
         self.is_last = True
         self.params_written = False
+        self.step_counts: dict[str, list[int]] = {}
+        """per module key, each parameter's step count for this step (saved to state when the step ends)"""
         self.final_loss: Tensor | None = None
         """set by :meth:`set_final_evaluation`"""
         self.info: dict[str, Any] = {}

@@ -170,26 +170,53 @@ class Modular(torch.optim.Optimizer):
         out: list[Segment] = []
         prev: Segment | None = None
         groups, given, defaults, owners = self.param_groups, self._given, self.defaults, self._owners
+        counts = self._step_counts(ctx, module) if module.counts_steps else None
         for run in ctx.layout.runs:
             group = groups[run.group]
             settings = S.resolve(module, group, given[run.group], defaults, owners, run.sig, self._partitioned)
             scale = 1.0
             if fused is not None:
                 scale = S.resolve(fused, group, given[run.group], defaults, owners, run.sig, self._partitioned)["lr"]
-            if (
-                prev is not None
-                and prev.stop == run.start
-                and prev.device == run.device
-                and prev.dtype == run.dtype
-                and S.same_value(prev.scale, scale)
-                and S.same_settings(prev.settings, settings)
-            ):
-                prev.stop = run.stop
-                prev.groups.append(run.group)
-            else:
-                prev = Segment(ctx, module, run.start, run.stop, run.device, run.dtype, settings, scale, run.group)
-                out.append(prev)
+            for start, stop, step in _pieces(run.start, run.stop, counts):
+                if (
+                    prev is not None
+                    and prev.stop == start
+                    and prev.device == run.device
+                    and prev.dtype == run.dtype
+                    and prev.step == step
+                    and S.same_value(prev.scale, scale)
+                    and S.same_settings(prev.settings, settings)
+                ):
+                    prev.stop = stop
+                    if prev.groups[-1] != run.group:
+                        prev.groups.append(run.group)
+                else:
+                    prev = Segment(ctx, module, start, stop, run.device, run.dtype, settings, scale, run.group, step)
+                    out.append(prev)
         return out
+
+    def _step_counts(self, ctx: StepContext, module: Module) -> list[int]:
+        """Each parameter's step count for this step (its saved count + 1), read once per step and module."""
+        key = module.key
+        assert key is not None
+        counts = ctx.step_counts.get(key)
+        if counts is None:
+            state = self.state
+            counts = []
+            for p in ctx.layout.originals:
+                ms = state[p].get(key) if p in state else None
+                counts.append((ms.get("step", 0) if ms else 0) + 1)
+            ctx.step_counts[key] = counts
+        return counts
+
+    def _save_step_counts(self, ctx: StepContext) -> None:
+        state = self.state
+        for key, counts in ctx.step_counts.items():
+            for p, t in zip(ctx.layout.originals, counts, strict=True):
+                ms = state[p].get(key)
+                if ms is None:
+                    ms = state[p][key] = {}
+                ms["step"] = t
 
     def _versions(self) -> list[tuple[int, int | None]]:
         """Version counters of every parameter and its ``.grad`` (they change with any in-place write)."""
@@ -246,6 +273,7 @@ class Modular(torch.optim.Optimizer):
             grad = ctx.collect_grad()
             ctx.update = ops.clone(grad) if self._copy_grad or self.differentiable else list(grad)
         self._root.step(ctx)
+        self._save_step_counts(ctx)
         if not ctx.params_written:
             params, update = ctx.params, ctx.update
             if len(update) != len(params):
@@ -359,6 +387,22 @@ def _bind(root: Chain, fuse: bool) -> list[Module]:
                 f"tz.Modular(params, tz.m.{type(m).__name__}(...), ...)."
             )
     return leaves
+
+
+def _pieces(start: int, stop: int, counts: list[int] | None) -> list[tuple[int, int, int | None]]:
+    """Split ``[start, stop)`` where the step count changes (one piece when counts are not tracked)."""
+    if counts is None:
+        return [(start, stop, None)]
+    if min(counts[start:stop]) == max(counts[start:stop]):  # the usual case, checked without a Python loop
+        return [(start, stop, counts[start])]
+    pieces = []
+    begin = start
+    for i in range(start + 1, stop):
+        if counts[i] != counts[begin]:
+            pieces.append((begin, i, counts[begin]))
+            begin = i
+    pieces.append((begin, stop, counts[begin]))
+    return pieces
 
 
 def _needs_grad_copy(leaves: list[Module]) -> bool:

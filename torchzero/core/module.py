@@ -33,6 +33,10 @@ class Module:
       ``modifies_update_inplace``.
     * ``modifies_update_inplace``: the module may write into the incoming update tensors (the default).
       A module that always hands on new tensors sets it to False, which spares that copy.
+    * ``counts_steps``: the module needs each parameter's step count (bias corrections).  The optimizer
+      keeps it per parameter in ``state[p][key]["step"]`` (like torch.optim) and hands it to the module
+      as ``seg.step``; segments never mix parameters with different counts, so a parameter that joins
+      later starts from step 1, as in torch.
 
     Args:
         defaults: the module's settings and their default values.  Every key can be overridden per
@@ -44,6 +48,7 @@ class Module:
     creates_update: ClassVar[bool] = False
     needs_raw_grad: ClassVar[bool] = False
     modifies_update_inplace: ClassVar[bool] = True
+    counts_steps: ClassVar[bool] = False
 
     def __init__(self, defaults: dict[str, Any] | None = None) -> None:
         self.defaults: dict[str, Any] = dict(defaults or {})

@@ -36,7 +36,7 @@ class Adam(Transform):
             dtype support it (``None``: yes; ``False``: always the foreach path).
 
     ``tz.Modular(p, tz.m.Adam(), tz.m.LR(1e-3))`` equals ``torch.optim.Adam(p, lr=1e-3)``.  The step
-    count is per module (parameters that join later share it).
+    count is per parameter, as in torch (a parameter that first gets a gradient later starts at step 1).
 
     Example::
 
@@ -47,6 +47,7 @@ class Adam(Transform):
 
     fuses_lr = True
     modifies_update_inplace = False
+    counts_steps = True
 
     def __init__(
         self,
@@ -59,14 +60,10 @@ class Adam(Transform):
         super().__init__({"betas": tuple(betas), "eps": eps, "amsgrad": amsgrad, "alpha": alpha})
         self.fused = fused
 
-    def step(self, ctx: StepContext, fused: Any = None) -> None:
-        self.global_state["step"] = self.global_state.get("step", 0) + 1
-        super().step(ctx, fused)
-
     def apply(self, ctx: StepContext, seg: Segment) -> None:
         s = seg.settings
         beta1, beta2 = s["betas"]
-        t = self.global_state["step"]
+        t = seg.step
         names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if s["amsgrad"] else ("exp_avg", "exp_avg_sq")
         states = seg.state(*names)
         exp_avg, exp_avg_sq = states[0], states[1]
