@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check, emit_div, next_step
+from ._common import check, emit_div
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -39,6 +39,7 @@ class Adagrad(Transform):
     """
 
     fuses_lr = True
+    counts_steps = True
 
     def __init__(
         self, lr_decay: float = 0.0, initial_accumulator_value: float = 0.0, eps: float = 1e-10, alpha: float = 1.0
@@ -51,13 +52,9 @@ class Adagrad(Transform):
             {"lr_decay": lr_decay, "initial_accumulator_value": initial_accumulator_value, "eps": eps, "alpha": alpha}
         )
 
-    def step(self, ctx: StepContext, fused: Any = None) -> None:
-        next_step(self)
-        super().step(ctx, fused)
-
     def apply(self, ctx: StepContext, seg: Segment) -> None:
         s = seg.settings
-        t = self.global_state["step"]
+        t = seg.step
         start = s["initial_accumulator_value"]
 
         def init(v: Tensor) -> Tensor:

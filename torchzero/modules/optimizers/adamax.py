@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check, check_betas, emit_div, next_step
+from ._common import check, check_betas, emit_div
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -33,20 +33,17 @@ class Adamax(Transform):
     """
 
     fuses_lr = True
+    counts_steps = True
 
     def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, alpha: float = 1.0) -> None:
         betas = check_betas("Adamax", betas)
         check(eps >= 0, "Adamax", "eps >= 0", eps, "Use a small positive value such as 1e-8.")
         super().__init__({"betas": betas, "eps": eps, "alpha": alpha})
 
-    def step(self, ctx: StepContext, fused: Any = None) -> None:
-        next_step(self)
-        super().step(ctx, fused)
-
     def apply(self, ctx: StepContext, seg: Segment) -> None:
         s = seg.settings
         beta1, beta2 = s["betas"]
-        t = self.global_state["step"]
+        t = seg.step
         update = seg.update
         exp_avg, exp_inf = seg.state("exp_avg", "exp_inf")
         ops.lerp_(exp_avg, update, 1 - beta1)

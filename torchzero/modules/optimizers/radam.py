@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check, check_betas, emit, emit_div, next_step
+from ._common import check, check_betas, emit, emit_div
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -41,20 +41,17 @@ class RAdam(Transform):
     """
 
     fuses_lr = True
+    counts_steps = True
 
     def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, alpha: float = 1.0) -> None:
         betas = check_betas("RAdam", betas)
         check(eps >= 0, "RAdam", "eps >= 0", eps, "Use a small positive value such as 1e-8.")
         super().__init__({"betas": betas, "eps": eps, "alpha": alpha})
 
-    def step(self, ctx: StepContext, fused: Any = None) -> None:
-        next_step(self)
-        super().step(ctx, fused)
-
     def apply(self, ctx: StepContext, seg: Segment) -> None:
         s = seg.settings
         beta1, beta2 = s["betas"]
-        t = self.global_state["step"]
+        t = seg.step
         update = seg.update
         exp_avg, exp_avg_sq = seg.state("exp_avg", "exp_avg_sq")
         ops.lerp_(exp_avg, update, 1 - beta1)
