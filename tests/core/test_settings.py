@@ -120,6 +120,8 @@ def test_runtime_group_write_is_seen_next_step():
 
 def test_uniform_settings_required_by_global_modules():
     class Global(tz.Module):
+        uniform_settings = True
+
         def __init__(self):
             super().__init__({"eps": 1.0})
 
@@ -127,11 +129,18 @@ def test_uniform_settings_required_by_global_modules():
             ctx.settings(self)
 
     a, b = make_params(), make_params(seed=1)
-    opt = tz.Modular([{"params": a, "eps": 1.0}, {"params": b, "eps": 2.0}], Global(), tz.m.LR())
-    with pytest.raises(ValueError, match="same in every param group"):
-        _step(opt)
+    with pytest.raises(ValueError, match="same in every param group"):  # refused when built
+        tz.Modular([{"params": a, "eps": 1.0}, {"params": b, "eps": 2.0}], Global(), tz.m.LR())
     same = tz.Modular([{"params": a}, {"params": b, "eps": 1.0}], Global(), tz.m.LR())
     _step(same)
+    with pytest.raises(ValueError, match="same in every param group"):  # refused when added
+        same.add_param_group({"params": make_params(seed=2), "eps": 3.0})
+    assert len(same.param_groups) == 2
+    same.param_groups[1]["eps"] = 5.0  # changed at run time (a scheduler could): refused before the step
+    before = [p.detach().clone() for p in a + b]
+    with pytest.raises(ValueError, match="same in every param group"):
+        _step(same)
+    assert all(torch.equal(x, y) for x, y in zip(before, a + b, strict=True))
 
 
 def test_segments_merge_groups_with_equal_settings():

@@ -814,7 +814,6 @@ UNIFORM_LATE = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=UNIFORM_LATE)
 def test_differing_settings_of_a_whole_vector_module_fail_before_anything_changes():
     problem = Problem(torch.float64)
     try:
@@ -827,6 +826,37 @@ def test_differing_settings_of_a_whole_vector_module_fail_before_anything_change
     for p, q in zip(problem.params, params, strict=True):
         assert torch.equal(p, q)
     _assert_same_state(sd, opt.state_dict(), "LBFGS + Backtracking")
+
+
+@pytest.mark.parametrize(
+    ("chain", "reference"),
+    [
+        (lambda: [tz.m.Adam(), tz.m.LR(0.01)], lambda p: torch.optim.Adam(p, lr=0.01)),
+        (lambda: [tz.m.Adamax(), tz.m.LR(0.01)], lambda p: torch.optim.Adamax(p, lr=0.01)),
+        (lambda: [tz.m.RAdam(), tz.m.LR(0.01)], lambda p: torch.optim.RAdam(p, lr=0.01)),
+        (lambda: [tz.m.NAdam(), tz.m.LR(0.01)], lambda p: torch.optim.NAdam(p, lr=0.01)),
+        (lambda: [tz.m.Adagrad(lr_decay=0.1), tz.m.LR(0.01)], lambda p: torch.optim.Adagrad(p, lr=0.01, lr_decay=0.1)),
+    ],
+    ids=["Adam", "Adamax", "RAdam", "NAdam", "Adagrad"],
+)
+def test_step_counts_are_per_parameter_like_torch(chain: Any, reference: Any):
+    """Modules that ``counts_steps``: a parameter that first gets a gradient at step 4 starts its count at 1."""
+    gen = torch.Generator().manual_seed(0)
+    a0, b0 = torch.randn(4, generator=gen, dtype=torch.float64), torch.randn(3, generator=gen, dtype=torch.float64)
+    mine, theirs = (
+        [a0.clone().requires_grad_(), b0.clone().requires_grad_()],
+        [a0.clone().requires_grad_(), b0.clone().requires_grad_()],
+    )
+    opt, ref = tz.Modular(mine, *chain()), reference(theirs)
+    for t in range(6):
+        g = torch.Generator().manual_seed(10 + t)
+        grads = [torch.randn(4, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)]
+        for i, (p, q) in enumerate(zip(mine, theirs, strict=True)):
+            p.grad, q.grad = (None, None) if (i == 1 and t < 3) else (grads[i].clone(), grads[i].clone())
+        opt.step()
+        ref.step()
+        for p, q in zip(mine, theirs, strict=True):
+            torch.testing.assert_close(p, q, msg=lambda m, t=t: f"step {t}: {m}")
 
 
 def test_wrap_belongs_to_one_optimizer():

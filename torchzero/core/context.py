@@ -186,8 +186,8 @@ class StepContext:
                 diff = {k: (first[k], seg.settings[k]) for k in first if first[k] != seg.settings[k]}
                 raise ValueError(
                     f"{type(module).__name__} treats all parameters as one vector, so its settings must be "
-                    f"the same in every param group, but they differ: {diff} (first group vs group "
-                    f"{seg.groups[0]}). Set them on the module instead of per group."
+                    f"the same in every param group, but they differ: {diff} (group {segs[0].groups[0]} vs group "
+                    f"{seg.groups[0]}, including set_params groups). Set them on the module instead of per group."
                 )
         return first
 

@@ -104,6 +104,7 @@ class Modular(torch.optim.Optimizer):
         self._positions = _module_positions(self._partitioned, self.param_groups)
         for i, m in enumerate(self._partitioned):
             m.partition = i
+        self._check_uniform_settings(None)
         for m in self._leaves:
             bind = getattr(m, "bind", None)
             if bind is not None:
@@ -119,6 +120,13 @@ class Modular(torch.optim.Optimizer):
         self.param_groups[-1] = ParamGroup(self.param_groups[-1])
         self._given.append(given)
         self._layout_params = []  # force a new layout
+        if hasattr(self, "_positions"):  # not while torch's __init__ adds the first groups
+            try:
+                self._check_uniform_settings(None)
+            except ValueError:
+                self.param_groups.pop()
+                self._given.pop()
+                raise
 
     @property
     def root(self) -> Chain:
@@ -195,6 +203,17 @@ class Modular(torch.optim.Optimizer):
                     out.append(prev)
         return out
 
+    def _check_uniform_settings(self, layout: Layout | None) -> None:
+        """Raise, before anything changes, if a module that needs one set of settings sees several."""
+        modules = [m for m in self._leaves if m.uniform_settings]
+        if not modules:
+            return
+        if layout is None:
+            layout = Layout([g["params"] for g in self.param_groups], self._positions)
+        ctx = StepContext(self, layout, None, None)
+        for m in modules:
+            ctx.settings(m)
+
     def _step_counts(self, ctx: StepContext, module: Module) -> list[int]:
         """Each parameter's step count for this step (its saved count + 1), read once per step and module."""
         key = module.key
@@ -268,6 +287,7 @@ class Modular(torch.optim.Optimizer):
                 m.after_step(ctx)
             return loss
 
+        self._check_uniform_settings(layout)
         ctx = StepContext(self, layout, wrapped, loss)
         if not self._creates_update:
             grad = ctx.collect_grad()

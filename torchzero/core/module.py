@@ -33,6 +33,9 @@ class Module:
       ``modifies_update_inplace``.
     * ``modifies_update_inplace``: the module may write into the incoming update tensors (the default).
       A module that always hands on new tensors sets it to False, which spares that copy.
+    * ``uniform_settings``: the module treats all parameters as one vector (a line search, L-BFGS, finite
+      differences) and reads its settings with ``ctx.settings``, so they must be equal in every param
+      group; the optimizer checks this when it is built, when a group is added and before each step.
     * ``counts_steps``: the module needs each parameter's step count (bias corrections).  The optimizer
       keeps it per parameter in ``state[p][key]["step"]`` (like torch.optim) and hands it to the module
       as ``seg.step``; segments never mix parameters with different counts, so a parameter that joins
@@ -49,6 +52,7 @@ class Module:
     needs_raw_grad: ClassVar[bool] = False
     modifies_update_inplace: ClassVar[bool] = True
     counts_steps: ClassVar[bool] = False
+    uniform_settings: ClassVar[bool] = False
 
     def __init__(self, defaults: dict[str, Any] | None = None) -> None:
         self.defaults: dict[str, Any] = dict(defaults or {})

@@ -25,6 +25,7 @@ class GradApprox(Module):
 
     needs_closure = True
     creates_update = True
+    uniform_settings = True
 
     @staticmethod
     def hand_on(ctx: StepContext, estimate: list[Tensor]) -> None:

@@ -72,6 +72,7 @@ class LineSearch(Module):
     """
 
     needs_closure = True
+    uniform_settings = True
     backward_trials = False
     """True when trials need the gradient (the slope); the gradient at x0 is then kept aside"""
 

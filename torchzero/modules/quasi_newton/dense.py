@@ -38,6 +38,8 @@ class DenseQuasiNewton(Module):
     :meth:`update_inverse`.
     """
 
+    uniform_settings = True
+
     def __init__(self, defaults: dict[str, Any]) -> None:
         super().__init__(defaults)
 

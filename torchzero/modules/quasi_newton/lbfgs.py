@@ -53,6 +53,8 @@ class LBFGS(Module):
     Liu & Nocedal, "On the limited memory BFGS method for large scale optimization" (1989).
     """
 
+    uniform_settings = True
+
     def __init__(
         self, history_size: int = 10, tol_curvature: float = 1e-10, scale_init: bool = True, scale_first: bool = True
     ) -> None:

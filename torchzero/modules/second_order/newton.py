@@ -71,6 +71,7 @@ class ExactNewton(Module):
 
     needs_closure = True
     creates_update = True
+    uniform_settings = True
 
     def __init__(self, damping: float = 0.0) -> None:
         if not damping >= 0:
@@ -134,6 +135,7 @@ class NewtonCG(Module):
 
     needs_closure = True
     creates_update = True
+    uniform_settings = True
 
     def __init__(self, max_iters: int = 20, tol: float = 1e-4, damping: float = 0.0) -> None:
         if int(max_iters) != max_iters or max_iters < 1:
