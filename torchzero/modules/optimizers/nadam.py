@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check, check_betas, emit, next_step
+from ._common import check, check_betas, emit
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -23,9 +23,10 @@ class NAdam(Transform):
         u \leftarrow \alpha\,\Big(\frac{1-\mu_t}{1-\prod_{i\le t}\mu_i}\, g_t
             + \frac{\mu_{t+1}}{1-\prod_{i\le t+1}\mu_i}\, m_t\Big) \Big/ \Big(\sqrt{v_t/(1-\beta_2^t)} + \epsilon\Big)
 
-    The product :math:`\prod \mu_i` is a Python number per param group (kept in the checkpoint), so no
-    step reads a tensor back to the host.  torch keeps it as a float32 tensor; ours is a double, which can
-    differ in the last digits of float64 runs.
+    :math:`t` counts each parameter's own steps (a parameter that first gets a gradient later starts at 1, as
+    in torch).  The product :math:`\prod \mu_i` is a Python number per param group and step count (kept in
+    the checkpoint), so no step reads a tensor back to the host.  torch keeps it as a float32 tensor; ours is
+    a double, which can differ in the last digits of float64 runs.
 
     Args:
         betas: :math:`(\beta_1, \beta_2)`.
@@ -41,6 +42,7 @@ class NAdam(Transform):
     """
 
     fuses_lr = True
+    counts_steps = True
 
     def __init__(
         self,
@@ -55,18 +57,23 @@ class NAdam(Transform):
         super().__init__({"betas": betas, "eps": eps, "momentum_decay": momentum_decay, "alpha": alpha})
 
     def step(self, ctx: StepContext, fused: Any = None) -> None:
-        next_step(self)
         # products already advanced during this step, by key: a param group whose tensors have several
         # dtypes or devices (or set_params groups) is applied in several segments, and must advance once
         self._advanced: dict[str, float] = {}
         super().step(ctx, fused)
+        products: dict[str, float] = self.global_state.get("mu_product", {})
+        for key in self._advanced:  # the previous count's product of each advanced cohort is not needed again
+            base, t = key.rsplit("#", 1)
+            previous = f"{base}#{int(t) - 1}"
+            if previous not in self._advanced:
+                products.pop(previous, None)
 
     def _product_keys(self, ctx: StepContext, seg: Segment) -> list[str]:
         """One key per run of this segment: its param group, and the ``set_params`` groups it falls in (this
         module's or another's: either can set ``betas`` or ``momentum_decay`` for those parameters)."""
         keys = []
         for run in ctx.layout.runs:
-            if seg.start <= run.start and run.stop <= seg.stop:
+            if run.start < seg.stop and seg.start < run.stop:  # overlaps (step counts may split a run)
                 key = (
                     "/".join([str(run.group), *(str(i) for i in run.sig)])
                     if any(i >= 0 for i in run.sig)
@@ -80,17 +87,18 @@ class NAdam(Transform):
         s = seg.settings
         beta1, beta2 = s["betas"]
         psi = s["momentum_decay"]
-        t = self.global_state["step"]
-        # one product per param group (per set_params group within it), advanced once per step even when
-        # the group spans several segments (dtypes, devices); groups merged into one segment share settings
-        # and history
+        t = seg.step
+        # one product per param group (per set_params group within it) and step count (parameters that joined
+        # later have their own, as in torch), advanced once per step even when the group spans several segments
+        # (dtypes, devices); groups merged into one segment share settings and history
         products: dict[str, float] = self.global_state.setdefault("mu_product", {})
         mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * psi))
         mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
-        keys = self._product_keys(ctx, seg)
+        keys = [f"{base}#{t}" for base in self._product_keys(ctx, seg)]
         product = self._advanced.get(keys[0])
         if product is None:
-            product = products.get(keys[0], 1.0) * mu
+            base = keys[0].rsplit("#", 1)[0]
+            product = (1.0 if t == 1 else products.get(f"{base}#{t - 1}", products.get(base, 1.0))) * mu
         for key in keys:
             products[key] = product
             self._advanced[key] = product
