@@ -45,6 +45,7 @@ CHECKS = (
     "tensor_lr",  # a 0-dim tensor lr equals the float lr, with no host sync
     "differentiable",  # differentiable=True takes the same steps and backpropagates to the initial params
     "join",  # a param group added mid-run is optimized too (or a clear error for whole-vector methods)
+    "uniform",  # modules declaring uniform_settings refuse differing group settings at build
     "host_sync",  # no tensor is read back to Python on the step path (no closure needed)
     "deepcopy",  # copy.deepcopy(opt) mid-run continues like the original
     "state",  # every tensor lives in opt.state; global_state holds Python primitives only

@@ -759,6 +759,41 @@ def test_parameter_group_added_mid_run(e: Entry):
     assert not torch.equal(b, b0), f"{e.name}: the parameter of the new group was never updated"
 
 
+def _uniform_modules(e: Entry) -> list[Any]:
+    return [m for m in tz.m.Chain(*e.chain()).walk() if getattr(m, "uniform_settings", False) and _other_value(m)]
+
+
+def _other_value(m: Any) -> tuple[str, Any] | None:
+    """A key of ``m`` and a valid value different from its default (numbers only)."""
+    for key, value in m.defaults.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        return key, (value + 1 if isinstance(value, int) else value * 0.5)
+    return None
+
+
+@pytest.mark.parametrize("e", _cases("uniform", lambda e: bool(_uniform_modules(e))))
+def test_whole_vector_modules_refuse_differing_group_settings_at_build(e: Entry):
+    """A module that declares ``uniform_settings`` (one vector for all parameters) refuses groups that differ."""
+    for m in _uniform_modules(e):
+        key, value = _other_value(m)  # type: ignore[misc]
+        problem = Problem(torch.float64)
+        groups = problem.groups(({}, {key: value}))
+        with pytest.raises(ValueError, match=type(m).__name__):
+            tz.Modular(groups, *e.chain(), **e.options)
+
+
+@pytest.mark.parametrize("name", public_modules())
+def test_modules_reading_whole_vector_settings_declare_it(name: str):
+    cls = getattr(tz.m, name)
+    source = "".join(inspect.getsource(c) for c in cls.__mro__ if c.__module__.startswith("torchzero.modules"))
+    if "ctx.settings(self)" in source:
+        assert cls.uniform_settings, (
+            f"{name} reads ctx.settings(self) (one set of settings for all parameters) but does not declare "
+            "uniform_settings = True, so differing groups fail only when it runs, after earlier modules changed state"
+        )
+
+
 # ------------------------------------------------------------------------------------------------ host sync
 @pytest.mark.skipif(NoHostSync is None, reason="tests/parity.py has no NoHostSync")
 @pytest.mark.parametrize("e", _cases("host_sync", lambda e: not _requires_closure(e)))
