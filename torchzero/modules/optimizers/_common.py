@@ -11,7 +11,6 @@ from ...foreach import ops
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
-    from ...core.module import Module
 
 
 def check(cond: bool, cls: str, what: str, got: Any, fix: str) -> None:
@@ -26,13 +25,6 @@ def check_betas(cls: str, betas: Any, names: str = "betas") -> tuple[float, floa
     for i, b in enumerate(betas):
         check(0.0 <= b < 1.0, cls, f"{names}[{i}] in [0, 1)", b, "Use a value such as 0.9 or 0.999.")
     return betas  # type: ignore[return-value]
-
-
-def next_step(module: Module) -> int:
-    """Increment and return the module's step counter (kept in ``global_state``, so it is checkpointed)."""
-    t = module.global_state.get("step", 0) + 1
-    module.global_state["step"] = t
-    return t
 
 
 def _is_one(x: Any) -> bool:
