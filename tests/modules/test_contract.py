@@ -1,25 +1,37 @@
 """The contract every public module of ``tz.m`` must keep, run over the registry in ``contract_registry.py``.
 
-For each registry entry (a module in a sensible chain, two param groups with different settings):
+For each registry entry (a module in a sensible chain, two param groups with different settings); the
+check names are the keys of ``Entry.xfail`` and ``CHECKS``:
 
-* ``run``: fp32 and fp64, a few steps with ``closure(backward)``: finite parameters, a loss that does
-  not blow up, and ``step`` returns the loss at the starting point;
-* ``roundtrip``: a mid-run ``state_dict`` through ``torch.save``/``torch.load(weights_only=True)`` into
-  a fresh optimizer on fresh parameters continues bit for bit like the uninterrupted run;
+* ``run`` / ``bf16``: fp32, fp64 (and bf16), a few steps with ``closure(backward)``: finite parameters, a
+  loss that does not blow up, ``step`` returns the loss at the start and ``last_info`` counts the calls;
+* ``roundtrip``: a ``state_dict`` (before any step, or mid-run; f64, f32, c64) through ``torch.save`` /
+  ``torch.load(weights_only=True)`` into a fresh optimizer on fresh parameters continues bit for bit like
+  the uninterrupted run; loaded back into the same optimizer (a rollback) it forgets the steps since;
+* ``reset`` / ``deepcopy`` / ``state``: ``reset()`` equals a fresh module, ``copy.deepcopy(opt)``
+  continues like the original, state tensors live in ``opt.state`` in their parameter's dtype and device,
+  ``global_state`` holds primitives, and declared capabilities (``modifies_update_inplace = False``) hold;
 * ``reference``: ``tz.foreach.reference_mode()`` (per-tensor ops) equals the foreach path;
-* ``noarg``: a no-argument closure gives the same parameters as ``closure(backward)`` (closure modules),
-  or a clear error where the module documents that it needs the backward argument;
+* ``noarg``: a no-argument closure, or one zeroing ``.grad`` in place, gives what ``closure(backward)``
+  gives (or a clear error where the module needs the backward argument); chains without closure needs
+  equal ``backward(); step()``; chains that never ask for backward leave ``.grad`` alone;
 * ``needs_closure``: ``step()`` without a closure raises before anything changes;
+* ``zero_grad`` / ``nonfinite`` / ``closure_error``: a zero gradient stays finite; a NaN loss raises
+  ``NonFiniteLossError`` before anything changes; NaN or an exception at a trial point leaves x0 exactly;
+* ``empty_param`` / ``noncontiguous`` / ``no_grad`` / ``join``: a parameter with no elements, a
+  transposed-view parameter, a parameter without ``.grad``, a param group added mid-run;
 * ``complex``: complex64 parameters give exactly what the real-view problem gives (the foreach
   layer's promise), or a clear error naming complex support where the module documents it;
-* ``split``: per-group settings reach their group (one optimizer over two groups, one of them mixing
-  fp32 and fp64, equals one optimizer per tensor) for per-element/per-tensor rules;
-* ``host_sync``: no tensor value is read back to Python on the step path of chains without a closure;
-* ``state``: no tensor kept as a module attribute; ``global_state`` holds Python primitives only;
-* ``docs``: a docstring with an example or a reference/math section (reported as a warning only);
-* ``repr``.
+* ``split`` / ``set_params`` / ``set_params_other`` / ``uniform``: per-group settings reach their
+  parameters (two groups, one mixing fp32 and fp64, or ``set_params`` of the module or of another module,
+  equal one optimizer per tensor); whole-vector modules refuse differing settings at build;
+* ``tensor_lr`` / ``host_sync`` / ``differentiable``: a tensor lr equals the float lr, no tensor value is
+  read back to Python on the step path, ``differentiable=True`` takes the same steps and backpropagates;
+* ``repr``, and the docstring (an example and a reference/math section, and every argument documented:
+  reported as warnings only).
 
-A new module of ``tz.m`` fails ``test_every_public_module_has_an_entry`` until it gets an entry.
+A new module of ``tz.m`` fails ``test_every_public_module_has_an_entry`` until it gets an entry.  Tests of
+specific bugs found while writing the contract are at the end of the file.
 """
 
 from __future__ import annotations
