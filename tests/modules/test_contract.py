@@ -11,7 +11,8 @@ check names are the keys of ``Entry.xfail`` and ``CHECKS``:
 * ``reset`` / ``deepcopy`` / ``state``: ``reset()`` equals a fresh module, ``copy.deepcopy(opt)``
   continues like the original, state tensors live in ``opt.state`` in their parameter's dtype and device,
   ``global_state`` holds primitives, and declared capabilities (``modifies_update_inplace = False``) hold;
-* ``reference``: ``tz.foreach.reference_mode()`` (per-tensor ops) equals the foreach path;
+* ``reference``: ``tz.foreach.reference_mode()`` (per-tensor ops) equals the foreach path, and
+  ``fuse=False`` equals the fused chain;
 * ``noarg``: a no-argument closure, or one zeroing ``.grad`` in place, gives what ``closure(backward)``
   gives (or a clear error where the module needs the backward argument); chains without closure needs
   equal ``backward(); step()``; chains that never ask for backward leave ``.grad`` alone;
@@ -332,6 +333,19 @@ def test_reference_mode_equals_foreach(e: Entry):
     b, _, _ = _run(e, torch.float64, reference=True)
     for i, (p, q) in enumerate(zip(a.params, b.params, strict=True)):
         torch.testing.assert_close(p, q, msg=lambda m, i=i: f"{e.name}: parameter {i}, foreach vs reference: {m}")
+
+
+@pytest.mark.parametrize("e", _cases("reference"))
+def test_fusion_does_not_change_the_result(e: Entry):
+    """``fuse=False`` (every module its own pass) gives what the fused chain gives."""
+    a, b = Problem(torch.float64), Problem(torch.float64)
+    opt_a = tz.Modular(a.groups(e.groups), *e.chain(), **{**e.options, "fuse": True})
+    opt_b = tz.Modular(b.groups(e.groups), *e.chain(), **{**e.options, "fuse": False})
+    for _ in range(4):
+        opt_a.step(a.closure())
+        opt_b.step(b.closure())
+    for i, (p, q) in enumerate(zip(a.params, b.params, strict=True)):
+        torch.testing.assert_close(q, p, msg=lambda m, i=i: f"{e.name}: parameter {i}, fuse=False vs fuse=True: {m}")
 
 
 @pytest.mark.parametrize("e", _cases("noarg", lambda e: _requires_closure(e)))
