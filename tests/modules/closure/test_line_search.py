@@ -294,3 +294,23 @@ def test_rejected_non_finite_direction_leaves_params_untouched(make):
     opt.step(Counter(lambda: (x**2).sum(), [x]).closure)
     assert opt.last_info["step_size"] == 0.0
     assert torch.equal(x.detach(), x0)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: tz.m.StrongWolfe(), lambda: tz.m.Backtracking(), lambda: tz.m.ArmijoTrials(n_trials=3)]
+)
+def test_a_parameter_without_elements_changes_nothing(make):
+    """An empty tensor (an empty FSDP shard, a zero-width layer) next to the others: the same steps as without it
+    (the infinity norm of the strong-Wolfe bracket scale has no identity, so it must be left out)."""
+    f, x, *_ = quadratic(n=4, cond=10)
+    y = x.detach().clone().requires_grad_()
+    empty = torch.zeros(0, 2, dtype=x.dtype, requires_grad=True)
+    opt_x = tz.Modular([x], tz.m.LBFGS(3), make())
+    opt_y = tz.Modular([y, empty], tz.m.LBFGS(3), make())
+    cx = Counter(lambda: f(x), [x])
+    cy = Counter(lambda: f(y) + empty.sum(), [y, empty])
+    for _ in range(3):
+        opt_x.step(cx.closure)
+        opt_y.step(cy.closure)
+    torch.testing.assert_close(y.detach(), x.detach(), rtol=0, atol=0)
+    assert empty.shape == (0, 2)

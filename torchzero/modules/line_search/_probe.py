@@ -8,6 +8,7 @@ so no rounding is left behind).  :class:`Probe` is that one mechanism; every op 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -98,6 +99,20 @@ def add_scaled_(buckets: Sequence[tuple[int, int]], xs: list[Tensor], ys: Sequen
     for a, b in buckets:
         part = list(ys[a:b])
         ops.add_(xs[a:b], ops.mul(part, alpha.to(part[0].device, part[0].dtype)))
+
+
+def max_abs(buckets: Sequence[tuple[int, int]], xs: Sequence[Tensor]) -> float:
+    """Largest ``|x_i|`` over all tensors, as a Python float (closure modules only: one host sync per bucket).
+
+    Tensors without elements (an empty FSDP shard, a zero-width layer) are left out: the infinity norm has
+    no identity, so ``_foreach_norm`` refuses them; 0.0 when nothing is left.
+    """
+    out = 0.0
+    for a, b in buckets:
+        part = [x for x in xs[a:b] if x.numel() > 0]
+        if part:
+            out = max(out, float(torch.stack(ops.norm(part, math.inf)).max()))
+    return out
 
 
 def l1_tensor(buckets: Sequence[tuple[int, int]], xs: Sequence[Tensor]) -> Tensor:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
-from ...foreach import ops
+from ._probe import max_abs
 from .base import Line, LineSearch, check_positive
 
 
@@ -110,8 +108,7 @@ class StrongWolfe(LineSearch):
             return 0.0
         max_more = int(settings["max_evals"]) - 1  # trials after the first
         # largest |u_i|: converts the bracket width into parameter units (one host sync per bucket)
-        buckets = line.probe.buckets
-        scale = max(float(torch.stack(ops.norm(line.direction[a:b], math.inf)).max()) for a, b in buckets)
+        scale = max_abs(line.probe.buckets, line.direction)
 
         t = self.initial_step(settings)
         f, d = line(t, True)
