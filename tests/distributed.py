@@ -35,7 +35,20 @@ def _kill_tree(pid: int) -> None:
 
 
 def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: float = 180, env: dict | None = None) -> str:
-    """Run ``script`` on ``nproc`` processes; return the combined output, fail the test on error or timeout."""
+    """Run ``script`` on ``nproc`` processes; return the combined output, fail the test on error or timeout.
+
+    A port taken by another process between choosing and binding it is retried with a new port.
+    """
+    for _attempt in range(3):
+        returncode, out = _run(script, args, nproc, timeout, env)
+        if returncode == 0:
+            return out
+        if "ADDRINUSE" not in out and "Address already in use" not in out:
+            break
+    pytest.fail(f"torchrun exited with {returncode}\n{out[-6000:]}")
+
+
+def _run(script: str | Path, args: tuple[str, ...], nproc: int, timeout: float, env: dict | None) -> tuple[int, str]:
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={nproc}", "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
@@ -51,6 +64,4 @@ def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: float = 18
         _kill_tree(proc.pid)  # torchrun starts each rank in its own session: kill every descendant
         out, _ = proc.communicate()
         pytest.fail(f"torchrun timed out after {timeout}s (ranks out of lockstep?)\n{out[-6000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"torchrun exited with {proc.returncode}\n{out[-6000:]}")
-    return out
+    return proc.returncode, out

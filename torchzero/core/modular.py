@@ -47,7 +47,9 @@ class Modular(torch.optim.Optimizer):
         reuse_evaluation: when the last module of a step leaves the parameters at a point where it already
             evaluated the loss and gradient (a line search whose accepted trial was its last), let the next
             ``step`` reuse that evaluation instead of calling the closure again, provided it gets the same
-            closure object and neither the parameters nor ``.grad`` changed in between.  This is how
+            closure object and neither the parameters nor ``.grad`` changed in between (checked by version counters
+            and, for writes through ``.data`` that bypass them, by comparing with a copy of the parameters kept
+            for the purpose: one parameter-sized buffer).  This is how
             ``torch.optim.LBFGS`` saves a closure call per iteration; it is off by default because a closure
             that reads changing data (the next minibatch) through a variable looks the same.
         differentiable: run the step with autograd enabled so the new parameters are differentiable with
@@ -84,7 +86,7 @@ class Modular(torch.optim.Optimizer):
         self._root = root
         self.differentiable = differentiable
         self.reuse_evaluation = reuse_evaluation
-        self._reusable: tuple[Any, Tensor, list[tuple[int, int | None]]] | None = None
+        self._reusable: tuple[Any, Tensor, list[tuple[int, int | None]], list[Tensor]] | None = None
         self._leaves = _bind(root, fuse)
         self._owners = S.find_owners(self._leaves)
         self._given: list[frozenset[str]] = []
@@ -237,6 +239,15 @@ class Modular(torch.optim.Optimizer):
                     ms = state[p][key] = {}
                 ms["step"] = t
 
+    def _unchanged_since(self, versions: list[tuple[int, int | None]], copies: list[Tensor]) -> bool:
+        """True if no parameter or ``.grad`` was written since (``.data`` writes skip the version counters)."""
+        params = self._all_params()
+        return (
+            versions == self._versions()
+            and len(copies) == len(params)
+            and all(torch.equal(p, c) for p, c in zip(params, copies, strict=True))
+        )
+
     def _versions(self) -> list[tuple[int, int | None]]:
         """Version counters of every parameter and its ``.grad`` (they change with any in-place write)."""
         return [(p._version, None if p.grad is None else p.grad._version) for p in self._all_params()]
@@ -270,7 +281,7 @@ class Modular(torch.optim.Optimizer):
         loss = None
         reusable, self._reusable = self._reusable, None
         if wrapped is not None and not self._creates_update:
-            if reusable is not None and reusable[0] is closure and reusable[2] == self._versions():
+            if reusable is not None and reusable[0] is closure and self._unchanged_since(reusable[2], reusable[3]):
                 loss = reusable[1]  # the last step ended where it evaluated the loss and gradient
             else:
                 loss = wrapped(True)
@@ -303,7 +314,8 @@ class Modular(torch.optim.Optimizer):
         for m in self._leaves:
             m.after_step(ctx)
         if ctx.final_loss is not None and ctx.params_written and self.reuse_evaluation:
-            self._reusable = (closure, ctx.final_loss, self._versions())
+            params = self._all_params()
+            self._reusable = (closure, ctx.final_loss, self._versions(), [p.detach().clone() for p in params])
         self.last_info = {"closure_calls": 0 if wrapped is None else wrapped.calls, **ctx.info}
         return ctx.loss
 
@@ -349,6 +361,7 @@ class Modular(torch.optim.Optimizer):
             if on_load is not None:
                 on_load()
         self._layout_params = []
+        self._reusable = None
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__.copy()
