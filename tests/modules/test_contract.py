@@ -920,16 +920,6 @@ def test_step_counts_are_per_parameter_like_torch(chain: Any, reference: Any):
             torch.testing.assert_close(p, q, msg=lambda m, t=t: f"step {t}: {m}")
 
 
-EMA_STEPS = (
-    "transforms/ema.py: EMA(debiased=True) divides by 1 - momentum**t with one step count per module "
-    "(global_state['step']), so a parameter that first gets a gradient at step 4 is debiased with t = 4 instead "
-    "of 1: its first updates are shrunk by (1 - momentum) / (1 - momentum**4). Adam, Adamax, RAdam, NAdam and "
-    "Adagrad count steps per parameter now (counts_steps). Fix: counts_steps = True and use seg.step in apply "
-    "(drop the global counter)."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=EMA_STEPS)
 def test_debiased_ema_counts_steps_per_parameter():
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(4, generator=gen, dtype=torch.float64), torch.randn(3, generator=gen, dtype=torch.float64)

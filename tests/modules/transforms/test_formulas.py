@@ -313,3 +313,26 @@ def test_no_host_sync_on_step(chain, monkeypatch) -> None:
         monkeypatch.setattr(torch.Tensor, name, boom)
     opt.step()
     opt.step()
+
+
+def test_debiased_ema_counts_each_parameters_own_steps() -> None:
+    """b has no gradient in the first 3 steps: its EMA is debiased with its own count (t = 1 on its first step),
+    like torch.optim.Adam's first moment (written out: m = 0.9 m + 0.1 g, x -= 0.1 m / (1 - 0.9^t_p))."""
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(4, generator=gen, dtype=torch.float64), torch.randn(3, generator=gen, dtype=torch.float64)]
+    params = [t.clone().requires_grad_() for t in init]
+    expected = [t.clone() for t in init]
+    avg = [torch.zeros_like(t) for t in init]
+    count = [0, 0]
+    opt = tz.Modular(params, tz.m.EMA(0.9, debiased=True), tz.m.LR(0.1))
+    for t in range(6):
+        for i, p in enumerate(params):
+            g = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            p.grad = None if (i == 1 and t < 3) else g.clone()
+            if p.grad is not None:
+                count[i] += 1
+                avg[i] = 0.9 * avg[i] + 0.1 * g
+                expected[i] = expected[i] - 0.1 * avg[i] / (1 - 0.9 ** count[i])
+        opt.step()
+        for p, q in zip(params, expected, strict=True):
+            torch.testing.assert_close(p.detach(), q, msg=lambda m, t=t: f"step {t}: {m}")

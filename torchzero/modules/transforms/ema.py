@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...core.module import Transform
 from ...foreach import ops
@@ -23,21 +23,20 @@ class EMA(Transform):
 
     Args:
         momentum: decay :math:`\mu \in [0, 1)`.
-        debiased: divide by :math:`1 - \mu^t` (``t`` counts this module's steps).
+        debiased: divide by :math:`1 - \mu^t` (``t`` counts the steps in which the parameter had a
+            gradient, as torch.optim.Adam does, so a parameter that joins later starts from ``t = 1``).
 
     Example::
 
         opt = tz.Modular(model.parameters(), tz.m.EMA(0.9), tz.m.Sign(), tz.m.LR(1e-3))  # signum
     """
 
+    counts_steps = True  # the debiasing uses each parameter's own step count
+
     def __init__(self, momentum: float = 0.9, debiased: bool = False) -> None:
         if not 0 <= momentum < 1:
             raise ValueError(f"EMA needs 0 <= momentum < 1, got momentum={momentum!r}")
         super().__init__({"momentum": momentum, "debiased": debiased})
-
-    def step(self, ctx: StepContext, fused: Any = None) -> None:
-        self.global_state["step"] = self.global_state.get("step", 0) + 1
-        super().step(ctx, fused)
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:
         momentum = seg.settings["momentum"]
@@ -46,4 +45,4 @@ class EMA(Transform):
         ops.lerp_(exp_avg, update, 1 - momentum)
         ops.copy_(update, exp_avg)
         if seg.settings["debiased"]:
-            ops.div_(update, 1 - momentum ** self.global_state["step"])
+            ops.div_(update, 1 - momentum**seg.step)
