@@ -944,17 +944,6 @@ def test_debiased_ema_counts_steps_per_parameter():
             torch.testing.assert_close(p.detach(), q, msg=lambda m, t=t: f"step {t}: {m}")
 
 
-REUSE_DATA_WRITE = (
-    "core/modular.py: reuse_evaluation decides that the parameters did not change from their and their "
-    "grads' _version counters, but writes through .data (p.data.clamp_(-c, c), the WGAN weight-clipping idiom; "
-    "max-norm constraints; p.data = ...) do not bump p._version, so the next step reuses the loss and gradient "
-    "of the point before the write and takes a wrong step silently. Fix: keep a copy of the final parameters "
-    "with the reusable evaluation and reuse only if torch.equal holds for every parameter (closure chains sync "
-    "anyway), or at least document that writes through .data must be followed by opt.zero_grad()."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=REUSE_DATA_WRITE)
 def test_reuse_evaluation_sees_writes_through_data():
     def run(reuse: bool) -> list[Tensor]:
         problem = Problem(torch.float64)
