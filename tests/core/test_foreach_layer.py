@@ -111,3 +111,12 @@ def test_no_host_sync_on_step(chain, monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, boom)
     opt.step()
     opt.step()
+
+
+@pytest.mark.parametrize("ord", [1, 2, float("inf")])
+def test_norm_of_a_tensor_without_elements_is_zero(ord):
+    xs = [torch.zeros(0), torch.tensor([3.0, -4.0])]
+    norms = ops.norm(xs, ord)
+    assert norms[0].item() == 0.0
+    torch.testing.assert_close(norms[1], torch.linalg.vector_norm(xs[1], ord))
+    torch.testing.assert_close(ops.global_norm(xs, ord), torch.linalg.vector_norm(xs[1], ord))

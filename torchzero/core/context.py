@@ -191,6 +191,18 @@ class StepContext:
                 )
         return first
 
+    def set_state(self, module: Module, name: str, tensors: Sequence[Tensor], start: int = 0) -> None:
+        """Replace ``module``'s state tensor ``name`` of params ``[start:start+len(tensors)]`` by new tensors
+        (for modules that build new state out of place, e.g. in differentiable mode)."""
+        key = module.key
+        assert key is not None, "module is not bound to an optimizer"
+        state = self.opt.state
+        for p, t in zip(self.layout.originals[start : start + len(tensors)], tensors, strict=True):
+            ms = state[p].get(key)
+            if ms is None:
+                ms = state[p][key] = {}
+            ms[name] = t
+
     def state(
         self,
         module: Module,

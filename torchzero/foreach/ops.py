@@ -62,8 +62,15 @@ def _safe(t: Tensor) -> Tensor:
     return t.clone() if torch.is_grad_enabled() else t
 
 
+def _any_requires_grad(xs: Sequence[Tensor], args: tuple) -> bool:
+    return any(t.requires_grad for t in xs) or any(
+        _is_list(a) and any(isinstance(t, Tensor) and t.requires_grad for t in a) for a in args
+    )
+
+
 def _detach_safe(arg: Any) -> Any:
-    if _is_list(arg) and arg and isinstance(arg[0], Tensor) and any(t.requires_grad for t in arg):
+    """A copy of a tensor-list argument: autograd may keep it, and modules keep writing their state in place."""
+    if _is_list(arg) and arg and isinstance(arg[0], Tensor):
         return [t.clone() for t in arg]
     return arg
 
@@ -78,7 +85,7 @@ def _make(name: str, single: Callable[..., Any] | None = None, saves_output: boo
         if not xs:
             return None if inplace else []
         differentiable = torch.is_grad_enabled()
-        if differentiable:
+        if differentiable and _any_requires_grad(xs, args):
             # differentiable mode: autograd may keep argument tensors for the backward pass, and modules keep
             # modifying their state in place, so give the op copies of arguments that carry a graph; and run the
             # per-tensor ops, which all have derivatives (not every foreach kernel does)
@@ -133,7 +140,17 @@ minimum = _make("minimum")
 pow = _make("pow", saves_output=True)  # noqa: A001 - mirrors torch's name
 addcmul = _make("addcmul", lambda x, a, b, value=1: x.addcmul(a, b, value=value))
 addcdiv = _make("addcdiv", lambda x, a, b, value=1: x.addcdiv(a, b, value=value))
-norm = _make("norm", lambda x, ord=2, dtype=None: torch.linalg.vector_norm(x, ord, dtype=dtype))
+_norm = _make("norm", lambda x, ord=2, dtype=None: torch.linalg.vector_norm(x, ord, dtype=dtype))
+
+
+def norm(xs: Sequence[Tensor], ord: float = 2, dtype: torch.dtype | None = None) -> TensorList:
+    """Per-tensor norms (``torch._foreach_norm``); a tensor with no elements has norm 0 for every ``ord``
+    (the infinity norm of an empty tensor is an error in torch)."""
+    if not any(x.numel() == 0 for x in xs):
+        return _norm(xs, ord) if dtype is None else _norm(xs, ord, dtype=dtype)
+    full = [x for x in xs if x.numel() > 0]
+    norms = iter(_norm(full, ord) if dtype is None else _norm(full, ord, dtype=dtype))
+    return [next(norms) if x.numel() > 0 else x.new_zeros((), dtype=dtype or x.dtype) for x in xs]
 
 
 def clone(xs: Sequence[Tensor]) -> TensorList:

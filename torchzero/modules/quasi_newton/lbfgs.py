@@ -208,10 +208,8 @@ class LBFGS(Module):
 
     def _store(self, ctx: StepContext, values: dict[str, list[Tensor]]) -> None:
         """Put new state tensors in place of the old ones (for the first ``len`` parameters of the step)."""
-        state = ctx.opt.state
         for name, tensors in values.items():
-            for p, t in zip(ctx.layout.originals, tensors, strict=False):
-                state[p][self.key][name] = t
+            ctx.set_state(self, name, tensors)
 
     def reset(self) -> None:
         """Forget the history (the next step is a scaled gradient step)."""
