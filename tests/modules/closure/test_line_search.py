@@ -314,3 +314,31 @@ def test_a_parameter_without_elements_changes_nothing(make):
         opt_y.step(cy.closure)
     torch.testing.assert_close(y.detach(), x.detach(), rtol=0, atol=0)
     assert empty.shape == (0, 2)
+
+
+def test_slope_uses_the_gradient_after_a_module_that_writes_the_update_in_place():
+    # SGD(momentum) and Mul write into the update, which starts as .grad; the line search must still see the
+    # gradient (needs_raw_grad), so its sufficient-decrease test uses <g, d>, not <d, d>
+    torch.manual_seed(0)
+    A = torch.randn(5, 5, dtype=torch.float64)
+    A = A @ A.T + torch.eye(5, dtype=torch.float64)
+    slopes = []
+
+    class Spy(tz.m.Backtracking):
+        def search(self, line, loss0, slope0, settings):
+            slopes.append(slope0)
+            return super().search(line, loss0, slope0, settings)
+
+    x = torch.ones(5, dtype=torch.float64, requires_grad=True)
+    opt = tz.Modular([x], tz.m.Mul(2.0), Spy())
+
+    def closure(backward=True):
+        loss = 0.5 * x @ A @ x
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+    opt.step(closure)
+    g = (A @ torch.ones(5, dtype=torch.float64)).detach()
+    assert slopes[0] == pytest.approx(-float(g @ (2 * g)))

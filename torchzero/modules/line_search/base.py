@@ -72,6 +72,7 @@ class LineSearch(Module):
     """
 
     needs_closure = True
+    needs_raw_grad = True  # the slope at x0 uses the gradient, not the (transformed) update
     uniform_settings = True
     backward_trials = False
     """True when trials need the gradient (the slope); the gradient at x0 is then kept aside"""

@@ -44,6 +44,7 @@ class SAM(Module):
     """
 
     needs_closure = True
+    needs_raw_grad = True
     uniform_settings = True
 
     def __init__(self, rho: float = 0.05, adaptive: bool = False, eta: float = 0.01) -> None:
