@@ -123,6 +123,12 @@ class StepContext:
         """The gradient if it is known (never evaluates the closure)."""
         return self._grad
 
+    def may_overwrite_grad(self, module: Module) -> bool:
+        """True when no module after ``module`` reads the raw gradient, so ``module`` may use the gradient
+        tensors as scratch space (they are ``.grad``, which then holds that scratch after the step) as long as
+        they are not also the update it hands on."""
+        return not self.opt._raw_grad_read_after.get(id(module), True)
+
     def set_grad(self, grad: list[Tensor]) -> None:
         self._grad = grad
 

@@ -99,6 +99,9 @@ class Modular(torch.optim.Optimizer):
         self._creates_update = self._leaves[0].creates_update
         # the gradient must stay intact if a module reads it after another wrote into the update in place
         self._copy_grad = _needs_grad_copy(self._leaves)
+        self._raw_grad_read_after = {
+            id(m): any(later.needs_raw_grad for later in self._leaves[i + 1 :]) for i, m in enumerate(self._leaves)
+        }
         defaults = {key: owner.defaults[key] for key, owner in self._owners.items()}
         if differentiable:
             defaults["differentiable"] = True  # torch then allows non-leaf parameters

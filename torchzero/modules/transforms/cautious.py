@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING
 
 from ...core.module import Transform
@@ -40,8 +41,12 @@ class Cautious(Transform):
         super().__init__({"normalize": normalize, "eps": eps})
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:
-        update = seg.update
-        mask = ops.mul(update, seg.grad)
+        update, grad = seg.update, seg.grad
+        if ctx.may_overwrite_grad(self) and not any(map(operator.is_, update, grad)):
+            mask = grad  # nothing after this module reads the gradient: build the mask in it, no allocation
+            ops.mul_(mask, update)
+        else:
+            mask = ops.mul(update, grad)
         ops.sign_(mask)
         ops.clamp_min_(mask, 0)  # 1 where u*g > 0, else 0 (NaN stays NaN)
         if seg.settings["normalize"]:
