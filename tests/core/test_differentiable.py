@@ -43,7 +43,9 @@ def test_default_mode_does_not_track():
     opt = tz.Modular([w], tz.m.Adam(), tz.m.LR(0.1))
     w.grad = torch.ones(3)
     opt.step()
-    assert w.grad_fn is None and all(t.grad_fn is None for t in opt.state[w]["0"].values() if isinstance(t, torch.Tensor))
+    assert w.grad_fn is None and all(
+        t.grad_fn is None for t in opt.state[w]["0"].values() if isinstance(t, torch.Tensor)
+    )
 
 
 def test_momentum_gradient_flows_through_the_first_buffer():

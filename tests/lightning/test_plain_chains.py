@@ -129,6 +129,7 @@ def test_16_mixed_gradscaler_unscales_and_skips_nonfinite_steps():
     for p, q in zip(params(model.net), net.parameters(), strict=True):
         assert torch.isfinite(p).all()
         torch.testing.assert_close(p, q)
+
     # the optimizer state saw exactly the steps that were taken
     def adam_steps(opt):
         key = opt.modules[0].key
