@@ -1,4 +1,4 @@
-"""The code base stays ruff-clean (lint and format), as configured in pyproject.toml."""
+"""The code base stays ruff-clean (lint and format) and type-checks with mypy, as configured in pyproject.toml."""
 
 import shutil
 import subprocess
@@ -10,17 +10,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _ruff() -> list[str]:
-    exe = Path(sys.executable).with_name("ruff")
+def _tool(name: str) -> list[str]:
+    exe = Path(sys.executable).with_name(name)
     if exe.exists():
         return [str(exe)]
-    found = shutil.which("ruff")
+    found = shutil.which(name)
     if found is None:
-        pytest.skip("ruff is not installed (it comes with the 'dev' extra)")
+        pytest.skip(f"{name} is not installed (it comes with the 'dev' extra)")
     return [found]
 
 
 @pytest.mark.parametrize("args", [["check", "."], ["format", "--check", "."]], ids=["lint", "format"])
 def test_ruff(args):
-    proc = subprocess.run([*_ruff(), *args], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([*_tool("ruff"), *args], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_mypy():
+    proc = subprocess.run(_tool("mypy"), cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

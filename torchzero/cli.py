@@ -183,7 +183,7 @@ def _demo(args: argparse.Namespace, console: Any, specs: list[Any]) -> int:
                 results.append(
                     run_chain(
                         spec, task, steps=args.steps, seed=args.seed, trainer=args.trainer,
-                        on_step=lambda i, loss, name=spec.name: on_step(name, i, loss),
+                        on_step=lambda i, loss, name=spec.name: on_step(name, i, loss),  # type: ignore[misc]
                     )
                 )  # fmt: skip
         for r in results:
@@ -303,7 +303,7 @@ def _plain(text: str) -> str:
 def _signature_defaults(cls: type) -> tuple[dict[str, Any], list[str]]:
     settings: dict[str, Any] = {}
     required: list[str] = []
-    for p in inspect.signature(cls.__init__).parameters.values():
+    for p in inspect.signature(cls.__init__).parameters.values():  # type: ignore[misc]
         if p.kind is p.VAR_KEYWORD:  # Wrap(opt_cls, **kwargs): the wrapped optimizer's settings
             required.append(f"**{p.name}")
             continue

@@ -83,7 +83,7 @@ class TorchzeroMixin:
         recorded, self._tz_batch = self._tz_batch, None
         if optimizer_closure is None or not closure_modules(opt):
             return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # type: ignore[misc]
-        check_supported(self.trainer, opt, manual=False)  # type: ignore[attr-defined]
+        check_supported(self.trainer, opt, manual=False)  # type: ignore[attr-defined, arg-type]
         if recorded is None or recorded[1] != batch_idx:
             raise RuntimeError(
                 "TorchzeroMixin re-runs training_step on the current batch, which it records in "
@@ -94,7 +94,7 @@ class TorchzeroMixin:
         if is_param_in_hook_signature(self.training_step, "batch_idx", min_args=2):  # type: ignore[attr-defined]
             kwargs["batch_idx"] = batch_idx
         closure = AutomaticClosure(self, opt, optimizer_closure, kwargs, self._tz_mute)  # type: ignore[arg-type]
-        opt.step(closure)
+        opt.step(closure)  # type: ignore[arg-type]  # closure(backward) -> Tensor
 
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
         opts = super().optimizers(use_pl_optimizer)  # type: ignore[misc]

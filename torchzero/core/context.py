@@ -26,7 +26,7 @@ class Segment:
     parameter in the segment, counting this step, for modules that declare ``counts_steps`` (else None).
     """
 
-    __slots__ = ("ctx", "module", "start", "stop", "device", "dtype", "settings", "scale", "groups", "step")
+    __slots__ = ("ctx", "module", "start", "stop", "device", "dtype", "settings", "scale", "groups", "_step")
 
     def __init__(
         self,
@@ -42,7 +42,7 @@ class Segment:
         step: int | None = None,
     ) -> None:
         self.ctx = ctx
-        self.step = step
+        self._step = step
         self.module = module
         self.start = start
         self.stop = stop
@@ -51,6 +51,16 @@ class Segment:
         self.settings = settings
         self.scale = scale
         self.groups = [group]
+
+    @property
+    def step(self) -> int:
+        """The step count of the segment's parameters, counting this step (``counts_steps`` modules only)."""
+        if self._step is None:
+            raise RuntimeError(
+                f"{type(self.module).__name__} reads seg.step, so it must declare `counts_steps = True` "
+                "(the optimizer then keeps a step count per parameter)"
+            )
+        return self._step
 
     @property
     def update(self) -> list[Tensor]:

@@ -196,7 +196,7 @@ class Modular(torch.optim.Optimizer):
                     and prev.stop == start
                     and prev.device == run.device
                     and prev.dtype == run.dtype
-                    and prev.step == step
+                    and prev._step == step
                     and S.same_value(prev.scale, scale)
                     and S.same_settings(prev.settings, settings)
                 ):
@@ -431,7 +431,7 @@ def _pieces(start: int, stop: int, counts: list[int] | None) -> list[tuple[int, 
         return [(start, stop, None)]
     if min(counts[start:stop]) == max(counts[start:stop]):  # the usual case, checked without a Python loop
         return [(start, stop, counts[start])]
-    pieces = []
+    pieces: list[tuple[int, int, int | None]] = []
     begin = start
     for i in range(start + 1, stop):
         if counts[i] != counts[begin]:

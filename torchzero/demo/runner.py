@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,7 @@ def plain_steps(
         loss = opt.step(closure)
         result.closure_calls += opt.last_info["closure_calls"]
         result.steps = i + 1
+        assert loss is not None  # a closure was given
         result.losses.append(float(loss))
         yield result.losses[-1]
     return model
@@ -171,7 +173,8 @@ def run_side_by_side(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         seeded = torch.get_rng_state()
-    results, runs = [], []
+    results: list[RunResult] = []
+    runs: list[list[Any]] = []  # [result, step generator, rng state, trained model]
     for spec in specs:
         result = RunResult(spec.name, spec.label)
         results.append(result)

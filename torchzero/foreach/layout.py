@@ -47,7 +47,7 @@ class Layout:
         partitions: Sequence[dict[tuple[int, int], int]] = (),
         include: Sequence[bool] | None = None,
     ) -> None:
-        entries = []
+        entries: list[tuple[int, int, tuple[int, ...], int, Tensor, torch.dtype]] = []
         buckets: dict[tuple[torch.device, torch.dtype], int] = {}
         flat = 0
         for gi, params in enumerate(groups):

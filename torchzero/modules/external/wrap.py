@@ -117,6 +117,7 @@ class Wrap(Module):
             raise TypeError(
                 f"Wrap: {self.opt_cls!r} returned {type(self.optimizer).__name__}, not a torch.optim.Optimizer"
             )
+        assert self.key is not None
         self.optimizer.state = StateView(opt, self.key)  # type: ignore[assignment]
         self._base_lrs = [g.get("lr") for g in self.optimizer.param_groups]
         if self.fuses_lr and any(lr is None for lr in self._base_lrs):

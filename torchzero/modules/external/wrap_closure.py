@@ -123,7 +123,7 @@ class WrapClosure(Wrap):
             return loss
 
         try:
-            self.optimizer.step(wrapped_closure)
+            self.optimizer.step(wrapped_closure)  # type: ignore[arg-type]  # returns a tensor, as torch's own closures do
         except BaseException:
             # the wrapped optimizer moves the parameters before each evaluation: an error from the closure (or
             # from a stage run inside it) must not leave them at a trial point

@@ -48,7 +48,7 @@ class Rprop(Transform):
     def __init__(
         self, etas: tuple[float, float] = (0.5, 1.2), step_sizes: tuple[float, float] = (1e-6, 50.0), alpha: float = 1.0
     ) -> None:
-        etas, step_sizes = tuple(etas), tuple(step_sizes)
+        etas, step_sizes = tuple(etas), tuple(step_sizes)  # type: ignore[assignment]  # lengths checked below
         check(len(etas) == 2 and 0.0 < etas[0] < 1.0 < etas[1], "Rprop", "etas = (eta_minus, eta_plus) with "
               "0 < eta_minus < 1 < eta_plus", etas, "Use e.g. (0.5, 1.2).")  # fmt: skip
         check(len(step_sizes) == 2 and 0.0 <= step_sizes[0] <= step_sizes[1], "Rprop",

@@ -80,7 +80,7 @@ class DenseQuasiNewton(Module):
         layout = self._check_layout(ctx)
         first = params[0]
         n = sum(p.numel() for p in params)
-        h, prev_x, prev_g = ctx.state(
+        hs, prev_xs, prev_gs = ctx.state(
             self,
             "inverse_hessian",
             "prev_params",
@@ -93,7 +93,7 @@ class DenseQuasiNewton(Module):
             start=0,
             stop=1,
         )
-        h, prev_x, prev_g = h[0], prev_x[0], prev_g[0]
+        h, prev_x, prev_g = hs[0], prev_xs[0], prev_gs[0]  # one flat tensor each, kept with the first parameter
         if h.shape != (n, n):
             raise ValueError(
                 f"{type(self).__name__} holds a {tuple(h.shape)} inverse Hessian, but the parameters have {n} "
