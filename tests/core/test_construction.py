@@ -95,3 +95,13 @@ def test_module_reports_missing_apply():
         p.grad = torch.ones_like(p)
     with pytest.raises(NotImplementedError, match="apply"):
         opt.step()
+
+
+def test_sparse_gradients_are_a_clear_error_before_anything_changes():
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    opt = tz.Modular(emb.parameters(), tz.m.Adam(), tz.m.LR(1e-2))
+    emb(torch.tensor([1, 2])).sum().backward()
+    before = emb.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        opt.step()
+    assert torch.equal(emb.weight, before) and len(opt.state) == 0

@@ -305,6 +305,7 @@ class Modular(torch.optim.Optimizer):
         ctx = StepContext(self, layout, wrapped, loss)
         if not self._creates_update:
             grad = ctx.collect_grad()
+            _check_dense(grad)
             ctx.update = ops.clone(grad) if self._copy_grad or self.differentiable else list(grad)
         self._root.step(ctx)
         self._save_step_counts(ctx)
@@ -423,6 +424,16 @@ def _bind(root: Chain, fuse: bool) -> list[Module]:
                 f"tz.Modular(params, tz.m.{type(m).__name__}(...), ...)."
             )
     return leaves
+
+
+def _check_dense(grads: list[Tensor]) -> None:
+    if any(g.layout is not torch.strided for g in grads):
+        shapes = [tuple(g.shape) for g in grads if g.layout is not torch.strided]
+        raise RuntimeError(
+            f"parameters of shape {shapes} have sparse gradients, but torchzero modules work on dense tensors. "
+            "Use dense gradients (e.g. nn.Embedding(..., sparse=False)), or give those parameters to "
+            "torch.optim.SparseAdam. Nothing was changed."
+        )
 
 
 def _pieces(start: int, stop: int, counts: list[int] | None) -> list[tuple[int, int, int | None]]:
