@@ -9,6 +9,11 @@ itself, which keeps ``lr`` and ``betas``/``momentum`` in its ``param_groups``, s
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=1000)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+Lightning always steps with a closure, so ``opt.step`` checks that the loss it returns is finite (one
+host sync per step) and raises ``tz.NonFiniteLossError`` before changing anything, where ``torch.optim``
+would write NaN into the weights; skip such batches in ``training_step`` (return ``None``) if you expect
+them.
+
 This covers ``accumulate_grad_batches``, ``gradient_clip_val``, manual optimization, checkpoints
 (``weights_only=True`` loading) and every precision, ``16-mixed`` included (Lightning calls the closure,
 unscales, and ``GradScaler.step`` skips the step when a gradient is not finite).
