@@ -161,7 +161,7 @@ class Modular(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- step
     def _layout(self, include_fn: Callable[[Tensor], bool]) -> Layout | None:
-        params = [p for g in self.param_groups for p in g["params"]]
+        params = self._all_params()
         cached = self._layout_params
         meta = [(p.device, p.dtype) for p in params]
         if len(params) != len(cached) or not all(map(operator.is_, params, cached)) or meta != self._layout_meta:
@@ -176,7 +176,10 @@ class Modular(torch.optim.Optimizer):
         layout = self._layouts.get(key)
         if layout is None:
             groups = [g["params"] for g in self.param_groups]
-            layout = self._layouts[key] = Layout(groups, self._positions, None if key is None else include)
+            layout = Layout(groups, self._positions, None if key is None else include)
+            # sparse gradients come from the model (nn.Embedding(sparse=True)): checked once per layout, not per step
+            _check_dense([g for g in layout.grads() if g is not None])
+            self._layouts[key] = layout
         return layout
 
     def _segments(self, ctx: StepContext, module: Module, fused: Module | None) -> list[Segment]:
@@ -305,7 +308,6 @@ class Modular(torch.optim.Optimizer):
         ctx = StepContext(self, layout, wrapped, loss)
         if not self._creates_update:
             grad = ctx.collect_grad()
-            _check_dense(grad)
             ctx.update = ops.clone(grad) if self._copy_grad or self.differentiable else list(grad)
         self._root.step(ctx)
         self._save_step_counts(ctx)

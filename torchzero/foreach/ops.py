@@ -9,7 +9,7 @@ compare ``_multi_tensor_adam`` against ``_single_tensor_adam``.
 With autograd enabled (``tz.Modular(..., differentiable=True)``) the per-tensor path runs too, since
 every single-tensor op has a derivative and not every foreach kernel does.
 
-Ops that have no foreach kernel (``where``, ``numel``-aware means) live here too, written with
+Ops that have no foreach kernel (a global norm over all tensors, a dot product) live here too, written with
 foreach primitives where possible and with an exact per-tensor fallback otherwise.
 """
 
@@ -186,9 +186,3 @@ def global_norm(xs: Sequence[Tensor], ord: float = 2) -> Tensor:
     device = norms[0].device
     stacked = torch.stack([n.to(device) for n in norms])
     return torch.linalg.vector_norm(stacked, ord)
-
-
-def where_(xs: Sequence[Tensor], masks: Sequence[Tensor], value: float) -> None:
-    """``x[~mask] = value`` for each pair (exact, per tensor: torch has no foreach ``where``)."""
-    for x, m in zip(xs, masks, strict=True):
-        x.masked_fill_(~m, value)
