@@ -71,6 +71,14 @@ class _Binary(Transform):
         return ", ".join(parts + [f"{k}={v!r}" for k, v in self.defaults.items()])
 
 
+def _add_scaled(seg: Segment, other: Any, alpha: Any) -> None:
+    """``u += alpha * other`` for a branch's tensors or a number."""
+    if isinstance(other, list):
+        ops.add_(seg.update, other, alpha=alpha)
+    else:
+        ops.add_(seg.update, other * alpha)
+
+
 class Add(_Binary):
     r"""Add a number or a branch's result: :math:`u \leftarrow u + \alpha\, o`.
 
@@ -87,11 +95,7 @@ class Add(_Binary):
         super().__init__(other, {"alpha": alpha})
 
     def op(self, seg: Segment, other: Any) -> None:
-        alpha = seg.settings["alpha"]
-        if isinstance(other, list):
-            ops.add_(seg.update, other, alpha=alpha)
-        else:
-            ops.add_(seg.update, other * alpha)
+        _add_scaled(seg, other, seg.settings["alpha"])
 
 
 class Sub(_Binary):
@@ -100,17 +104,17 @@ class Sub(_Binary):
     Args:
         other: a number, or a module / list of modules run on a copy of the update.
         alpha: multiplier of ``other``.
+
+    Example::
+
+        tz.Modular(p, tz.m.Grad(), tz.m.Sub(tz.m.EMA(0.9)), tz.m.LR(1e-3))  # gradient minus its running mean
     """
 
     def __init__(self, other: Any, alpha: float = 1.0) -> None:
         super().__init__(other, {"alpha": alpha})
 
     def op(self, seg: Segment, other: Any) -> None:
-        alpha = seg.settings["alpha"]
-        if isinstance(other, list):
-            ops.sub_(seg.update, other, alpha=alpha)
-        else:
-            ops.sub_(seg.update, other * alpha)
+        _add_scaled(seg, other, -seg.settings["alpha"])
 
 
 class Mul(_Binary):
