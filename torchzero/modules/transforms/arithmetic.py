@@ -120,10 +120,16 @@ class Sub(_Binary):
 class Mul(_Binary):
     r"""Multiply by a number or a branch's result: :math:`u \leftarrow u \odot o`.
 
+    Args:
+        other: a number, or a module / list of modules run on a copy of the update.
+
     Example::
 
         tz.Modular(p, tz.m.Adam(), tz.m.Mul(0.5), tz.m.LR(1e-3))  # == Adam(alpha=0.5)
     """
+
+    def __init__(self, other: Any) -> None:
+        super().__init__(other)
 
     def op(self, seg: Segment, other: Any) -> None:
         ops.mul_(seg.update, other)
@@ -132,10 +138,16 @@ class Mul(_Binary):
 class Div(_Binary):
     r"""Divide by a number or a branch's result: :math:`u \leftarrow u \oslash o`.
 
+    Args:
+        other: a number, or a module / list of modules run on a copy of the update.
+
     Example::
 
         tz.Modular(p, tz.m.Div(10.0), tz.m.LR(1e-2))  # == LR(1e-3)
     """
+
+    def __init__(self, other: Any) -> None:
+        super().__init__(other)
 
     def op(self, seg: Segment, other: Any) -> None:
         ops.div_(seg.update, other)
@@ -147,6 +159,10 @@ class Lerp(_Binary):
     Args:
         end: a module or a list of modules, run on a copy of the update (e.g. ``tz.m.Grad()``).
         weight: :math:`w` (0 keeps the update, 1 replaces it by ``end``).
+
+    Example::
+
+        tz.Modular(p, tz.m.Adam(), tz.m.Lerp(tz.m.Grad(), 0.1), tz.m.LR(1e-3))  # 90% Adam, 10% gradient
     """
 
     def __init__(self, end: Any, weight: float) -> None:
