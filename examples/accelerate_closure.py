@@ -52,6 +52,10 @@ def train(steps: int, chain: str = "lbfgs", mixed_precision: str = "no", cpu: bo
         losses.append(loss.item())
         info = opt.optimizer.last_info  # what the chain reported about this step
         accelerator.print(f"step {step:3d}  loss {loss.item():.5f}  closure calls {info['closure_calls']}")
+    # a clean exit under torchrun: let pending collectives finish, then destroy the process group (without it,
+    # torch's gloo threads may release tensors while Python shuts down, which aborts the process)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return losses
 
 

@@ -56,6 +56,10 @@ def train(steps: int, accumulation: int = 2, mixed_precision: str = "no", cpu: b
                 )
                 if len(losses) == steps:
                     break
+    # a clean exit under torchrun: let pending collectives finish, then destroy the process group (without it,
+    # torch's gloo threads may release tensors while Python shuts down, which aborts the process)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return losses
 
 

@@ -162,6 +162,8 @@ def main() -> None:
     print(f"RANK {acc.process_index} OK {len(checks)}: {', '.join(checks)}", flush=True)
     if len(sys.argv) > 1:  # the test reads this (the ranks' stdout lines may interleave)
         (Path(sys.argv[1]) / f"rank{acc.process_index}.json").write_text(json.dumps(checks))
+    acc.wait_for_everyone()  # a clean exit: see the end of examples/accelerate_plain.py
+    acc.end_training()
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ def main():
         for a, b in zip(model.parameters(), ref.parameters(), strict=True):
             torch.testing.assert_close(a.full_tensor(), b.detach(), rtol=1e-5, atol=1e-6)
         print(f"rank {rank}: {name} OK", flush=True)
+    dist.barrier()  # a clean exit: see the end of examples/accelerate_plain.py
     dist.destroy_process_group()
 
 

@@ -29,6 +29,9 @@ def main(out: str) -> None:
         assert t.world_size == 2
         result = {"params": params(model.net), "counts": dict(model.counts), "local_losses": model.logged}
         torch.save(result, f"{out}/{name}_rank{rank}.pt")
+    if torch.distributed.is_initialized():  # a clean exit: see the end of examples/accelerate_plain.py
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

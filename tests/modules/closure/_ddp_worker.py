@@ -76,6 +76,7 @@ def main() -> None:
         single = torch.cat([p.reshape(-1) for p in train(name, X, Y, distributed=False)])
         torch.testing.assert_close(flat, single, rtol=1e-7, atol=1e-9, msg=f"{name}: differs from one process")
         print(f"{name} OK", flush=True)
+    dist.barrier()  # a clean exit: see the end of examples/accelerate_plain.py
     dist.destroy_process_group()
 
 
