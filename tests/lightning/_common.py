@@ -78,7 +78,7 @@ class Model(L.LightningModule):
 
     def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
         super().log(name, value, *args, **kwargs)
-        self.logged.append(float(value))
+        self.logged.append(float(value.detach()) if isinstance(value, torch.Tensor) else float(value))
 
     def on_before_backward(self, loss: torch.Tensor) -> None:
         self.counts["on_before_backward"] += 1
