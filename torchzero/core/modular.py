@@ -19,7 +19,7 @@ _STATE_KEY = "torchzero"
 
 
 class ParamGroup(dict):  # noqa: FURB189 - a plain dict in every way except the error for a missing key
-    """A torch param group (a ``dict``) whose missing-key error says what to do."""
+    """A param group of a chain without ``LR``: a ``dict`` whose error for the missing ``lr`` says what to do."""
 
     def __missing__(self, key: Any) -> Any:
         if key == "lr":
@@ -103,6 +103,9 @@ class Modular(torch.optim.Optimizer):
             id(m): any(later.needs_raw_grad for later in self._leaves[i + 1 :]) for i, m in enumerate(self._leaves)
         }
         defaults = {key: owner.defaults[key] for key, owner in self._owners.items()}
+        # param groups are plain dicts (torch.compile traces them), except in a chain without an LR module, whose
+        # groups explain that a scheduler needs one when it asks for the missing "lr"
+        self._lr_missing_error = "lr" not in self._owners
         if differentiable:
             defaults["differentiable"] = True  # torch then allows non-leaf parameters
         super().__init__(params, defaults)
@@ -122,7 +125,8 @@ class Modular(torch.optim.Optimizer):
         S.check_group_keys(param_group, len(self.param_groups), self._leaves)
         given = frozenset(k for k in param_group if k not in S.FRAMEWORK_KEYS)
         super().add_param_group(param_group)
-        self.param_groups[-1] = ParamGroup(self.param_groups[-1])
+        if self._lr_missing_error:
+            self.param_groups[-1] = ParamGroup(self.param_groups[-1])
         self._given.append(given)
         self._layout_params = []  # force a new layout
         if hasattr(self, "_positions"):  # not while torch's __init__ adds the first groups
@@ -276,7 +280,13 @@ class Modular(torch.optim.Optimizer):
             )
 
     def step(self, closure: Callable[..., Any] | None = None) -> Tensor | None:  # type: ignore[override]
-        """Run the chain once and update the parameters; returns the loss if a closure was given."""
+        """Run the chain once and update the parameters; returns the loss if a closure was given.
+
+        ``torch.compile(opt.step)`` compiles the chain's math (Inductor fuses the elementwise modules); a chain
+        without an ``LR`` module (line searches) has param groups torch.compile cannot trace, and runs eagerly.
+        """
+        if self._lr_missing_error:
+            return _eager_step(self, closure)
         with torch.set_grad_enabled(self.differentiable):
             return self._step(closure)
 
@@ -359,7 +369,8 @@ class Modular(torch.optim.Optimizer):
                 f"{[len(s['params']) for s in saved_groups]}, this optimizer has {[len(g['params']) for g in groups]}."
             )
         super().load_state_dict({k: v for k, v in state_dict.items() if k != _STATE_KEY})
-        self.param_groups[:] = [ParamGroup(g) for g in self.param_groups]
+        if self._lr_missing_error:
+            self.param_groups[:] = [ParamGroup(g) for g in self.param_groups]
         for m in self._leaves:
             m.set_global_state(extra["modules"].get(m.key, {}))
         for m in self._leaves:
@@ -386,6 +397,12 @@ class Modular(torch.optim.Optimizer):
             lines.append(f"  group {i}: {len(g['params'])} params{extra}")
         lines.append(")")
         return "\n".join(lines)
+
+
+@torch.compiler.disable
+def _eager_step(opt: Modular, closure: Callable[..., Any] | None) -> Tensor | None:
+    with torch.set_grad_enabled(opt.differentiable):
+        return opt._step(closure)
 
 
 def _bind(root: Chain, fuse: bool) -> list[Module]:

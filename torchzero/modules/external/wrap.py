@@ -23,6 +23,13 @@ _NOT_LINEAR_IN_LR = tuple(
 )
 
 
+@torch.compiler.disable
+def _eager_step(optimizer: torch.optim.Optimizer) -> None:
+    # under torch.compile(opt.step) the wrapped optimizer runs as it would on its own: eagerly (dynamo cannot trace
+    # its state through the StateView; the rest of the chain still compiles)
+    optimizer.step()
+
+
 def _fuses(opt_cls: Any, fuse: bool | None) -> bool:
     if fuse is not None:
         return fuse
@@ -170,7 +177,7 @@ class Wrap(Module):
         before = None if ctx.is_last else ops.clone(ctx.params)
         set_grads(ctx, ctx.update)
         try:
-            self.optimizer.step()
+            _eager_step(self.optimizer)
         finally:
             for p, g in zip(originals, saved_grads, strict=True):
                 p.grad = g

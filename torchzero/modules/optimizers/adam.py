@@ -114,4 +114,5 @@ def _fused_ok(seg: Segment, lr: Any) -> bool:
         and seg.device.type in _get_fused_kernels_supported_devices()
         and not ops.is_reference_mode()
         and not torch.is_grad_enabled()  # differentiable mode: fused kernels have no autograd
+        and not torch.compiler.is_compiling()  # under torch.compile inductor fuses the foreach ops itself
     )
