@@ -9,6 +9,7 @@ Also reported: bytes allocated by out-of-place ops during one step, in units of 
     python benchmarks/step_time.py --quick              # a smoke run
     python benchmarks/step_time.py --device cuda --threads 1
     python benchmarks/step_time.py --upstream /tmp/upstream_site   # also the upstream torchzero release
+    python benchmarks/step_time.py --compiled           # also torch.compile(opt.step) rows (Inductor)
 
 For ``--upstream``, install the release into its own folder first (it has the same import name):
 ``pip install --target /tmp/upstream_site torchzero==0.4.4 scipy numpy``.  It runs in a child process beside
@@ -25,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -73,7 +75,29 @@ def _upstream_chains() -> dict[str, Callable[[list[torch.Tensor]], torch.optim.O
     }
 
 
-def _chains() -> dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]]:
+class _Compiled:
+    """``torch.compile(opt.step)``, the way torch documents compiling an optimizer step."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.opt = opt
+        self.step = torch.compile(opt.step)
+
+
+def _compiled_chains() -> dict[str, Callable[[list[torch.Tensor]], Any]]:
+    # every optimizer instance compiles the same code objects again; without a higher limit dynamo would give up
+    # after 8 and run the later ones eagerly, which would then be timed as "compiled"
+    torch._dynamo.config.recompile_limit = 256
+    torch._dynamo.config.accumulated_recompile_limit = 4096
+    return {
+        "torch Adam compiled": lambda p: _Compiled(torch.optim.Adam(p, lr=1e-3, foreach=True)),
+        "tz Adam,LR compiled": lambda p: _Compiled(tz.Modular(p, tz.m.Adam(), tz.m.LR(1e-3))),
+        "tz Adam,Cautious,LR,WD compiled": lambda p: _Compiled(
+            tz.Modular(p, tz.m.Adam(), tz.m.Cautious(), tz.m.LR(1e-3), tz.m.WeightDecay(1e-4))
+        ),
+    }
+
+
+def _chains(compiled: bool = False) -> dict[str, Callable[[list[torch.Tensor]], Any]]:
     if _UPSTREAM:
         return _upstream_chains()
     chains: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
@@ -90,6 +114,8 @@ def _chains() -> dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]
         )
     if hasattr(tz.m, "HeavyBall"):
         chains["tz HeavyBall,LR"] = lambda p: tz.Modular(p, tz.m.HeavyBall(0.9), tz.m.LR(1e-3))
+    if compiled:
+        chains.update(_compiled_chains())
     return chains
 
 
@@ -136,7 +162,7 @@ def bench(workload: str, steps: int, device: str, chains: dict) -> list[dict]:
         except (RuntimeError, ValueError) as e:  # e.g. fused not supported here
             print(f"  skip {name}: {e}", file=sys.stderr)
     times: dict[str, list[float]] = {n: [] for n in runs}
-    for _ in range(3):  # warm-up: lazy state, layouts, kernels
+    for _ in range(5):  # warm-up: lazy state, layouts, kernels (and compiling: dynamo's first steps specialise)
         for opt, _ in runs.values():
             opt.step()
     for _ in range(steps):
@@ -150,10 +176,15 @@ def bench(workload: str, steps: int, device: str, chains: dict) -> list[dict]:
     param_bytes = sum(s.numel() for s in shapes) * 4
     for name, (opt, _params) in runs.items():
         counter = _AllocCounter()
-        with counter:
-            opt.step()
-        row = {"workload": workload, "optimizer": name, "median_ms": 1e3 * statistics.median(times[name]),
-               "alloc_x_params": counter.bytes / param_bytes}  # fmt: skip
+        if not isinstance(opt, _Compiled):  # a compiled graph's buffers are not seen by a dispatch mode
+            with counter:
+                opt.step()
+        row = {
+            "workload": workload,
+            "optimizer": name,
+            "median_ms": 1e3 * statistics.median(times[name]),
+            "alloc_x_params": float("nan") if isinstance(opt, _Compiled) else counter.bytes / param_bytes,
+        }
         if device.startswith("cuda"):
             gc.collect()
             torch.cuda.reset_peak_memory_stats()
@@ -197,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     ap.add_argument("--quick", action="store_true", help="few steps, small workloads only (smoke test)")
     ap.add_argument("--json", type=Path, help="also write the rows to this file")
+    ap.add_argument("--compiled", action="store_true", help="add torch.compile(opt.step) rows (slow to start)")
     ap.add_argument("--upstream", type=Path, help="folder with the upstream torchzero release installed (--target)")
     ap.add_argument("--impl", choices=["ours", "upstream"], default="ours", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -208,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
         rows = []
         for w in args.workloads:
-            rows += bench(w, args.steps, args.device, _chains())
+            rows += bench(w, args.steps, args.device, _chains(args.compiled))
             if args.upstream is not None:
                 rows += _run_upstream(args, w, threads)
         for r in rows:

@@ -27,6 +27,7 @@ CHAINS: dict[str, Callable[[], list[tz.m.Module]]] = {
     "rmsprop_centered": lambda: [tz.m.RMSprop(centered=True, momentum=0.9), tz.m.LR(1e-3)],
     "muon": lambda: [tz.m.Muon(), tz.m.LR(1e-2)],
     "radam": lambda: [tz.m.RAdam(), tz.m.LR(1e-2)],
+    "nadam": lambda: [tz.m.NAdam(), tz.m.LR(1e-2)],
     "ema_sign_normalize": lambda: [tz.m.EMA(0.9), tz.m.Sign(), tz.m.Normalize(), tz.m.Centralize(), tz.m.LR(1e-2)],
     "wrap": lambda: [tz.m.Wrap(torch.optim.Adam, lr=1.0), tz.m.LR(1e-2)],
 }

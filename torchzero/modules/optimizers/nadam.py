@@ -57,16 +57,15 @@ class NAdam(Transform):
         super().__init__({"betas": betas, "eps": eps, "momentum_decay": momentum_decay, "alpha": alpha})
 
     def step(self, ctx: StepContext, fused: Any = None) -> None:
-        # products already advanced during this step, by key: a param group whose tensors have several
-        # dtypes or devices (or set_params groups) is applied in several segments, and must advance once
-        self._advanced: dict[str, float] = {}
+        # (key, step count, product) advanced during this step: a param group whose tensors have several dtypes or
+        # devices (or set_params groups) is applied in several segments, and must advance once
+        self._advanced: list[tuple[str, int, float]] = []
         super().step(ctx, fused)
-        products: dict[str, float] = self.global_state.get("mu_product", {})
-        for key in self._advanced:  # the previous count's product of each advanced cohort is not needed again
-            base, t = key.rsplit("#", 1)
-            previous = f"{base}#{int(t) - 1}"
-            if previous not in self._advanced:
-                products.pop(previous, None)
+        cohorts: dict[str, list[list[Any]]] = self.global_state.get("mu_product", {})
+        for key in dict.fromkeys(k for k, _, _ in self._advanced):
+            new = [[t, product] for k, t, product in self._advanced if k == key]
+            advanced_from = [t - 1 for t, _ in new]
+            cohorts[key] = [e for e in cohorts.get(key, []) if e[0] not in advanced_from] + new
 
     def _product_keys(self, ctx: StepContext, seg: Segment) -> list[str]:
         """One key per run of this segment: its param group, and the ``set_params`` groups it falls in (this
@@ -90,18 +89,21 @@ class NAdam(Transform):
         t = seg.step
         # one product per param group (per set_params group within it) and step count (parameters that joined
         # later have their own, as in torch), advanced once per step even when the group spans several segments
-        # (dtypes, devices); groups merged into one segment share settings and history
-        products: dict[str, float] = self.global_state.setdefault("mu_product", {})
+        # (dtypes, devices); groups merged into one segment share settings and history.  Kept as [count, product]
+        # pairs under a fixed key (not a key per count), so torch.compile sees the same structure every step
+        cohorts: dict[str, list[list[Any]]] = self.global_state.setdefault("mu_product", {})
         mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * psi))
         mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
-        keys = [f"{base}#{t}" for base in self._product_keys(ctx, seg)]
-        product = self._advanced.get(keys[0])
-        if product is None:
-            base = keys[0].rsplit("#", 1)[0]
-            product = (1.0 if t == 1 else products.get(f"{base}#{t - 1}", products.get(base, 1.0))) * mu
+        keys = self._product_keys(ctx, seg)
+        done = [p for k, count, p in self._advanced if k == keys[0] and count == t]
+        if done:
+            product = done[0]
+        else:
+            previous = [e[1] for e in cohorts.get(keys[0], []) if e[0] == t - 1]
+            product = (previous[0] if previous and t > 1 else 1.0) * mu
         for key in keys:
-            products[key] = product
-            self._advanced[key] = product
+            if not any(k == key and count == t for k, count, _ in self._advanced):
+                self._advanced.append((key, t, product))
         product_next = product * mu_next
 
         update = seg.update
