@@ -139,3 +139,34 @@ def test_heavyball_with_dampening_differs_from_sgd_only_in_the_first_buffer():
     sgd.step()
     torch.testing.assert_close(p.detach(), torch.full((3,), 0.5))  # 1 - (1 - 0.5) * 1
     torch.testing.assert_close(q.detach(), torch.zeros(3))  # 1 - 1
+
+
+def test_nadam_reads_a_checkpoint_in_the_old_product_format():
+    """0.1.0 kept NAdam's momentum products as ``{"group#count": product}``; such a checkpoint resumes exactly."""
+    torch.manual_seed(0)
+    init = [torch.randn(5, 3), torch.randn(3)]
+    grads = [[torch.randn_like(p) for p in init] for _ in range(6)]
+
+    def run(steps, opt=None, params=None):
+        params = params or [p.clone().requires_grad_() for p in init]
+        opt = opt or tz.Modular(
+            [{"params": params[:1]}, {"params": params[1:], "lr": 5e-2}], tz.m.NAdam(), tz.m.LR(1e-2)
+        )
+        for gs in steps:
+            for p, g in zip(params, gs, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        return opt, params
+
+    straight, expected = run(grads)
+    saved, params = run(grads[:3])
+    sd = saved.state_dict()
+    products = sd["torchzero"]["modules"]["0"]["mu_product"]
+    assert set(products) == {"0", "1"}
+    sd["torchzero"]["modules"]["0"]["mu_product"] = {f"{k}#{c}": p for k, pairs in products.items() for c, p in pairs}
+    resumed = tz.Modular([{"params": params[:1]}, {"params": params[1:], "lr": 5e-2}], tz.m.NAdam(), tz.m.LR(1e-2))
+    resumed.load_state_dict(sd)
+    assert resumed.modules[0].global_state["mu_product"] == products
+    _, got = run(grads[3:], resumed, params)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

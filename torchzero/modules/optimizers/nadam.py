@@ -67,6 +67,13 @@ class NAdam(Transform):
             advanced_from = [t - 1 for t, _ in new]
             cohorts[key] = [e for e in cohorts.get(key, []) if e[0] not in advanced_from] + new
 
+    def on_load(self) -> None:
+        """Read a 0.1.0 checkpoint, which kept one product per ``"group#count"`` key."""
+        cohorts = self.global_state.get("mu_product", {})
+        for old in [k for k in cohorts if "#" in k]:
+            base, count = old.rsplit("#", 1)
+            cohorts.setdefault(base, []).append([int(count), float(cohorts.pop(old))])
+
     def _product_keys(self, ctx: StepContext, seg: Segment) -> list[str]:
         """One key per run of this segment: its param group, and the ``set_params`` groups it falls in (this
         module's or another's: either can set ``betas`` or ``momentum_decay`` for those parameters)."""
