@@ -47,23 +47,25 @@ def _pair(chain: Callable[[], list[tz.m.Module]], dtype: torch.dtype = torch.flo
     return params, tz.Modular(params, chain()), twins, tz.Modular(twins, chain())
 
 
-def _set_grads(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
-    for p, q in zip(a, b, strict=True):
-        g = torch.randn_like(p)
-        p.grad, q.grad = g.clone(), g.clone()
+def _steps(step, eager, params, twins, n: int, schedulers=()) -> None:
+    """``n`` compiled and eager steps on the same gradients; then the parameters must agree."""
+    for _ in range(n):
+        for p, q in zip(params, twins, strict=True):
+            g = torch.randn_like(p)
+            p.grad, q.grad = g.clone(), g.clone()
+        step()
+        eager.step()
+        for s in schedulers:
+            s.step()
+    for p, q in zip(params, twins, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", list(CHAINS))
 def test_compiled_step_equals_eager(name):
     params, opt, twins, eager = _pair(CHAINS[name])
     counter = CompileCounter()
-    step = torch.compile(opt.step, backend=counter)
-    for _ in range(12):
-        _set_grads(params, twins)
-        step()
-        eager.step()
-    for p, q in zip(params, twins, strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    _steps(torch.compile(opt.step, backend=counter), eager, params, twins, 12)
     # dynamo specialises the first steps, then treats the step count as dynamic: no recompile per step
     assert counter.frame_count <= 4, f"{name}: compiled {counter.frame_count} times in 12 steps"
     assert all(type(g) is dict for g in opt.param_groups)
@@ -73,16 +75,8 @@ def test_scheduler_changes_lr_and_momentum_without_recompiling_every_step():
     params, opt, twins, eager = _pair(CHAINS["adam_long"])
     scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05, total_steps=40) for o in (opt, eager)]
     counter = CompileCounter()
-    step = torch.compile(opt.step, backend=counter)
-    for _ in range(20):
-        _set_grads(params, twins)
-        step()
-        eager.step()
-        for s in scheds:
-            s.step()
+    _steps(torch.compile(opt.step, backend=counter), eager, params, twins, 20, scheds)
     assert opt.param_groups[0]["betas"] == eager.param_groups[0]["betas"] != (0.9, 0.999)
-    for p, q in zip(params, twins, strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     assert counter.frame_count <= 4, f"compiled {counter.frame_count} times in 20 steps"
 
 
@@ -90,19 +84,10 @@ def test_fullgraph_inductor_equals_eager():
     """The real compiler: one graph for the whole step (``fullgraph=True`` fails on any graph break)."""
     params, opt, twins, eager = _pair(CHAINS["adam_long"])
     step = torch.compile(opt.step, fullgraph=True)  # Inductor, C++ kernels on the CPU
-    for _ in range(5):
-        _set_grads(params, twins)
-        step()
-        eager.step()
-    for p, q in zip(params, twins, strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    _steps(step, eager, params, twins, 5)
     # the state is the eager path's too: a compiled run saves and an eager one resumes from it
     eager.load_state_dict(copy.deepcopy(opt.state_dict()))  # a copy: torch's load keeps the same tensors
-    _set_grads(params, twins)
-    step()
-    eager.step()
-    for p, q in zip(params, twins, strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    _steps(step, eager, params, twins, 1)
 
 
 def test_chain_without_lr_runs_its_step_eagerly():
