@@ -52,7 +52,6 @@ class Case:
             gradients and any drift between the two optimizers grows instead of staying hidden.
         tol: ``{dtype key: dict(atol=..., rtol=...)}`` where the default tolerance is too tight for a
             documented reason.
-        needs: names that must exist in ``tz.m`` (the case is skipped otherwise).
     """
 
     name: str
@@ -65,10 +64,6 @@ class Case:
     steps: int = 20
     coupling: float = 0.5
     tol: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
-    needs: tuple[str, ...] = ()
-
-    def missing(self) -> list[str]:
-        return [n for n in self.needs if not hasattr(tz.m, n)]
 
 
 class ReferenceOptimizer(torch.optim.Optimizer):
@@ -200,10 +195,6 @@ def run_parity(
     ``save_at``: the step after which the torchzero optimizer goes through a save/load round trip into
     a fresh optimizer (-1: the middle of the run; None: never).
     """
-    if case.missing():
-        import pytest
-
-        pytest.skip(f"tz.m has no {case.missing()} yet")
     if save_at == -1:
         save_at = case.steps // 2
     groups = make_params(dtype, case.shapes)

@@ -16,7 +16,7 @@ def _tool(name: str) -> list[str]:
         return [str(exe)]
     found = shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed (it comes with the 'dev' extra)")
+        pytest.fail(f"{name} is not installed: install the 'dev' extra (bash scripts/setup.sh does)")
     return [found]
 
 

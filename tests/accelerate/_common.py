@@ -41,11 +41,6 @@ def reset_accelerate(keep_process_group: bool = False) -> None:
     GradientState._reset_state()
 
 
-def missing_modules(chain: str) -> list[str]:
-    """The ``tz.m`` names a chain uses that this checkout does not have yet."""
-    return [name for name in CHAINS[chain][0] if not hasattr(tz.m, name)]
-
-
 def make_modules(chain: str) -> list:
     return CHAINS[chain][1]()
 

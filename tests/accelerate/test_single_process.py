@@ -18,16 +18,9 @@ from ._common import (
     flat_params,
     make_data,
     make_model,
-    missing_modules,
     reference_run,
     reset_accelerate,
 )
-
-
-def _skip_if_missing(chain: str) -> None:
-    missing = missing_modules(chain)
-    if missing:
-        pytest.skip(f"tz.m.{', tz.m.'.join(missing)} not in this checkout yet")
 
 
 def _batches(n_steps: int = 4, size: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -38,7 +31,6 @@ def _batches(n_steps: int = 4, size: int = 8) -> list[tuple[torch.Tensor, torch.
 @pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
 @pytest.mark.parametrize("chain", list(CHAINS))
 def test_chain_matches_loop_without_accelerate(chain, mixed_precision):
-    _skip_if_missing(chain)
     batches = _batches()
     ref_model, ref_losses = reference_run(chain, batches, bf16=mixed_precision == "bf16")
     acc = Accelerator(cpu=True, mixed_precision=mixed_precision)
@@ -180,7 +172,6 @@ def test_grad_scaler_overflow_skips_the_step_and_the_scheduler():
 
 @pytest.mark.parametrize("chain", CLOSURE)
 def test_grad_scaler_closure_chain_raises_before_anything_changes(chain):
-    _skip_if_missing(chain)
     acc = Accelerator(cpu=True)
     acc.scaler = _grad_scaler(2.0**12)
     model = make_model()

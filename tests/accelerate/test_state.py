@@ -11,13 +11,7 @@ from torch.func import functional_call
 import torchzero as tz
 import torchzero_accelerate as tza
 
-from ._common import flat_params, make_data, make_model, make_modules, missing_modules, needs_closure, reset_accelerate
-
-
-def _skip_if_missing(chain: str) -> None:
-    missing = missing_modules(chain)
-    if missing:
-        pytest.skip(f"tz.m.{', tz.m.'.join(missing)} not in this checkout yet")
+from ._common import flat_params, make_data, make_model, make_modules, needs_closure, reset_accelerate
 
 
 def _batches(n_steps: int, size: int = 8):
@@ -56,7 +50,6 @@ def _one_cycle(opt, total: int):
 @pytest.mark.parametrize("chain", ["adam", "lbfgs"])
 def test_prepare_state_dict_round_trip_keeps_a_trained_optimizer(chain):
     """prepare() runs state_dict -> load_state_dict; training on afterwards equals never preparing."""
-    _skip_if_missing(chain)
     batches = _batches(4)
     ref = make_model()
     ref_opt = tz.Modular(ref.parameters(), *make_modules(chain))
@@ -80,7 +73,6 @@ def test_prepare_state_dict_round_trip_keeps_a_trained_optimizer(chain):
 
 @pytest.mark.parametrize("chain", ["adam", "lbfgs", "rfdm", "sam"])
 def test_save_state_load_state_resume_equals_uninterrupted_run(chain, tmp_path):
-    _skip_if_missing(chain)
     batches, total, cut = _batches(6), 6, 3
     with_sched = "lr" in tz.Modular(make_model().parameters(), *make_modules(chain)).defaults
 
@@ -123,7 +115,6 @@ def _swap(opt) -> dict[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("chain", ["adam", "lbfgs"])
 def test_params_swapped_before_the_first_step_are_the_ones_trained(chain):
-    _skip_if_missing(chain)
     batches = _batches(3)
     ref = make_model()
     ref_opt = tz.Modular(ref.parameters(), *make_modules(chain))

@@ -16,8 +16,6 @@ from torchzero import cli
 from torchzero.demo import CHAINS, ChainSpec, make_model, make_task, run_chain, run_side_by_side
 from torchzero.demo.chains import DEFAULT_CHAINS
 
-pytest.importorskip("rich")
-
 
 @pytest.fixture(autouse=True)
 def _wide_terminal(monkeypatch):
@@ -84,7 +82,6 @@ def test_demo_reports_a_broken_chain_and_goes_on(capsys, monkeypatch):
 
 
 def test_demo_plot_writes_a_png(capsys, tmp_path):
-    pytest.importorskip("matplotlib")
     path = tmp_path / "losses.png"
     code, out, _ = run(capsys, "demo", "--steps", "3", "--samples", "32", "--chains", "adam", "--plot", str(path))
     assert code == 0

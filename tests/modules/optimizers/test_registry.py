@@ -36,8 +36,6 @@ def test_unfused_chain_equals_reference(case):
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES])
 def test_foreach_path_equals_reference_path(case):
-    if case.missing():
-        pytest.skip(f"tz.m has no {case.missing()} yet")
     dtype = DTYPES[case.dtypes[0]]
     fast = run_tz(case, dtype, save_at=case.steps // 2)
     slow = run_tz(case, dtype, reference_mode=True)
