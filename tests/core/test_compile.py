@@ -119,3 +119,17 @@ def test_chain_without_lr_runs_its_step_eagerly():
         w = torch.zeros(5, requires_grad=True)
         opt = tz.Modular([w], tz.m.LBFGS(), tz.m.StrongWolfe())
         torch.compile(opt.step, fullgraph=True, backend="eager")(lambda backward=True: (w**2).sum())
+
+
+def test_state_becomes_static_addresses_like_torch_optimizers():
+    """Dynamo marks the state of torch's optimizers as static addresses (CUDA graphs then copy nothing); the
+    ``_init_group`` hook gets ours the same treatment once the state exists."""
+    params, opt, twins, eager = _pair(CHAINS["adam_long"])
+    _steps(torch.compile(opt.step, backend=CompileCounter()), eager, params, twins, 3)
+
+    def tensors(o):
+        return [t for s in o.state.values() for ms in s.values() for t in ms.values() if isinstance(t, torch.Tensor)]
+
+    assert len(tensors(opt)) == len(tensors(eager)) == 2 * len(params)  # exp_avg, exp_avg_sq
+    assert all(getattr(t, "_dynamo_static_input_type", None) == "guarded" for t in tensors(opt))
+    assert not any(hasattr(t, "_dynamo_static_input_type") for t in tensors(eager))

@@ -290,7 +290,18 @@ class Modular(torch.optim.Optimizer):
         with torch.set_grad_enabled(self.differentiable):
             return self._step(closure)
 
+    def _init_group(self) -> None:
+        """A hook for torch.compile, called at the start of a compiled step.
+
+        Dynamo runs an optimizer's ``_init_group`` eagerly and then marks every tensor in ``state`` as a static
+        address, as it does for torch's own optimizers (CUDA graphs then need no copies of the state).  State is
+        created lazily by the modules, so the marks apply from the second compiled step on, which recompiles
+        anyway (dynamo specialises the first step count).
+        """
+
     def _step(self, closure: Callable[..., Any] | None) -> Tensor | None:
+        if torch.compiler.is_compiling():
+            self._init_group()
         self._check_ready(closure)
         needs_loss = self._root.requires_closure
         wrapped = Closure(closure, self._all_params, none_ok=not needs_loss) if closure is not None else None
