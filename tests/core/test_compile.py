@@ -29,7 +29,8 @@ CHAINS: dict[str, Callable[[], list[tz.m.Module]]] = {
     "radam": lambda: [tz.m.RAdam(), tz.m.LR(1e-2)],
     "nadam": lambda: [tz.m.NAdam(), tz.m.LR(1e-2)],
     "ema_sign_normalize": lambda: [tz.m.EMA(0.9), tz.m.Sign(), tz.m.Normalize(), tz.m.Centralize(), tz.m.LR(1e-2)],
-    "wrap": lambda: [tz.m.Wrap(torch.optim.Adam, lr=1.0), tz.m.LR(1e-2)],
+    # the wrapped optimizer runs eagerly; ClipNorm before it and WeightDecay after it compile
+    "wrap": lambda: [tz.m.ClipNorm(1.0), tz.m.Wrap(torch.optim.Adam, lr=1.0), tz.m.LR(1e-2), tz.m.WeightDecay(1e-2)],
 }
 
 
@@ -66,8 +67,10 @@ def test_compiled_step_equals_eager(name):
     params, opt, twins, eager = _pair(CHAINS[name])
     counter = CompileCounter()
     _steps(torch.compile(opt.step, backend=counter), eager, params, twins, 12)
-    # dynamo specialises the first steps, then treats the step count as dynamic: no recompile per step
-    assert counter.frame_count <= 4, f"{name}: compiled {counter.frame_count} times in 12 steps"
+    # dynamo specialises the first steps, then treats the step count as dynamic: no recompile per step (Wrap's
+    # graph break splits the step into frames that each compile a few times; 7 after 12 steps and after 40)
+    most = 7 if name == "wrap" else 4
+    assert 1 <= counter.frame_count <= most, f"{name}: compiled {counter.frame_count} times in 12 steps"
     assert all(type(g) is dict for g in opt.param_groups)
 
 

@@ -1,6 +1,7 @@
 """state and state_dict: torch's format, weights_only loading, bit-for-bit resume, clear mismatch errors."""
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -118,9 +119,23 @@ def test_counters_coming_back_as_tensors_are_restored():
 
 
 def test_deepcopy_and_pickle_of_optimizer():
+    """A deep copy and a pickle round trip own their tensors and continue exactly like the original."""
     params = make_params()
     opt = tz.Modular(params, tz.m.Adam(), tz.m.LR())
     set_grads(0, params)
     opt.step()
-    clone = copy.deepcopy(opt)
-    assert [clone.state[p]["0"]["step"] for p in clone.param_groups[0]["params"]] == [1, 1]
+    copies = [copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))]
+    runs = [opt, *copies]
+    for clone in copies:
+        mine = clone.param_groups[0]["params"]
+        assert [clone.state[p]["0"]["step"] for p in mine] == [1, 1]
+        assert not {t.data_ptr() for p in mine for t in (p, *clone.state[p]["0"].values()) if torch.is_tensor(t)} & {
+            t.data_ptr() for p in params for t in (p, *opt.state[p]["0"].values()) if torch.is_tensor(t)
+        }, "the copy shares tensors with the original"
+    for t in range(1, 4):
+        for run in runs:
+            set_grads(t, run.param_groups[0]["params"])
+            run.step()
+    for clone in copies:
+        for a, b in zip(clone.param_groups[0]["params"], params, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

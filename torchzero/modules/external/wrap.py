@@ -26,7 +26,7 @@ _NOT_LINEAR_IN_LR = tuple(
 @torch.compiler.disable
 def _eager_step(optimizer: torch.optim.Optimizer) -> None:
     # under torch.compile(opt.step) the wrapped optimizer runs as it would on its own: eagerly (dynamo cannot trace
-    # its state through the StateView; the rest of the chain still compiles)
+    # its state through the StateView); the modules before and after it still compile
     optimizer.step()
 
 
