@@ -118,6 +118,8 @@ class StepContext:
         """set by :meth:`set_final_evaluation`"""
         self.info: dict[str, Any] = {}
         """free-form per-step information modules may publish (line-search step size, ...)"""
+        self.deferred_global_state: list[tuple[Module, str, Any]] = []
+        """``(module, key, value)`` for ``module.global_state`` when the step ends (:meth:`set_global_state_at_end`)"""
 
     # ---------------------------------------------------------------- gradient and closure
     def get_grad(self) -> list[Tensor]:
@@ -178,6 +180,11 @@ class StepContext:
         if not self.is_last:
             raise RuntimeError("only the last stage of the chain knows the final parameters")
         self.final_loss = loss
+
+    def set_global_state_at_end(self, module: Module, key: str, value: Any) -> None:
+        """Set ``module.global_state[key] = value`` once the whole chain has succeeded, like the per-parameter
+        step counts: a closure that raises later in the chain (a line search) then leaves the module as it was."""
+        self.deferred_global_state.append((module, key, value))
 
     def mark_params_written(self) -> None:
         """Tell the optimizer the parameters were already updated by the last stage."""

@@ -240,7 +240,10 @@ class Modular(torch.optim.Optimizer):
             ctx.step_counts[key] = counts
         return counts
 
-    def _save_step_counts(self, ctx: StepContext) -> None:
+    def _commit_step_state(self, ctx: StepContext) -> None:
+        """Once the whole chain has succeeded: the deferred global-state writes and the step counts."""
+        for module, key, value in ctx.deferred_global_state:
+            module.global_state[key] = value
         state = self.state
         for key, counts in ctx.step_counts.items():
             for p, t in zip(ctx.layout.originals, counts, strict=True):
@@ -331,7 +334,7 @@ class Modular(torch.optim.Optimizer):
             grad = ctx.collect_grad()
             ctx.update = ops.clone(grad) if self._copy_grad or self.differentiable else list(grad)
         self._root.step(ctx)
-        self._save_step_counts(ctx)
+        self._commit_step_state(ctx)
         if not ctx.params_written:
             params, update = ctx.params, ctx.update
             if len(update) != len(params):

@@ -111,17 +111,9 @@ class DenseQuasiNewton(Module):
             u = self.direction(h, g, settings)
         prev_x.copy_(x)
         prev_g.copy_(g)
-        self._pending_step = step  # counted in after_step, once the whole chain succeeded
+        ctx.set_global_state_at_end(self, "step", step)  # counted once the whole chain succeeded
         self.global_state["layout"] = layout
         ctx.update = unflatten(u, params)
-
-    def after_step(self, ctx: StepContext) -> None:
-        # a closure that raised later in the chain (in the line search) must not leave this step counted: the retry
-        # would skip the first-step scaling and start from an empty curvature pair
-        pending = getattr(self, "_pending_step", None)
-        if pending is not None:
-            self.global_state["step"] = pending
-            self._pending_step = None
 
     def reset(self) -> None:
         """Start again from the identity on the next step."""

@@ -165,7 +165,7 @@ class LBFGS(Module):
             for a, b in buckets:
                 ops.copy_(prev_x[a:b], params[a:b])
                 ops.copy_(prev_g[a:b], grad[a:b])
-        self._pending_step = step  # counted in after_step, once the whole chain succeeded
+        ctx.set_global_state_at_end(self, "step", step)  # counted once the whole chain succeeded
         self.global_state["order"] = order
         ctx.update = direction
 
@@ -210,14 +210,6 @@ class LBFGS(Module):
         """Put new state tensors in place of the old ones (for the first ``len`` parameters of the step)."""
         for name, tensors in values.items():
             ctx.set_state(self, name, tensors)
-
-    def after_step(self, ctx: StepContext) -> None:
-        # a closure that raised later in the chain (in the line search) must not leave this step counted: the retry
-        # would skip the first-step scaling and start from an empty curvature pair
-        pending = getattr(self, "_pending_step", None)
-        if pending is not None:
-            self.global_state["step"] = pending
-            self._pending_step = None
 
     def reset(self) -> None:
         """Forget the history (the next step is a scaled gradient step)."""
