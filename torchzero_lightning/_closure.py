@@ -116,7 +116,36 @@ def clip_gradients(trainer: pl.Trainer, opt: tz.Modular) -> None:
     )
 
 
-class AutomaticClosure:
+class _StepClosure:
+    """A ``closure(backward=True)`` for one optimizer step: the first evaluation is the step's own, later ones
+    (line searches, finite differences) run with ``self.log`` muted; every loss is averaged over processes."""
+
+    def __init__(self, trainer: pl.Trainer, opt: tz.Modular, mute: Callable[[bool], None]) -> None:
+        self.trainer = trainer
+        self.opt = opt
+        self.mute = mute
+        self.calls = 0
+
+    def __call__(self, backward: bool = True) -> Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            loss = self._first(backward)
+        else:
+            self.mute(True)
+            try:
+                loss = self._again(backward)
+            finally:
+                self.mute(False)
+        return _mean_over_processes(self.trainer, loss)
+
+    def _first(self, backward: bool) -> Tensor:
+        raise NotImplementedError
+
+    def _again(self, backward: bool) -> Tensor:
+        raise NotImplementedError
+
+
+class AutomaticClosure(_StepClosure):
     """``closure(backward=True)`` for one optimizer step in automatic optimization.
 
     The first evaluation is the step's own: with ``backward`` it is Lightning's closure (``training_step``,
@@ -136,25 +165,10 @@ class AutomaticClosure:
         kwargs: OrderedDict[str, Any],
         mute: Callable[[bool], None],
     ) -> None:
+        super().__init__(module.trainer, opt, mute)
         self.module = module
-        self.trainer = module.trainer
-        self.opt = opt
         self.lightning_closure = lightning_closure
         self.kwargs = kwargs
-        self.mute = mute
-        self.calls = 0
-
-    def __call__(self, backward: bool = True) -> Tensor:
-        self.calls += 1
-        if self.calls == 1:
-            loss = self._first(backward)
-        else:
-            self.mute(True)
-            try:
-                loss = self._again(backward)
-            finally:
-                self.mute(False)
-        return _mean_over_processes(self.trainer, loss)
 
     def _training_step(self) -> Any:
         return call._call_strategy_hook(self.trainer, "training_step", *self.kwargs.values())
@@ -188,7 +202,7 @@ class AutomaticClosure:
         return loss
 
 
-class ManualClosure:
+class ManualClosure(_StepClosure):
     """``closure(backward=True)`` around the closure a user passes to ``opt.step`` in manual optimization.
 
     The user's closure keeps its own convention (``closure(backward)`` or no arguments, see
@@ -199,24 +213,16 @@ class ManualClosure:
     def __init__(
         self, module: pl.LightningModule, opt: tz.Modular, fn: Callable[..., Any], mute: Callable[[bool], None]
     ) -> None:
-        self.trainer = module.trainer
-        self.opt = opt
-        self.inner = tz.Closure(fn, lambda: [p for g in opt.param_groups for p in g["params"]])
-        self.mute = mute
-        self.calls = 0
+        super().__init__(module.trainer, opt, mute)
+        self.inner = tz.Closure(fn, opt._all_params)
 
-    def __call__(self, backward: bool = True) -> Tensor:
-        self.calls += 1
-        if self.calls == 1:
-            loss = self.inner(backward)
-            before_optimizer_step(self.trainer, self.opt)
-        else:
-            self.mute(True)
-            try:
-                loss = self.inner(backward)
-            finally:
-                self.mute(False)
-        return _mean_over_processes(self.trainer, loss)
+    def _first(self, backward: bool) -> Tensor:
+        loss = self.inner(backward)
+        before_optimizer_step(self.trainer, self.opt)
+        return loss
+
+    def _again(self, backward: bool) -> Tensor:
+        return self.inner(backward)
 
 
 class ClosureChainOptimizer(LightningOptimizer):
