@@ -632,9 +632,13 @@ def test_group_settings_reach_their_group(e: Entry):
     joint, alone = _split_params(), _split_params()
     groups = [{"params": [p for p, (_, _, g) in zip(joint, SPLIT_SHAPES, strict=True) if g == gi], **e.groups[gi]}
               for gi in range(2)]  # fmt: skip
-    opt = tz.Modular(groups, *e.chain(), **e.options)
+    _matches_one_optimizer_per_param(e, tz.Modular(groups, *e.chain(), **e.options), e.groups, joint, alone, "groups")
+
+
+def _matches_one_optimizer_per_param(e: Entry, opt, settings, joint, alone, source: str) -> None:
+    """Four steps of ``opt`` over ``joint`` equal one optimizer per parameter of ``alone`` with its group's settings."""
     singles = [
-        tz.Modular([{"params": [p], **e.groups[g]}], *e.chain(), **e.options)
+        tz.Modular([{"params": [p], **settings[g]}], *e.chain(), **e.options)
         for p, (_, _, g) in zip(alone, SPLIT_SHAPES, strict=True)
     ]
     for t in range(4):
@@ -645,8 +649,8 @@ def test_group_settings_reach_their_group(e: Entry):
     for i, (p, q) in enumerate(zip(joint, alone, strict=True)):
         torch.testing.assert_close(
             p, q,
-            msg=lambda m, i=i: f"{e.name}: parameter {i} ({SPLIT_SHAPES[i][1]}, group {SPLIT_SHAPES[i][2]}) in a "
-            f"two-group optimizer differs from an optimizer of its own with the same settings: {m}",
+            msg=lambda m, i=i: f"{e.name}: parameter {i} ({SPLIT_SHAPES[i][1]}, group {SPLIT_SHAPES[i][2]}) with "
+            f"settings from {source} differs from an optimizer of its own with the same settings: {m}",
         )  # fmt: skip
 
 
@@ -679,22 +683,7 @@ def test_set_params_settings_reach_their_group(e: Entry, carrier: str):
         with pytest.raises(ValueError, match=e.set_params.removeprefix("raises:")):
             tz.Modular(joint, *chain, **e.options)
         return
-    opt = tz.Modular(joint, *chain, **e.options)
-    singles = [
-        tz.Modular([{"params": [p], **own[g]}], *e.chain(), **e.options)
-        for p, (_, _, g) in zip(alone, SPLIT_SHAPES, strict=True)
-    ]
-    for t in range(4):
-        _split_grads(t, joint, alone)
-        opt.step()
-        for o in singles:
-            o.step()
-    for i, (p, q) in enumerate(zip(joint, alone, strict=True)):
-        torch.testing.assert_close(
-            p, q,
-            msg=lambda m, i=i: f"{e.name}: parameter {i} with settings from set_params differs from an optimizer of "
-            f"its own with the same settings: {m}",
-        )  # fmt: skip
+    _matches_one_optimizer_per_param(e, tz.Modular(joint, *chain, **e.options), own, joint, alone, "set_params")
 
 
 @pytest.mark.parametrize("e", _cases("no_grad", lambda e: not _requires_closure(e)))
