@@ -113,6 +113,24 @@ def roundtrip(opt: torch.optim.Optimizer, fresh: torch.optim.Optimizer) -> None:
     fresh.load_state_dict(torch.load(buf, weights_only=True))
 
 
+def assert_resumes_exactly(
+    f: Callable[[Tensor], Tensor], x: Tensor, chain: Callable[[], list[tz.Module]], before: int, after: int
+) -> None:
+    """``before`` steps on ``f(x)``, a weights-only save/load into a fresh optimizer on a copy of ``x``, then
+    ``after`` steps of both: the resumed run must equal the uninterrupted one bit for bit."""
+    y = x.detach().clone().requires_grad_()
+    opt, opt2 = tz.Modular([x], *chain()), tz.Modular([y], *chain())
+    cx, cy = Counter(lambda: f(x), [x]), Counter(lambda: f(y), [y])
+    for _ in range(before):
+        opt.step(cx.closure)
+    roundtrip(opt, opt2)
+    y.data.copy_(x.detach())
+    for _ in range(after):
+        opt.step(cx.closure)
+        opt2.step(cy.closure)
+    assert torch.equal(x, y)
+
+
 def grad_at(loss_fn: Callable[[], Tensor], params: list[Tensor]) -> list[Tensor]:
     with torch.enable_grad():
         return list(torch.autograd.grad(loss_fn(), params))

@@ -7,7 +7,7 @@ import torch
 
 import torchzero as tz
 
-from ._problems import DTYPES, Counter, Record, mlp, quadratic, roundtrip
+from ._problems import DTYPES, Counter, Record, assert_resumes_exactly, mlp, quadratic
 
 # torch's forward-mode AD scripts some decompositions internally with the deprecated torch.jit.script
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -134,18 +134,8 @@ def test_randomized_fdm_directions_come_from_seed_and_step_not_global_rng():
 def test_randomized_fdm_state_round_trip_continues_the_sequence():
     c = torch.arange(1.0, 9.0, dtype=torch.float64)
     x = torch.zeros(8, dtype=torch.float64, requires_grad=True)
-    y = torch.zeros(8, dtype=torch.float64, requires_grad=True)
-    opt = tz.Modular([x], tz.m.RandomizedFDM(n_samples=2), tz.m.Adam(), tz.m.LR(0.1))
-    opt2 = tz.Modular([y], tz.m.RandomizedFDM(n_samples=2), tz.m.Adam(), tz.m.LR(0.1))
-    cx, cy = Counter(lambda: c @ x + (x**2).sum(), [x]), Counter(lambda: c @ y + (y**2).sum(), [y])
-    for _ in range(3):
-        opt.step(cx.closure)
-    roundtrip(opt, opt2)
-    y.data.copy_(x.detach())
-    for _ in range(3):
-        opt.step(cx.closure)
-        opt2.step(cy.closure)
-    assert torch.equal(x, y)
+    chain = lambda: [tz.m.RandomizedFDM(n_samples=2), tz.m.Adam(), tz.m.LR(0.1)]  # noqa: E731
+    assert_resumes_exactly(lambda t: c @ t + (t**2).sum(), x, chain, before=3, after=3)
 
 
 def test_eps_is_scoped_with_set_params():
@@ -276,18 +266,8 @@ def test_forward_gradient_gaussian_averages_to_the_gradient_and_round_trips():
     torch.testing.assert_close(est, c, atol=0.15, rtol=0)
 
     a = torch.zeros(4, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(4, dtype=torch.float64, requires_grad=True)
-    opt = tz.Modular([a], tz.m.ForwardGradient(), tz.m.SGD(momentum=0.9), tz.m.LR(0.01))
-    opt2 = tz.Modular([b], tz.m.ForwardGradient(), tz.m.SGD(momentum=0.9), tz.m.LR(0.01))
-    ca, cb = Counter(lambda: c @ a + (a**2).sum(), [a]), Counter(lambda: c @ b + (b**2).sum(), [b])
-    for _ in range(2):
-        opt.step(ca.closure)
-    roundtrip(opt, opt2)
-    b.data.copy_(a.detach())
-    for _ in range(2):
-        opt.step(ca.closure)
-        opt2.step(cb.closure)
-    assert torch.equal(a, b)
+    chain = lambda: [tz.m.ForwardGradient(), tz.m.SGD(momentum=0.9), tz.m.LR(0.01)]  # noqa: E731
+    assert_resumes_exactly(lambda t: c @ t + (t**2).sum(), a, chain, before=2, after=2)
 
 
 def test_forward_gradient_refuses_a_no_argument_closure():
