@@ -43,6 +43,15 @@ def _train_step(acc, model, opt, x, y, sched=None) -> None:
         sched.step()
 
 
+def _plain_run(batches, modules) -> torch.nn.Module:
+    """The reference: the same chain in a plain PyTorch loop, without Accelerate."""
+    ref = make_model()
+    ref_opt = tz.Modular(ref.parameters(), *modules)
+    for x, y in batches:
+        _train_step(None, ref, ref_opt, x, y)
+    return ref
+
+
 def _one_cycle(opt, total: int):
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=total, pct_start=0.4)
 
@@ -51,10 +60,7 @@ def _one_cycle(opt, total: int):
 def test_prepare_state_dict_round_trip_keeps_a_trained_optimizer(chain):
     """prepare() runs state_dict -> load_state_dict; training on afterwards equals never preparing."""
     batches = _batches(4)
-    ref = make_model()
-    ref_opt = tz.Modular(ref.parameters(), *make_modules(chain))
-    for x, y in batches:
-        _train_step(None, ref, ref_opt, x, y)
+    ref = _plain_run(batches, make_modules(chain))
 
     model = make_model()
     opt = tz.Modular(model.parameters(), *make_modules(chain))
@@ -116,10 +122,7 @@ def _swap(opt) -> dict[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("chain", ["adam", "lbfgs"])
 def test_params_swapped_before_the_first_step_are_the_ones_trained(chain):
     batches = _batches(3)
-    ref = make_model()
-    ref_opt = tz.Modular(ref.parameters(), *make_modules(chain))
-    for x, y in batches:
-        _train_step(None, ref, ref_opt, x, y)
+    ref = _plain_run(batches, make_modules(chain))
 
     acc = Accelerator(cpu=True)
     model = make_model()
@@ -140,10 +143,7 @@ def test_params_swapped_before_the_first_step_are_the_ones_trained(chain):
 
 def test_params_swapped_mid_run_are_picked_up_by_the_next_step():
     batches = _batches(4)
-    ref = make_model()
-    ref_opt = tz.Modular(ref.parameters(), tz.m.SGD(), tz.m.LR(0.1))
-    for x, y in batches:
-        _train_step(None, ref, ref_opt, x, y)
+    ref = _plain_run(batches, [tz.m.SGD(), tz.m.LR(0.1)])
 
     acc = Accelerator(cpu=True)
     model = make_model()
