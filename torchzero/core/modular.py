@@ -288,10 +288,7 @@ class Modular(torch.optim.Optimizer):
         ``torch.compile(opt.step)`` compiles the chain's math (Inductor fuses the elementwise modules); a chain
         without an ``LR`` module (line searches) has param groups torch.compile cannot trace, and runs eagerly.
         """
-        if self._lr_missing_error:
-            return _eager_step(self, closure)
-        with torch.set_grad_enabled(self.differentiable):
-            return self._step(closure)
+        return (_run_eagerly if self._lr_missing_error else _run)(self, closure)
 
     def _init_group(self) -> None:
         """A hook for torch.compile, called at the start of a compiled step.
@@ -413,10 +410,12 @@ class Modular(torch.optim.Optimizer):
         return "\n".join(lines)
 
 
-@torch.compiler.disable
-def _eager_step(opt: Modular, closure: Callable[..., Any] | None) -> Tensor | None:
+def _run(opt: Modular, closure: Callable[..., Any] | None) -> Tensor | None:
     with torch.set_grad_enabled(opt.differentiable):
         return opt._step(closure)
+
+
+_run_eagerly = torch.compiler.disable(_run)  # a graph break under torch.compile
 
 
 def _bind(root: Chain, fuse: bool) -> list[Module]:
