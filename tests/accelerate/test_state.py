@@ -161,6 +161,31 @@ def test_params_swapped_mid_run_are_picked_up_by_the_next_step():
     torch.testing.assert_close(got, flat_params(ref), rtol=0, atol=0)
 
 
+def test_stateful_chain_swapped_mid_run_behaves_like_torch_adam():
+    """After a swap the new tensors start with fresh state, as with a torch optimizer under the same swap."""
+    batches = _batches(4)
+    results = []
+    for make in (lambda ps: tz.Modular(ps, tz.m.Adam(), tz.m.LR(0.05)), lambda ps: torch.optim.Adam(ps, lr=0.05)):
+        acc = Accelerator(cpu=True)
+        model = make_model()
+        model, opt = acc.prepare(model, make(model.parameters()))
+        for x, y in batches[:2]:
+            loss = F.mse_loss(model(x), y)
+            acc.backward(loss)
+            opt.step()
+            opt.zero_grad()
+        names = [n for n, _ in model.named_parameters()]
+        new = dict(zip(names, _swap(opt).values(), strict=True))
+        start = torch.cat([t.detach().reshape(-1) for t in new.values()])
+        for x, y in batches[2:]:
+            F.mse_loss(functional_call(model, new, (x,)), y).backward()
+            opt.step()
+            opt.zero_grad()
+        results.append(torch.cat([t.detach().reshape(-1) for t in new.values()]))
+        assert not torch.equal(results[-1], start), "the swapped-in tensors were not trained"
+    torch.testing.assert_close(results[0], results[1])
+
+
 class _Fn:
     """A callable 'model' over swapped tensors (what _train_step needs: call and parameters)."""
 
