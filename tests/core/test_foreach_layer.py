@@ -140,3 +140,31 @@ def test_norm_of_a_tensor_without_elements_is_zero(ord):
     assert norms[0].item() == 0.0
     torch.testing.assert_close(norms[1], torch.linalg.vector_norm(xs[1], ord))
     torch.testing.assert_close(ops.global_norm(xs, ord), torch.linalg.vector_norm(xs[1], ord))
+
+
+def _ops_of_one_step(opt, params) -> list[str]:
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()  # state is made on the first step
+    for p in params:
+        p.grad = torch.ones_like(p)
+    with _Dispatched() as seen:
+        opt.step()
+    return seen.names
+
+
+def test_adam_and_lr_really_fuse():
+    """Fusion is observable: Adam followed by LR makes fewer kernel calls than the same chain unfused."""
+    counts = {}
+    for fuse in (True, False):
+        params = [torch.randn(4, requires_grad=True), torch.randn(3, requires_grad=True)]
+        names = _ops_of_one_step(tz.Modular(params, tz.m.Adam(fused=False), tz.m.LR(1e-3), fuse=fuse), params)
+        counts[fuse] = sum(n.startswith("_foreach") for n in names)
+    assert tz.m.Adam.fuses_lr
+    assert counts[True] < counts[False], counts
+
+
+def test_gradient_is_not_copied_when_no_module_needs_it_intact():
+    params = [torch.randn(4, requires_grad=True), torch.randn(3, requires_grad=True)]
+    names = _ops_of_one_step(tz.Modular(params, tz.m.SGD(momentum=0.9), tz.m.LR(1e-3)), params)
+    assert not any("clone" in n or n.startswith("copy") or "_copy" in n for n in names), names
