@@ -66,6 +66,37 @@ def test_every_chain_trains():
         assert math.isfinite(result.final_loss), name
 
 
+def test_fdm_chain_trains_without_any_backward_pass(monkeypatch):
+    calls = {"backward": 0}
+    real = torch.autograd.backward
+
+    def counting(*a, **k):
+        calls["backward"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.autograd, "backward", counting)  # Tensor.backward goes through it
+    task = make_task(64, 32, seed=0)
+    assert run_chain(CHAINS["adam"], task, steps=2).status == "ok" and calls["backward"] > 0  # the spy works
+    calls["backward"] = 0
+    result = run_chain(CHAINS["fdm-adam"], task, steps=3)
+    assert result.status == "ok", result.message
+    assert calls["backward"] == 0
+
+
+def test_sgd_onecycle_chain_cycles_momentum_against_lr():
+    model = make_model()
+    opt = CHAINS["sgd-onecycle"].build(model, 20)
+    lrs, momenta = [], []
+    for _ in range(20):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        lrs.append(opt.param_groups[0]["lr"])
+        momenta.append(opt.param_groups[0]["momentum"])
+    peak = max(range(20), key=lrs.__getitem__)
+    assert 0 < peak < 19 and momenta[peak] < momenta[0] and momenta[-1] > momenta[peak], (lrs, momenta)
+
+
 def test_demo_reports_a_broken_chain_and_goes_on(capsys, monkeypatch):
     def broken(model, steps):
         raise KeyError("group 0 sets ['lr'] [red]")  # brackets must be printed, not read as markup
@@ -202,6 +233,8 @@ def test_modules_lists_every_module_with_its_defaults(capsys):
             assert row["settings"].keys() == set(inspect.signature(cls).parameters)
         else:
             assert row["settings"] == instance.defaults
+    assert rows["Adam"]["needs_closure"] is False and rows["Adam"]["creates_update"] is False
+    assert rows["StrongWolfe"]["needs_closure"] is True and rows["RandomizedFDM"]["creates_update"] is True
     assert rows["Adam"]["settings"]["betas"] == (0.9, 0.999)
     assert rows["LR"]["settings"] == {"lr": 1e-3}
     assert rows["Wrap"]["required"] == ["opt_cls", "**kwargs"]
@@ -241,6 +274,13 @@ def test_bench_runs_the_script_and_passes_arguments(capfd, monkeypatch, tmp_path
     other.write_text("import sys\nprint('closure calls', sys.argv[1:])\n")
     assert cli.main(["bench", "closure", "--quick"]) == 0
     assert "closure calls ['--quick']" in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("which", [[], ["closure"]], ids=["step_time", "closure_modules"])
+def test_bench_runs_the_real_benchmark_quickly(capfd, which):
+    assert cli.main(["bench", *which, "--", "--quick"]) == 0
+    out = capfd.readouterr().out
+    assert ("torch Adam foreach" in out) if not which else ("LBFGS" in out), out[-2000:]
 
 
 def test_python_dash_m_torchzero():
