@@ -149,6 +149,22 @@ def test_flat_curvature_pairs_are_skipped():
         before = x.detach().clone()
 
 
+def test_negative_curvature_pairs_are_skipped():
+    """The gradient grows along the step (s'y < 0, a direction of negative curvature): no pair is kept, so every
+    later step is the plain gradient, as on a flat function."""
+    c = torch.tensor([0.5, -2.0, 1.0], dtype=torch.float64)
+    x = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = tz.Modular([x], tz.m.LBFGS(), tz.m.LR(1.0))
+    before = x.detach().clone()
+    for i in range(4):
+        g = c * 2.0**i
+        x.grad = g.clone()
+        opt.step()
+        expected = g * min(1.0, 1.0 / float(g.abs().sum())) if i == 0 else g
+        torch.testing.assert_close(before - x.detach(), expected)
+        before = x.detach().clone()
+
+
 def test_many_tensors_equal_one_concatenated_tensor():
     """LBFGS treats all parameters as one vector: splitting it into tensors changes nothing."""
     X, y = logistic_data(d=6)
