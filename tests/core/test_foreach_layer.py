@@ -168,3 +168,38 @@ def test_gradient_is_not_copied_when_no_module_needs_it_intact():
     params = [torch.randn(4, requires_grad=True), torch.randn(3, requires_grad=True)]
     names = _ops_of_one_step(tz.Modular(params, tz.m.SGD(momentum=0.9), tz.m.LR(1e-3)), params)
     assert not any("clone" in n or n.startswith("copy") or "_copy" in n for n in names), names
+
+
+@pytest.mark.parametrize("n", [3, 300])
+def test_settings_are_resolved_per_group_not_per_tensor(n, monkeypatch):
+    """With uniform groups, a step resolves each module's settings once per group, however many tensors."""
+    from torchzero.core import settings as S
+
+    calls = []
+    real = S.resolve
+    monkeypatch.setattr(S, "resolve", lambda *a, **k: calls.append(1) or real(*a, **k))
+    params = [torch.randn(2, requires_grad=True) for _ in range(n)]
+    opt = tz.Modular(
+        [{"params": params[: n // 3]}, {"params": params[n // 3 :], "lr": 0.5}],
+        tz.m.Adam(), tz.m.Cautious(), tz.m.LR(1e-3), tz.m.WeightDecay(1e-2),
+    )  # fmt: skip
+    names_before = _ops_of_one_step(opt, params)  # two steps; count the second one only
+    assert names_before
+    calls.clear()
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert 0 < len(calls) <= 2 * 5, len(calls)  # two groups, a handful of modules (LR fused into Adam)
+
+
+def test_layout_is_reused_between_steps_and_rebuilt_after_add_param_group():
+    params = [torch.randn(3, requires_grad=True), torch.randn(2, requires_grad=True)]
+    opt = tz.Modular(params, tz.m.SGD(), tz.m.LR(0.1))
+    _ops_of_one_step(opt, params)
+    first = opt._layout(lambda t: t.grad is not None)
+    _ops_of_one_step(opt, params)
+    assert opt._layout(lambda t: t.grad is not None) is first
+    extra = torch.randn(4, requires_grad=True)
+    opt.add_param_group({"params": [extra]})
+    _ops_of_one_step(opt, [*params, extra])
+    assert opt._layout(lambda t: t.grad is not None) is not first
