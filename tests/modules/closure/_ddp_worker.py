@@ -21,6 +21,8 @@ CHAINS = {
     "lbfgs_wolfe": lambda: [tz.m.LBFGS(history_size=4), tz.m.StrongWolfe()],
     "rfdm_lbfgs_backtracking": lambda: [tz.m.RandomizedFDM(eps=1e-4, n_samples=3), tz.m.LBFGS(), tz.m.Backtracking()],
     "sam_sgd_armijo": lambda: [tz.m.SAM(rho=0.05), tz.m.SGD(momentum=0.5), tz.m.ArmijoTrials(n_trials=5)],
+    "fdm_lbfgs_backtracking": lambda: [tz.m.FDM(eps=1e-4), tz.m.LBFGS(), tz.m.Backtracking()],
+    "bfgs_wolfe": lambda: [tz.m.BFGS(), tz.m.StrongWolfe()],
 }
 
 
