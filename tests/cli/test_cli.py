@@ -306,8 +306,13 @@ def test_integrations_train_like_the_plain_loop(trainer):
         assert (other.steps, other.closure_calls) == (plain.steps, plain.closure_calls)
 
 
-def test_demo_through_lightning_prints_the_table(capsys):
-    pytest.importorskip("lightning")
-    pytest.importorskip("torchzero_lightning")
-    code, out, _ = run(capsys, "demo", "--steps", "2", "--samples", "32", "--chains", "adam", "--trainer", "lightning")
-    assert code == 0 and "trainer lightning" in out and "adam" in out
+@pytest.mark.parametrize("trainer", ["lightning", "accelerate"])
+def test_demo_through_an_integration_prints_the_table(capsys, trainer):
+    code, out, _ = run(capsys, "demo", "--steps", "2", "--samples", "32", "--chains", "adam", "--trainer", trainer)
+    assert code == 0 and f"trainer {trainer}" in out and "adam" in out
+
+
+def test_seed_changes_the_run_and_repeats_it():
+    task = make_task(64, 32, seed=0)
+    a, b, c = (run_chain(CHAINS["adam"], task, steps=3, seed=s).losses for s in (0, 0, 1))
+    assert a == b and a != c
