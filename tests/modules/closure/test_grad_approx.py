@@ -283,3 +283,14 @@ def test_forward_gradient_refuses_a_no_argument_closure():
     with pytest.raises(TypeError, match="backward argument"):
         opt.step(closure)
     assert torch.equal(x.detach(), torch.ones(3, dtype=torch.float64))
+
+
+def test_spsa_is_the_rademacher_estimate():
+    c = torch.arange(1.0, 6.0, dtype=torch.float64)
+    steps = []
+    for distribution in ("spsa", "rademacher", "gaussian"):
+        x = torch.ones(5, dtype=torch.float64, requires_grad=True)
+        opt = tz.Modular([x], tz.m.RandomizedFDM(distribution=distribution, seed=3), tz.m.LR(0.1))
+        opt.step(Counter(lambda x=x: c @ x + (x**3).sum(), [x]).closure)
+        steps.append(x.detach().clone())
+    assert torch.equal(steps[0], steps[1]) and not torch.equal(steps[0], steps[2])
