@@ -112,8 +112,18 @@ def site(tmp_path_factory):
 
 def test_site_builds_strict(site):
     assert (site / "index.html").is_file()
-    for page in ("getting-started", "faq", "guides/lightning", "guides/accelerate", "performance", "api/core"):
+    pages = [
+        "getting-started", "faq", "performance", "api/core",
+        *(f"concepts/{c}" for c in ("chain", "settings", "learning-rates", "closures", "state")),
+        *(f"guides/{g}" for g in ("lightning", "accelerate", "distributed")),
+    ]  # fmt: skip
+    # a page per module family: one per subpackage of torchzero/modules
+    families = sorted(p.name for p in (ROOT / "torchzero" / "modules").iterdir() if (p / "__init__.py").is_file())
+    pages += [f"modules/{f.replace('_', '-')}" for f in families]
+    for page in pages:
         assert (site / page / "index.html").is_file(), f"page {page} missing from the built site"
+    performance = (site / "performance" / "index.html").read_text()
+    assert "<table>" in performance and "torch Adam foreach" in performance, "the benchmark table is missing"
 
 
 def test_every_module_has_reference_docs(site):
