@@ -103,12 +103,16 @@ class Modular(torch.optim.Optimizer):
             id(m): any(later.needs_raw_grad for later in self._leaves[i + 1 :]) for i, m in enumerate(self._leaves)
         }
         defaults = {key: owner.defaults[key] for key, owner in self._owners.items()}
+        # shown in every group (not in defaults) when no module owns them, like torch's optimizers' weight_decay=0
+        self._inert = {key: value for key, value in S.INERT_KEYS.items() if key not in self._owners}
+        self._declared = frozenset(k for m in self._leaves for k in m.defaults)
         # param groups are plain dicts (torch.compile traces them), except in a chain without an LR module, whose
         # groups explain that a scheduler needs one when it asks for the missing "lr"
         self._lr_missing_error = "lr" not in self._owners
         if differentiable:
             defaults["differentiable"] = True  # torch then allows non-leaf parameters
         super().__init__(params, defaults)
+        self._known_groups: list[dict[str, Any]] = list(self.param_groups)
         self._positions = _module_positions(self._partitioned, self.param_groups)
         for i, m in enumerate(self._partitioned):
             m.partition = i
@@ -125,17 +129,72 @@ class Modular(torch.optim.Optimizer):
         S.check_group_keys(param_group, len(self.param_groups), self._leaves)
         given = frozenset(k for k in param_group if k not in S.FRAMEWORK_KEYS)
         super().add_param_group(param_group)
+        for key, value in self._inert.items():
+            self.param_groups[-1].setdefault(key, value)
         if self._lr_missing_error:
             self.param_groups[-1] = ParamGroup(self.param_groups[-1])
         self._given.append(given)
         self._layout_params = []  # force a new layout
         if hasattr(self, "_positions"):  # not while torch's __init__ adds the first groups
             try:
+                self._positions = _module_positions(self._partitioned, self.param_groups)
                 self._check_uniform_settings(None)
             except ValueError:
                 self.param_groups.pop()
                 self._given.pop()
+                self._positions = _module_positions(self._partitioned, self.param_groups)
                 raise
+            self._known_groups = list(self.param_groups)
+
+    def _sync_groups(self) -> None:
+        """Adopt ``param_groups`` that were replaced or edited from outside since the last step.
+
+        ``param_groups`` is a public, assignable list: Lightning's ``BaseFinetuning`` replaces it when it resumes
+        a run, and anyone may append a dict.  torch's optimizers simply reread the groups at every step; here
+        what is derived from them (layouts, ``set_params`` positions, which keys a group set) is rebuilt, after
+        the same checks ``add_param_group`` makes, and before anything changes.
+        """
+        groups = self.param_groups
+        known = self._known_groups
+        if len(groups) == len(known) and all(map(operator.is_, groups, known)):
+            return
+        seen: set[int] = set()
+        for i, group in enumerate(groups):
+            if not isinstance(group, dict) or "params" not in group:
+                raise TypeError(f"param group {i} must be a dict with a 'params' key, got {group!r}")
+            params = group["params"]
+            if isinstance(params, (Tensor, set, frozenset)):
+                raise TypeError(
+                    f"param group {i} holds its params as {type(params).__name__}; use a list of tensors "
+                    "(the order must be stable to match state to parameters)"
+                )
+            for p in params:
+                if id(p) in seen:
+                    raise ValueError(f"param group {i} repeats a parameter that another group (or itself) holds")
+                seen.add(id(p))
+            S.check_group_keys(group, i, self._leaves)
+        # a key a group set itself keeps applying by index (load_state_dict replaces the dicts, not the meaning);
+        # a new group is taken to have set whatever differs from the defaults
+        given = [
+            self._given[i]
+            if i < len(self._given)
+            else frozenset(
+                k for k, v in g.items() if k not in S.FRAMEWORK_KEYS and not S.same_value(v, self.defaults.get(k))
+            )
+            for i, g in enumerate(groups)
+        ]
+        positions = _module_positions(self._partitioned, groups)
+        for i, group in enumerate(groups):
+            for key, value in (self.defaults | self._inert).items():
+                group.setdefault(key, value)
+            if "params" in group and not isinstance(group["params"], list):
+                group["params"] = list(group["params"])
+            if self._lr_missing_error and not isinstance(group, ParamGroup):
+                groups[i] = ParamGroup(group)
+        self._given, self._positions = given, positions
+        self._layout_params = []  # force a new layout
+        self._known_groups = list(groups)
+        self._check_uniform_settings(None)
 
     @property
     def root(self) -> Chain:
@@ -269,6 +328,8 @@ class Modular(torch.optim.Optimizer):
         return [p for g in self.param_groups for p in g["params"]]
 
     def _check_ready(self, closure: Any) -> None:
+        self._sync_groups()
+        S.check_inert_keys(self.param_groups, self._declared)
         if closure is None and self._root.requires_closure:
             names = ", ".join(type(m).__name__ for m in self._leaves if m.needs_closure)
             raise RuntimeError(
@@ -382,6 +443,7 @@ class Modular(torch.optim.Optimizer):
         super().load_state_dict({k: v for k, v in state_dict.items() if k != _STATE_KEY})
         if self._lr_missing_error:
             self.param_groups[:] = [ParamGroup(g) for g in self.param_groups]
+        self._known_groups = list(self.param_groups)
         for m in self._leaves:
             m.set_global_state(extra["modules"].get(m.key, {}))
         for m in self._leaves:
@@ -402,7 +464,8 @@ class Modular(torch.optim.Optimizer):
             overrides = {
                 k: v
                 for k, v in g.items()
-                if k not in S.FRAMEWORK_KEYS and (k in self._given[i] or not S.same_value(v, self.defaults.get(k)))
+                if k not in S.FRAMEWORK_KEYS
+                and (k in self._given[i] or not S.same_value(v, self.defaults.get(k, self._inert.get(k))))
             }
             extra = "".join(f", {k}={v!r}" for k, v in overrides.items())
             lines.append(f"  group {i}: {len(g['params'])} params{extra}")

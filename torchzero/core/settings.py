@@ -9,12 +9,21 @@ parameters, the value of a setting is, in order of precedence:
 3. the optimizer's param group, if the module declares the key (see *exposed keys* below);
 4. the module's constructor value.
 
-**Exposed keys.**  ``lr`` (owned by the first ``LR`` module), ``betas`` and ``momentum`` (owned by the
-first module that has them) are also put into ``optimizer.defaults`` and every group, because torch
-schedulers need them there (``OneCycleLR(cycle_momentum=True)`` looks for ``betas`` or ``momentum``).
+**Exposed keys.**  ``lr`` (owned by the first ``LR`` module), ``betas``, ``momentum`` and ``weight_decay``
+(owned by the first module that has them) are also put into ``optimizer.defaults`` and every group, because
+torch schedulers and hosts need them there (``OneCycleLR(cycle_momentum=True)`` looks for ``betas`` or
+``momentum``; Lightning's ``LearningRateMonitor(log_weight_decay=True)`` reads ``weight_decay``).
 Such a key always applies to its owner.  It applies to other modules that declare it only when the
 user gave it in that group or something (a scheduler) changed it from the default, so a default
 filled in by torch never leaks from one module into another.
+
+**Inert keys.**  A chain without a weight-decay module still shows ``weight_decay=0.0`` in its groups, as
+torch's optimizers do, so monitors can read it.  No module uses it, so any other value (given in a group or
+written later by a scheduler or by hand) is refused with an error instead of being silently ignored.
+
+**Metadata keys.**  Keys that torch, its schedulers, SWA and hosts keep in groups (``initial_lr``,
+``swa_lr``, Lightning's ``name``, ...) are accepted and never reach a module; any other key that no module
+declares is a misspelt setting and is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from torch import Tensor
 
 from .module import Module
 
-EXPOSED_KEYS = ("lr", "betas", "momentum")
+EXPOSED_KEYS = ("lr", "betas", "momentum", "weight_decay")
 """keys that ``optimizer.defaults`` and every group carry, for torch schedulers"""
 
 FRAMEWORK_KEYS = frozenset(
@@ -40,9 +49,14 @@ FRAMEWORK_KEYS = frozenset(
         "base_lr",
         "base_momentum",
         "max_momentum",
+        "swa_lr",  # torch.optim.swa_utils.SWALR
+        "name",  # Lightning's LearningRateMonitor names its logged keys after it; users label groups with it
     }
 )
-"""keys torch and its schedulers keep in groups; never an error, never a module setting"""
+"""keys torch, its schedulers and hosts keep in groups; never an error, never a module setting"""
+
+INERT_KEYS: dict[str, Any] = {"weight_decay": 0.0}
+"""exposed keys that every group carries even when no module of the chain uses them, at this (no-op) value"""
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -73,7 +87,13 @@ def find_owners(leaves: Iterable[Module]) -> dict[str, Module]:
 def check_group_keys(group: Mapping[str, Any], index: int, leaves: list[Module]) -> None:
     """Raise if a group sets a key that no module of the chain declares."""
     declared = {k for m in leaves for k in m.defaults}
-    unknown = [k for k in group if k not in declared and k not in FRAMEWORK_KEYS]
+    unknown = [
+        k
+        for k in group
+        if k not in declared
+        and k not in FRAMEWORK_KEYS
+        and not (k in INERT_KEYS and same_value(group[k], INERT_KEYS[k]))
+    ]
     if not unknown:
         return
     by_module = "; ".join(f"{type(m).__name__}: {', '.join(m.defaults) or '(none)'}" for m in leaves)
@@ -81,7 +101,10 @@ def check_group_keys(group: Mapping[str, Any], index: int, leaves: list[Module])
     if "lr" in unknown:
         hint = " The chain has no learning rate: add tz.m.LR(lr) to it (usually after the update rule)."
     elif "weight_decay" in unknown:
-        hint = " Weight decay is a module here: add tz.m.WeightDecay(...) to the chain."
+        hint = (
+            " Weight decay is a module here: add tz.m.WeightDecay(...) to the chain (the groups of a chain without "
+            "one show weight_decay=0.0, and only that value is accepted)."
+        )
     raise KeyError(
         f"param group {index} sets {unknown}, but no module in this chain has a setting of that name, so "
         f"it would be ignored. Settings by module: {by_module}.{hint}"
@@ -131,3 +154,17 @@ def resolve(
                 if key != "params":
                     settings[key] = value
     return settings
+
+
+def check_inert_keys(groups: Iterable[Mapping[str, Any]], declared: Iterable[str]) -> None:
+    """Raise if a group holds a value for an inert key that no module of the chain uses (see above)."""
+    declared = set(declared)
+    for i, group in enumerate(groups):
+        for key, inert in INERT_KEYS.items():
+            if key not in declared and key in group and not same_value(group[key], inert):
+                raise RuntimeError(
+                    f"param group {i} has {key}={group[key]!r}, but no module of this chain uses {key!r} (the "
+                    f"groups show {key}={inert!r} only so that monitors can read it), so it would be silently "
+                    "ignored. Add tz.m.WeightDecay(...) to the chain, or leave the value at "
+                    f"{inert!r}. Nothing was changed."
+                )

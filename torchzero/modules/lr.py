@@ -73,10 +73,10 @@ class LR(Transform, torch.optim.Optimizer):
 
     def bind(self, opt: Modular) -> None:
         self._opt = opt
-        # A scheduler built on this module sees the optimizer's exposed keys (``betas``/``momentum``) in
+        # A scheduler built on this module sees the optimizer's momentum keys (``betas``/``momentum``) in
         # ``defaults``, like on the Modular itself, so momentum-cycling schedulers (OneCycleLR's default)
         # accept it; the groups are shared, so the cycled values reach their modules.  LR ignores them.
-        exposed = {k: v for k, v in opt.defaults.items() if k in EXPOSED_KEYS and k != "lr"}
+        exposed = {k: v for k, v in opt.defaults.items() if k in EXPOSED_KEYS and k not in ("lr", "weight_decay")}
         self.defaults = {"lr": self.defaults["lr"], **exposed}
         if self.scheduler_cls is not None:
             if opt.get_lr_module() is not self:
