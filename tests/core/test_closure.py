@@ -191,3 +191,36 @@ def test_loss_only_no_arg_closure_with_inplace_zero_grad():
         return loss
 
     opt.step(closure)
+
+
+def test_raw_call_keeps_the_graph_and_counts():
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+
+    def closure(backward=True):
+        loss = (w**2).sum()
+        if backward:
+            loss.backward()
+        return loss
+
+    c = tz.Closure(closure, lambda: [w])
+    loss = c.raw(True, who="Newton")
+    assert loss.requires_grad and w.grad is None and c.calls == 1
+    (g,) = torch.autograd.grad(loss, w)
+    torch.testing.assert_close(g, 2 * w.detach())
+    assert not c.raw(False).requires_grad and c.calls == 2
+
+
+@pytest.mark.parametrize(
+    ("fn", "grad", "error", "match"),
+    [
+        (lambda: torch.tensor(1.0, requires_grad=True), True, TypeError, "Newton differentiates the loss itself"),
+        (lambda backward=True: 1.0, False, TypeError, "Newton needs the loss as a tensor"),
+        (lambda backward=True: None, False, TypeError, "Did you forget `return loss`"),
+        (lambda backward=True: torch.tensor(math.nan), False, tz.NonFiniteLossError, "non-finite"),
+        (lambda backward=True: torch.tensor(1.0), True, RuntimeError, "Newton: the loss .* has no autograd graph"),
+    ],
+)
+def test_raw_call_errors(fn, grad, error, match):
+    c = tz.Closure(fn, list)
+    with pytest.raises(error, match=match):
+        c.raw(grad, who="Newton")

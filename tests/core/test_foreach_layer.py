@@ -6,7 +6,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchzero as tz
 from tests.parity import NoHostSync
-from torchzero.foreach import Layout, ops
+from torchzero.foreach import Layout, ops, reduce
 
 from .helpers import clone_params, make_params, set_grads
 
@@ -106,10 +106,29 @@ def test_reference_mode_equals_foreach(name):
 def test_global_norm_is_a_tensor():
     xs = [torch.ones(3), torch.ones(4, dtype=torch.float64)]
     with torch.no_grad(), _Dispatched() as seen:
-        n = ops.global_norm(xs)
+        n = reduce.global_norm(xs)
     assert seen.foreach, seen.names
     assert isinstance(n, torch.Tensor)
     torch.testing.assert_close(n.double(), torch.tensor(7.0, dtype=torch.float64).sqrt())
+
+
+def test_reductions_keep_their_0_1_0_names_in_ops():
+    assert ops.global_norm is reduce.global_norm
+    assert ops.dot is reduce.bucket_dot
+    with pytest.raises(AttributeError):
+        ops.no_such_op  # noqa: B018
+
+
+def test_dot_over_buckets_adds_the_parts_in_the_widest_dtype():
+    xs = [torch.tensor([1.0, 2.0]), torch.tensor([3.0], dtype=torch.float64)]
+    buckets = [(0, 1), (1, 2)]
+    with torch.no_grad(), _Dispatched() as seen:
+        total = reduce.dot_tensor(buckets, xs, xs)
+    assert seen.foreach, seen.names
+    assert total.dtype == torch.float64 and total.item() == 14.0
+    assert reduce.dot(buckets, xs, xs) == 14.0 and reduce.norm(buckets, xs) == 14.0**0.5
+    assert reduce.l1_tensor(buckets, [-x for x in xs]).item() == 6.0
+    assert reduce.max_abs(buckets, [torch.zeros(0), -xs[1]]) == 3.0  # a tensor without elements is left out
 
 
 @pytest.mark.parametrize(
@@ -139,7 +158,7 @@ def test_norm_of_a_tensor_without_elements_is_zero(ord):
     assert seen.foreach, seen.names
     assert norms[0].item() == 0.0
     torch.testing.assert_close(norms[1], torch.linalg.vector_norm(xs[1], ord))
-    torch.testing.assert_close(ops.global_norm(xs, ord), torch.linalg.vector_norm(xs[1], ord))
+    torch.testing.assert_close(reduce.global_norm(xs, ord), torch.linalg.vector_norm(xs[1], ord))
 
 
 def _ops_of_one_step(opt, params) -> list[str]:

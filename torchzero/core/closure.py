@@ -10,6 +10,9 @@ A closure re-evaluates the loss at the current parameters.  Two styles are accep
   grads a module holds are never touched.  The price is the wasted backward pass: a loss-only call
   of a no-argument closure costs as much as a full one.
 
+Modules that differentiate the loss themselves (Hessians, Jacobian-vector products) call the closure
+through :meth:`Closure.raw`, which keeps the loss's graph and accepts only the first style.
+
 Every decision a module makes (accepting a line-search trial, curvature checks) uses the value the
 closure returns.  In a distributed run, return a loss that is already averaged over processes
 (``torchzero_accelerate`` and ``torchzero_lightning`` do this for you) and every process takes the
@@ -107,6 +110,36 @@ class Closure:
         finally:
             for p, g in zip(params, saved, strict=True):
                 p.grad = g
+
+    def raw(self, grad: bool, *, who: str = "this module") -> Tensor:
+        """Call the closure as ``closure(False)`` and return its loss *as returned* (graph and all).
+
+        A normal loss-only call runs under ``torch.no_grad()`` and detaches the result; modules that
+        differentiate the loss themselves (``torch.autograd.grad(..., create_graph=True)``) or push tangents
+        through it (forward-mode AD) need the loss untouched, so they call the closure this way.  With
+        ``grad=True`` the call runs under ``torch.enable_grad()`` and the loss must carry a graph.  The loss
+        must be a finite scalar tensor; ``who`` names the module in the errors.  Counts as one closure call.
+        """
+        if not self.takes_backward:
+            raise TypeError(
+                f"{who} differentiates the loss itself, so the closure must take the backward argument: "
+                "`def closure(backward=True): loss = ...; if backward: opt.zero_grad(); loss.backward(); return loss`. "
+                "A no-argument closure always runs backward itself. Nothing was changed."
+            )
+        self.calls += 1
+        with torch.enable_grad() if grad else torch.no_grad():
+            loss = self.fn(False)
+        if not isinstance(loss, Tensor):
+            as_loss(loss, where="the closure")  # raises with the usual message
+            raise TypeError(f"{who} needs the loss as a tensor, got {type(loss).__name__}")
+        check_finite(as_loss(loss))
+        if grad and not loss.requires_grad:
+            raise RuntimeError(
+                f"{who}: the loss returned by closure(False) has no autograd graph. It is called under "
+                "torch.enable_grad(); do not detach the loss or wrap the forward pass in torch.no_grad() when "
+                "backward is False."
+            )
+        return loss
 
 
 def check_finite(loss: Tensor, what: str = "loss") -> None:

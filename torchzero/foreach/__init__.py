@@ -1,7 +1,11 @@
-"""The foreach layer: device/dtype grouping (:mod:`.layout`) and multi-tensor ops (:mod:`.ops`)."""
+"""The foreach layer: device/dtype grouping (:mod:`.layout`), multi-tensor ops (:mod:`.ops`), reductions
+over tensor lists (:mod:`.reduce`) and flat vectors (:mod:`.flat`).
 
-from . import ops
+This is the ground floor: it imports nothing from :mod:`torchzero.core` or :mod:`torchzero.modules`.
+"""
+
+from . import flat, ops, reduce
 from .layout import Layout, Run, real_view
 from .ops import reference_mode
 
-__all__ = ["Layout", "Run", "ops", "real_view", "reference_mode"]
+__all__ = ["Layout", "Run", "flat", "ops", "real_view", "reduce", "reference_mode"]

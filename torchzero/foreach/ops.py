@@ -9,8 +9,8 @@ compare ``_multi_tensor_adam`` against ``_single_tensor_adam``.
 With autograd enabled (``tz.Modular(..., differentiable=True)``) the per-tensor path runs too, since
 every single-tensor op has a derivative and not every foreach kernel does.
 
-Ops that have no foreach kernel (a global norm over all tensors, a dot product) live here too, written with
-foreach primitives where possible and with an exact per-tensor fallback otherwise.
+Reductions over a list (dot products, global norms) are in :mod:`.reduce`; :func:`scaled` and
+:func:`add_scaled_` work on all the (device, dtype) buckets of a layout at once.
 """
 
 from __future__ import annotations
@@ -162,27 +162,30 @@ def zeros_like(xs: Sequence[Tensor]) -> TensorList:
     return [torch.zeros_like(x) for x in xs]
 
 
-def dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
-    """Sum over all tensors of ``<x, y>`` as a 0-dim tensor (no host sync)."""
-    if not xs:
-        return torch.zeros(())
-    prods = mul(xs, ys)
-    return torch.stack([p.sum() for p in prods]).sum() if is_reference_mode() else _sum_all(prods)
+# ---------------------------------------------------------------------- over all buckets of a layout
+def scaled(buckets: Sequence[tuple[int, int]], xs: Sequence[Tensor], alpha: Tensor) -> TensorList:
+    """``alpha * x`` for a 0-dim tensor ``alpha`` (cast per bucket; no host sync)."""
+    out: TensorList = []
+    for a, b in buckets:
+        part = list(xs[a:b])
+        out.extend(mul(part, alpha.to(part[0].device, part[0].dtype)))
+    return out
 
 
-def _sum_all(xs: Sequence[Tensor]) -> Tensor:
-    # sum of every element of every tensor; _foreach_norm(ord=1) would take abs values
-    return torch.stack([x.sum() for x in xs]).sum() if len(xs) > 1 else xs[0].sum()
+def add_scaled_(buckets: Sequence[tuple[int, int]], xs: TensorList, ys: Sequence[Tensor], alpha: Tensor) -> None:
+    """``x += alpha * y`` in place for a 0-dim tensor ``alpha`` (no host sync)."""
+    for a, b in buckets:
+        part = list(ys[a:b])
+        add_(xs[a:b], mul(part, alpha.to(part[0].device, part[0].dtype)))
 
 
-def global_norm(xs: Sequence[Tensor], ord: float = 2) -> Tensor:
-    """Norm of all tensors taken together, as a 0-dim tensor (no host sync).
+# reductions moved to .reduce; these names stay importable from ops, as in 0.1.0
+_MOVED_TO_REDUCE = {"dot": "bucket_dot", "global_norm": "global_norm"}
 
-    Tensors on several devices are reduced on the first tensor's device.
-    """
-    if not xs:
-        return torch.zeros(())
-    norms = norm(xs, ord)
-    device = norms[0].device
-    stacked = torch.stack([n.to(device) for n in norms])
-    return torch.linalg.vector_norm(stacked, ord)
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_REDUCE:
+        from . import reduce  # not at the top: reduce imports this module
+
+        return getattr(reduce, _MOVED_TO_REDUCE[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

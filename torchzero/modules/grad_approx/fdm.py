@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
+from ...core.probe import Probe
 from ...foreach import ops
-from ..line_search._probe import Probe, add_scaled_
+from ...foreach.ops import add_scaled_
 from ._common import DISTRIBUTIONS, GradApprox, draw, generators
 
 if TYPE_CHECKING:

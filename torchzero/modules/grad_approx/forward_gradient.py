@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.autograd.forward_ad as fwAD
 
+from ...core.probe import Probe, raw_loss
 from ...foreach import ops
-from ..line_search._probe import Probe, add_scaled_
-from ..second_order._graph import raw_closure_call
+from ...foreach.ops import add_scaled_
 from ._common import DISTRIBUTIONS, GradApprox, draw, generators
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class ForwardGradient(GradApprox):
                         for p, x0, t in zip(params, probe.x0, v, strict=True):
                             p.copy_(fwAD.make_dual(x0, t))
                     probe.moved = True
-                    loss = raw_closure_call(ctx, "ForwardGradient", grad=False)
+                    loss = raw_loss(ctx, "ForwardGradient", grad=False)
                     tangent = fwAD.unpack_dual(loss).tangent
                 if tangent is None:
                     raise RuntimeError(

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from ...core.module import Module
+from ...core.probe import Probe
 from ...foreach import ops
-from ._probe import Probe
 
 if TYPE_CHECKING:
     from ...core.context import StepContext

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._probe import max_abs
+from ...foreach.reduce import max_abs
 from .base import Line, LineSearch, check_positive
 
 

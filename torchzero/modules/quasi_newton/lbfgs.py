@@ -9,7 +9,8 @@ from torch import Tensor
 
 from ...core.module import Module
 from ...foreach import ops
-from ..line_search._probe import add_scaled_, dot_tensor, l1_tensor, scaled
+from ...foreach.ops import add_scaled_, scaled
+from ...foreach.reduce import dot_tensor, l1_tensor
 
 if TYPE_CHECKING:
     from ...core.context import StepContext

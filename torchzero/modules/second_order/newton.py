@@ -8,10 +8,11 @@ import torch
 from torch import Tensor
 
 from ...core.module import Module
+from ...core.probe import raw_loss
 from ...foreach import ops
-from ..line_search._probe import dot
-from ..quasi_newton.dense import unflatten
-from ._graph import graph_params, raw_closure_call
+from ...foreach.flat import unflatten
+from ...foreach.reduce import dot
+from ._graph import graph_params
 
 if TYPE_CHECKING:
     from ...core.context import StepContext
@@ -81,7 +82,7 @@ class ExactNewton(Module):
     def step(self, ctx: StepContext) -> None:
         settings = ctx.settings(self)
         params = graph_params(ctx, "ExactNewton")
-        loss = raw_closure_call(ctx, "ExactNewton", grad=True)
+        loss = raw_loss(ctx, "ExactNewton", grad=True)
         with torch.enable_grad():
             grads = torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
             flat_g = torch.cat([g.reshape(-1) for g in grads])
@@ -148,7 +149,7 @@ class NewtonCG(Module):
         s: dict[str, Any] = ctx.settings(self)
         params = graph_params(ctx, "NewtonCG")
         buckets = ctx.layout.buckets
-        loss = raw_closure_call(ctx, "NewtonCG", grad=True)
+        loss = raw_loss(ctx, "NewtonCG", grad=True)
         with torch.enable_grad():
             grads = torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
         g = [t.detach() for t in grads]

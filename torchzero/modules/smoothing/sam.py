@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...core.module import Module
+from ...core.probe import Probe
 from ...foreach import ops
-from ..line_search._probe import Probe, dot_tensor, scaled
+from ...foreach.ops import scaled
+from ...foreach.reduce import dot_tensor
 
 if TYPE_CHECKING:
     from ...core.context import StepContext

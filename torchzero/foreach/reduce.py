@@ -1,0 +1,103 @@
+"""Reductions over lists of tensors: dot products, norms, the largest absolute value.
+
+Two kinds live here.  :func:`bucket_dot` works on tensors that share one device (a slice of one
+(device, dtype) bucket) and is written with foreach primitives.  The others take the ``buckets`` of the
+step's layout (``ctx.layout.buckets``, ``(start, stop)`` pairs) and reduce over every parameter: each
+bucket is reduced in its own dtype on its own device, and the parts are added in the widest dtype on the
+first bucket's device.  Functions returning a Python ``float`` sync with the host, so only closure
+modules (which sync anyway to compare losses) call them; the ``*_tensor`` variants and
+:func:`global_norm` stay on the device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import ops
+
+Buckets = Sequence[tuple[int, int]]
+
+
+# ---------------------------------------------------------------------- within one bucket
+def bucket_dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    """Sum over all tensors of ``<x, y>`` as a 0-dim tensor (no host sync); the tensors share one device."""
+    if not xs:
+        return torch.zeros(())
+    prods = ops.mul(xs, ys)
+    return torch.stack([p.sum() for p in prods]).sum() if ops.is_reference_mode() else _sum_all(prods)
+
+
+def _sum_all(xs: Sequence[Tensor]) -> Tensor:
+    # sum of every element of every tensor; _foreach_norm(ord=1) would take abs values
+    return torch.stack([x.sum() for x in xs]).sum() if len(xs) > 1 else xs[0].sum()
+
+
+# ---------------------------------------------------------------------- over all tensors
+def global_norm(xs: Sequence[Tensor], ord: float = 2) -> Tensor:
+    """Norm of all tensors taken together, as a 0-dim tensor (no host sync).
+
+    Tensors on several devices are reduced on the first tensor's device.
+    """
+    if not xs:
+        return torch.zeros(())
+    norms = ops.norm(xs, ord)
+    device = norms[0].device
+    stacked = torch.stack([n.to(device) for n in norms])
+    return torch.linalg.vector_norm(stacked, ord)
+
+
+def dot_tensor(buckets: Buckets, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    """``<x, y>`` summed over all buckets, a 0-dim tensor on the first bucket's device (no host sync).
+
+    Each bucket's part is computed in its own dtype; the parts are added in the widest of them.
+    """
+    parts = [bucket_dot(list(xs[a:b]), list(ys[a:b])) for a, b in buckets]
+    if not parts:
+        return torch.zeros(())
+    dtype = parts[0].dtype
+    for p in parts[1:]:
+        dtype = torch.promote_types(dtype, p.dtype)
+    total = parts[0].to(dtype)
+    for p in parts[1:]:
+        total = total + p.to(total.device, dtype)
+    return total
+
+
+def dot(buckets: Buckets, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> float:
+    """``<x, y>`` summed over all buckets, as a Python float (closure modules only: it syncs)."""
+    return float(dot_tensor(buckets, xs, ys))
+
+
+def norm(buckets: Buckets, xs: Sequence[Tensor]) -> float:
+    """The Euclidean norm over all buckets, as a Python float (closure modules only: it syncs)."""
+    return dot(buckets, xs, xs) ** 0.5
+
+
+def l1_tensor(buckets: Buckets, xs: Sequence[Tensor]) -> Tensor:
+    """Sum of absolute values over all buckets, a 0-dim tensor on the first bucket's device (no host sync)."""
+    total: Tensor | None = None
+    for a, b in buckets:
+        part = torch.stack(ops.norm(list(xs[a:b]), 1)).sum()
+        if total is None:
+            total = part
+        else:
+            total = total.to(torch.promote_types(total.dtype, part.dtype)) + part.to(total.device)
+    return torch.zeros(()) if total is None else total
+
+
+def max_abs(buckets: Buckets, xs: Sequence[Tensor]) -> float:
+    """Largest ``|x_i|`` over all tensors, as a Python float (closure modules only: one host sync per bucket).
+
+    Tensors without elements (an empty FSDP shard, a zero-width layer) are left out: the infinity norm has
+    no identity, so ``_foreach_norm`` refuses them; 0.0 when nothing is left.
+    """
+    out = 0.0
+    for a, b in buckets:
+        part = [x for x in xs[a:b] if x.numel() > 0]
+        if part:
+            out = max(out, float(torch.stack(ops.norm(part, math.inf)).max()))
+    return out
