@@ -88,6 +88,9 @@ class Entry:
         variant: tells apart several entries of one class (another configuration of it).
         steps: number of steps.
         max_growth: the final loss may be at most this multiple of the initial loss.
+        rounding_gain: how much the rule amplifies rounding errors of the loss (finite differences divide a
+            loss difference by their step ``eps``, so a last-bit change of the loss moves the update by about
+            ``1/eps`` of it); comparisons of two summation orders widen their float32 tolerance by this factor.
     """
 
     name: str
@@ -108,6 +111,7 @@ class Entry:
     variant: str = ""
     steps: int = 5
     max_growth: float = 1.5
+    rounding_gain: float = 1.0
 
     @property
     def id(self) -> str:
@@ -222,8 +226,14 @@ REGISTRY: list[Entry] = [
     E("NewtonCG", lambda: [m.NewtonCG(max_iters=4), m.Backtracking()], complex="raises:real parameters only",
       noarg="raises:backward argument"),
     # ------------------------------------------------------------------ gradient approximation
-    E("FDM", lambda: [m.FDM(eps=1e-3), m.LR(0.05)], ({}, {"lr": 0.02})),
-    E("RandomizedFDM", lambda: [m.RandomizedFDM(n_samples=2), m.LR(0.02)], ({}, {"lr": 0.01}), max_growth=3.0),
+    E("FDM", lambda: [m.FDM(eps=1e-3), m.LR(0.05)], ({}, {"lr": 0.02}), rounding_gain=1e2),
+    E(
+        "RandomizedFDM",
+        lambda: [m.RandomizedFDM(n_samples=2), m.LR(0.02)],
+        ({}, {"lr": 0.01}),
+        max_growth=3.0,
+        rounding_gain=1e2,
+    ),
     E("ForwardGradient", lambda: [m.ForwardGradient(n_samples=2), m.LR(0.02)], ({}, {"lr": 0.01}),
       noarg="raises:backward argument", max_growth=3.0),
     # ------------------------------------------------------------------ smoothing

@@ -546,9 +546,11 @@ def test_noncontiguous_parameter(e: Entry, dtype: torch.dtype):
     for _ in range(4):
         opt_a.step(a.closure())
         opt_b.step(b.closure())
+    # a transposed weight changes the summation order of the loss: last-bit differences, amplified by the rule
+    tol = {"rtol": 1.3e-6 * e.rounding_gain, "atol": 1e-5 * e.rounding_gain} if dtype is torch.complex64 else {}
     for i, (p, q) in enumerate(zip(a.params, b.params, strict=True)):
         torch.testing.assert_close(
-            q, p, msg=lambda m, i=i: f"{e.name}: parameter {i}, non-contiguous vs contiguous: {m}"
+            q, p, **tol, msg=lambda m, i=i: f"{e.name}: parameter {i}, non-contiguous vs contiguous: {m}"
         )
 
 
