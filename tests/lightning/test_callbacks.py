@@ -34,6 +34,7 @@ from lightning.pytorch.tuner import Tuner
 from torch import nn
 
 import torchzero as tz
+import torchzero_lightning as tzl
 
 from ._common import D, assert_params_close, data, loader, params, trainer
 
@@ -290,6 +291,50 @@ def test_stochastic_weight_averaging(case, batchnorm, scheduler, tmp_path):
     assert swa_lrs and swa_lrs[-1] == pytest.approx(0.005), "SWALR should have annealed the lr to swa_lr"
     for got, want in zip(runs["tz"], runs["torch"], strict=True):
         torch.testing.assert_close(got, want)
+
+
+class SamNet(tzl.TorchzeroMixin, Net):
+    """The same model with the mixin a closure chain needs."""
+
+
+class EpochStartParams(Callback):
+    def __init__(self) -> None:
+        self.seen: list[list[torch.Tensor]] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seen.append(params(pl_module))
+
+
+def test_swa_batchnorm_epoch_with_a_closure_chain(tmp_path):
+    """With batch norm SWA runs one more epoch without backward, accumulating over all its batches, only to refit the
+    statistics; a closure chain (SAM under the mixin) has no gradient to evaluate there and is not stepped: the
+    model ends at the average of its weights at the starts of epochs 1..3, with the batch-norm statistics of that
+    average over one pass of the data."""
+    make_opt = lambda m: tz.Modular(m.parameters(), tz.m.SAM(rho=0.05), tz.m.Adam(), tz.m.LR(LR))  # noqa: E731
+    model = SamNet(make_opt, batchnorm=True)
+    swa = StochasticWeightAveraging(swa_lrs=0.005, swa_epoch_start=2, annealing_epochs=2)
+    starts = EpochStartParams()  # after SWA's own hook, which copies the average in at the extra epoch
+    dl = _dl(16)
+    t = _fit(model, dl, tmp_path, max_epochs=4, callbacks=[swa, starts])
+
+    assert len(starts.seen) == 5 and t.global_step == 9  # 4 epochs of 2 steps, then the refit epoch's one
+    average = [torch.stack(ps).mean(0) for ps in zip(*starts.seen[1:4], strict=True)]
+    assert_params_close(params(model), average)
+    assert_params_close(params(model), starts.seen[4])
+    opt = t.optimizers[0]
+    assert {s[opt.modules[1].key]["step"] for s in opt.state.values()} == {8}, "Adam should have taken 8 steps"
+
+    torch.manual_seed(0)
+    ref = Net(make_opt, batchnorm=True)
+    with torch.no_grad():
+        for p, q in zip(ref.parameters(), average, strict=True):
+            p.copy_(q)
+        bn = ref.backbone[2]
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average, as SWA sets it
+        for x, _ in dl:
+            ref.backbone(x)
+    assert_params_close(list(model.backbone[2].buffers()), bn.buffers())
 
 
 # ---------------------------------------------------------------------------------- GradientAccumulationScheduler
