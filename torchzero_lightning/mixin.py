@@ -31,6 +31,8 @@ class TorchzeroMixin:
     * a re-evaluation with backward runs ``zero_grad``, ``training_step``, the strategy's backward (DDP
       averages the gradient) and clipping;
     * ``self.log`` is muted during re-evaluations, and ``on_before_optimizer_step`` runs once per step;
+    * in the batch-norm epoch of ``StochasticWeightAveraging`` (Lightning skips backward there) a closure chain
+      is not stepped, so the parameters stay the average;
     * under DDP every loss the chain sees is averaged over processes, so every rank takes the same branch.
 
     In manual optimization, ``self.optimizers()`` returns an optimizer whose ``step(closure)`` passes your
@@ -83,6 +85,13 @@ class TorchzeroMixin:
         recorded, self._tz_batch = self._tz_batch, None
         if optimizer_closure is None or not closure_modules(opt):
             return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # type: ignore[misc]
+        if getattr(self.trainer.fit_loop, "_skip_backward", False):  # type: ignore[attr-defined]
+            # StochasticWeightAveraging's extra epoch for a model with batch norm: Lightning runs training_step
+            # without zero_grad or backward (accumulating over the whole epoch) only to refit the batch-norm
+            # statistics of the averaged weights.  There is no gradient for a closure chain to evaluate, so run
+            # the forward pass and leave the parameters at the average.
+            optimizer_closure()
+            return None
         check_supported(self.trainer, opt, manual=False)  # type: ignore[attr-defined, arg-type]
         if recorded is None or recorded[1] != batch_idx:
             raise RuntimeError(
