@@ -443,7 +443,7 @@ class Modular(torch.optim.Optimizer):
         super().load_state_dict({k: v for k, v in state_dict.items() if k != _STATE_KEY})
         if self._lr_missing_error:
             self.param_groups[:] = [ParamGroup(g) for g in self.param_groups]
-        self._known_groups = list(self.param_groups)
+        self._sync_groups()  # the loaded dicts replace the groups (and a host may have replaced the list before)
         for m in self._leaves:
             m.set_global_state(extra["modules"].get(m.key, {}))
         for m in self._leaves:

@@ -17,7 +17,7 @@ Such a key always applies to its owner.  It applies to other modules that declar
 user gave it in that group or something (a scheduler) changed it from the default, so a default
 filled in by torch never leaks from one module into another.
 
-**Inert keys.**  A chain without a weight-decay module still shows ``weight_decay=0.0`` in its groups, as
+**Inert keys.**  A chain without a weight-decay module still shows ``weight_decay=0`` in its groups, as
 torch's optimizers do, so monitors can read it.  No module uses it, so any other value (given in a group or
 written later by a scheduler or by hand) is refused with an error instead of being silently ignored.
 
@@ -55,7 +55,7 @@ FRAMEWORK_KEYS = frozenset(
 )
 """keys torch, its schedulers and hosts keep in groups; never an error, never a module setting"""
 
-INERT_KEYS: dict[str, Any] = {"weight_decay": 0.0}
+INERT_KEYS: dict[str, Any] = {"weight_decay": 0}  # torch.optim.SGD/Adam default to the int 0
 """exposed keys that every group carries even when no module of the chain uses them, at this (no-op) value"""
 
 
