@@ -134,7 +134,7 @@ class TorchzeroMixin:
 
 def check_optimizer_config(out: Any) -> None:
     """Raise if ``configure_optimizers`` returned a scheduler built on a chain's LR module."""
-    from torchzero.modules.lr import LR
+    from torchzero.core.lr import LR
 
     schedulers: list[Any] = []
 

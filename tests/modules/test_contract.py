@@ -281,9 +281,13 @@ def test_modules_keep_their_declared_capabilities(e: Entry):
     """A module declaring ``modifies_update_inplace = False`` leaves the incoming update tensors as they were."""
     problem = Problem(torch.float64)
     opt = _build(e, problem)
+    # an LR fused into the stage before it never runs a step of its own: the stage is checked as its head
+    fused = {id(f) for c in opt.root.walk() if isinstance(c, tz.m.Chain) for _, f in c.stages() if f is not None}
+    if all(id(m) in fused for m in opt.modules if not getattr(m, "modifies_update_inplace", True)):
+        pytest.skip(f"{e.name}: only modules fused into another stage declare modifies_update_inplace = False")
     checked = []
     for m in opt.modules:
-        if getattr(m, "modifies_update_inplace", True) or m.creates_update:
+        if getattr(m, "modifies_update_inplace", True) or m.creates_update or id(m) in fused:
             continue
         original = m.step
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from ..foreach import Layout
+from ..foreach import Layout, ops, policy
+from . import sink
 from .closure import Closure, check_finite
 
 if TYPE_CHECKING:
@@ -82,6 +84,43 @@ class Segment:
         """Per-parameter state tensors of this segment, created on first use (zeros unless ``init``)."""
         return self.ctx.state(self.module, *names, init=init, start=self.start, stop=self.stop)
 
+    # ---------------------------------------------------------------- the write sink (see core/sink.py)
+    def emit(self, direction: Sequence[Tensor], scale: Any = 1.0, *, decay: Any = 0.0) -> None:
+        """Emit ``scale * direction + decay * theta``: the update handed on, or the parameters' step when the
+        stage is the chain's last (``theta <- theta (1 - decay) - scale * direction``)."""
+        sink.write(self, [("add", direction, scale)], decay)
+
+    def emit_div(
+        self,
+        num: Sequence[Tensor],
+        den: Sequence[Tensor],
+        scale: Any = 1.0,
+        *more: tuple[Sequence[Tensor], Any],
+        scratch: bool = False,
+    ) -> None:
+        """Emit ``scale * num / den`` (plus ``s2 * num2 / den`` for each ``(num2, s2)`` in ``more``).
+
+        ``den`` is only read, unless ``scratch=True`` says it is a fresh buffer the update may be built in.
+        """
+        terms = [("div", num, den, scale)] + [("div", n, den, c) for n, c in more]
+        sink.write(self, terms, scratch=den if scratch else None)
+
+    def emit_mul(self, a: Sequence[Tensor], b: Sequence[Tensor], scale: Any = 1.0) -> None:
+        """Emit ``scale * a * b``."""
+        sink.write(self, [("mul", a, b, scale)])
+
+    def emit_per_tensor(self, direction: Sequence[Tensor], scales: Sequence[Any]) -> None:
+        """Emit ``scales[i] * direction[i]`` (a step size per tensor)."""
+        sink.write_per_tensor(self, direction, scales)
+
+    def fused_ok(self, scale: Any, dtypes: Any) -> bool:
+        """Whether a fused kernel may run on this segment (the one policy: :func:`torchzero.foreach.policy.fused_ok`)."""
+        return policy.fused_ok(self.device, self.dtype, scale, dtypes)
+
+    def emit_kernel(self, scale: Any, kernel: Callable[[list[Tensor], Any], None]) -> None:
+        """Emit through a fused kernel ``kernel(target, lr)`` that computes ``target -= lr * direction``."""
+        sink.write_kernel(self, scale, kernel)
+
     def __len__(self) -> int:
         return self.stop - self.start
 
@@ -111,7 +150,13 @@ class StepContext:
         self._grad: list[Tensor] | None = None
         self.update: list[Tensor] = []
         self.is_last = True
+        """core only: the running stage is the chain's last, so the sink writes the parameters"""
         self.params_written = False
+        self.fused: Module | None = None
+        """core only: the ``LR`` fused into the running stage (its lr is the stage's ``seg.scale``)"""
+        self.fused_owner: Module | None = None
+        self._grad_lists: list[list[Tensor]] = []
+        """the gradient tensors (``.grad``, in layout order) the update may still be: never written by the chain"""
         self.step_counts: dict[str, list[int]] = {}
         """per module key, each parameter's step count for this step (saved to state when the step ends)"""
         self.final_loss: Tensor | None = None
@@ -136,10 +181,23 @@ class StepContext:
         return self._grad
 
     def may_overwrite_grad(self, module: Module) -> bool:
-        """True when no module after ``module`` reads the raw gradient, so ``module`` may use the gradient
-        tensors as scratch space (they are ``.grad``, which then holds that scratch after the step) as long as
-        they are not also the update it hands on."""
-        return not self.opt._raw_grad_read_after.get(id(module), True)
+        """True when ``module`` may use the gradient tensors as scratch space: only with
+        ``tz.Modular(..., grad_as_scratch=True)`` and when no module after it reads the raw gradient (``.grad``
+        then holds that scratch after the step, unlike torch.optim)."""
+        return self.opt.grad_as_scratch and not self.opt._raw_grad_read_after.get(id(module), True)
+
+    def owns(self, tensors: Sequence[Tensor], start: int = 0) -> bool:
+        """True when none of ``tensors`` (the update's ``[start:start+len]``) is a gradient tensor, so the chain
+        may write into them.  Identity is compared at the same layout position (no ``id()``: torch.compile
+        traces this)."""
+        stop = start + len(tensors)
+        return not any(any(map(operator.is_, tensors, grads[start:stop])) for grads in self._grad_lists)
+
+    def own_update(self) -> None:
+        """Copy the update tensors that are still gradient tensors (copy on write before an in-place module)."""
+        if self._grad_lists and not self.owns(self.update):
+            lists = self._grad_lists
+            self.update = [u.clone() if any(u is grads[i] for grads in lists) else u for i, u in enumerate(self.update)]
 
     def set_grad(self, grad: list[Tensor]) -> None:
         self._grad = grad
@@ -149,6 +207,7 @@ class StepContext:
         grads = self.layout.grads()
         if any(g is None for g in grads):
             grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, self.params, strict=True)]
+        self._grad_lists.append(grads)  # type: ignore[arg-type]
         self._grad = grads  # type: ignore[assignment]
         return self._grad  # type: ignore[return-value]
 
@@ -169,33 +228,85 @@ class StepContext:
             self.loss = loss
         return loss
 
-    @property
-    def wants_final_evaluation(self) -> bool:
-        """True when the optimizer can reuse an evaluation at the final parameters (``reuse_evaluation``)."""
-        return self.is_last and self.opt.reuse_evaluation
+    def keep_trial_point(self, loss: Tensor) -> bool:
+        """Offer the point the parameters were last moved to (by a probe) as the step's result.
 
-    def set_final_evaluation(self, loss: Tensor) -> None:
-        """Declare that the parameters this (last) stage wrote are exactly where ``loss`` and the current
-        ``.grad`` were evaluated, so the next step may reuse them (see ``Modular(reuse_evaluation=True)``)."""
-        if not self.is_last:
-            raise RuntimeError("only the last stage of the chain knows the final parameters")
+        A line search whose accepted step is its last trial calls this: the parameters already sit at
+        ``x0 - t u`` and ``.grad`` holds the gradient there.  When the sink can use that (this is the chain's
+        last stage and ``Modular(reuse_evaluation=True)`` lets the next step reuse ``loss`` and the gradient),
+        the parameters stay and this returns True; else False, and the caller restores ``x0`` and hands on
+        ``t u`` as usual.
+        """
+        if not (self.is_last and self.opt.reuse_evaluation):
+            return False
+        self.params_written = True
         self.final_loss = loss
+        return True
+
+    def external_step(self, step: Callable[[], Any], before: list[Tensor] | None = None) -> None:
+        """Run ``step``, which moves the parameters itself (a wrapped torch optimizer).
+
+        As the chain's last stage that is the step; otherwise the move is measured as the update handed on
+        (``before - after``) and the parameters are put back.  ``before`` is a copy of the parameters the caller
+        already made (else one is made here when needed).
+        """
+        if self.is_last:
+            step()
+            self.params_written = True
+            return
+        if before is None:
+            before = ops.clone(self.params)
+        step()
+        update: list[Tensor] = []
+        params = self.params
+        for a, b in self.layout.buckets:
+            moved = ops.sub(before[a:b], params[a:b])
+            ops.copy_(params[a:b], before[a:b])
+            update.extend(moved)
+        self.update = update
+
+    def run_stage(self, module: Module, fused: Module | None = None, *, last: bool = False) -> None:
+        """Run one stage of a chain: ``module`` (with the ``LR`` fused into it, if any), as the last stage or not.
+
+        The one way a stage runs (chains, and modules that replay the stages before them): it sets what the sink
+        and ``segments`` read, and copies the update first when the module changes it in place while it still is
+        the gradient (copy on write).
+        """
+        saved = self.is_last, self.fused, self.fused_owner
+        self.is_last, self.fused, self.fused_owner = last, fused, module
+        try:
+            if module.modifies_update_inplace:
+                self.own_update()
+            module.step(self)
+        finally:
+            self.is_last, self.fused, self.fused_owner = saved
+
+    def run_branch(self, branch: Module) -> list[Tensor]:
+        """Run ``branch`` on a copy of the current update and return its result; ``ctx.update`` is kept and the
+        branch never writes the parameters."""
+        main, last = self.update, self.is_last
+        self.update, self.is_last = ops.clone(main), False
+        try:
+            branch.step(self)
+            return self.update
+        finally:
+            self.update, self.is_last = main, last
 
     def set_global_state_at_end(self, module: Module, key: str, value: Any) -> None:
         """Set ``module.global_state[key] = value`` once the whole chain has succeeded, like the per-parameter
         step counts: a closure that raises later in the chain (a line search) then leaves the module as it was."""
         self.deferred_global_state.append((module, key, value))
 
-    def mark_params_written(self) -> None:
-        """Tell the optimizer the parameters were already updated by the last stage."""
-        if not self.is_last:
-            raise RuntimeError("only the last stage of the chain may write the parameters")
-        self.params_written = True
-
     # ---------------------------------------------------------------- settings and state
-    def segments(self, module: Module, fused: Module | None = None) -> list[Segment]:
-        """The segments ``module`` is applied to, with its settings resolved once per run."""
-        return self.opt._segments(self, module, fused)
+    def segments(self, module: Module, scale_from: Module | None = None) -> list[Segment]:
+        """The segments ``module`` is applied to, with its settings resolved once per run.
+
+        ``seg.scale`` is the lr of ``scale_from`` (an ``LR`` module), else of the ``LR`` fused into the running
+        stage, else 1.
+        """
+        if scale_from is None and self.fused_owner is module:
+            scale_from = self.fused
+        return self.opt._segments(self, module, scale_from)
 
     def settings(self, module: Module) -> dict[str, Any]:
         """Settings of a module that works on all parameters at once (one history, one line search).

@@ -11,8 +11,10 @@ from torch import Tensor
 
 from ..foreach import Layout, ops
 from . import settings as S
+from . import sink
 from .closure import Closure, check_finite
 from .context import Segment, StepContext
+from .lr import LR
 from .module import Chain, Module
 
 _STATE_KEY = "torchzero"
@@ -52,6 +54,10 @@ class Modular(torch.optim.Optimizer):
             for the purpose: one parameter-sized buffer).  This is how
             ``torch.optim.LBFGS`` saves a closure call per iteration; it is off by default because a closure
             that reads changing data (the next minibatch) through a variable looks the same.
+        grad_as_scratch: let a module use the gradient tensors as scratch space when nothing after it reads the
+            gradient (``Cautious`` builds its mask there), which saves an allocation per step but leaves that scratch
+            in ``.grad`` after the step.  Off by default: then ``.grad`` after a step is what backward left, as with
+            torch.optim (hooks, SWA's extra epoch and gradient logging read it).
         differentiable: run the step with autograd enabled so the new parameters are differentiable with
             respect to the old ones, the gradients and the settings given as tensors (meta-learning), like
             torch's ``differentiable=True``. Parameters must then be non-leaf tensors (or not require grad);
@@ -71,6 +77,7 @@ class Modular(torch.optim.Optimizer):
         *modules: Any,
         fuse: bool = True,
         reuse_evaluation: bool = False,
+        grad_as_scratch: bool = False,
         differentiable: bool = False,
     ) -> None:
         if isinstance(params, (set, frozenset)):
@@ -86,6 +93,7 @@ class Modular(torch.optim.Optimizer):
         self._root = root
         self.differentiable = differentiable
         self.reuse_evaluation = reuse_evaluation
+        self.grad_as_scratch = grad_as_scratch
         self._reusable: tuple[Any, Tensor, list[tuple[int, int | None]], list[Tensor]] | None = None
         self._leaves = _bind(root, fuse)
         self._owners = S.find_owners(self._leaves)
@@ -97,8 +105,6 @@ class Modular(torch.optim.Optimizer):
         for m in self._partitioned:
             S.check_own_group_keys(m, self._leaves)
         self._creates_update = self._leaves[0].creates_update
-        # the gradient must stay intact if a module reads it after another wrote into the update in place
-        self._copy_grad = _needs_grad_copy(self._leaves)
         self._raw_grad_read_after = {
             id(m): any(later.needs_raw_grad for later in self._leaves[i + 1 :]) for i, m in enumerate(self._leaves)
         }
@@ -212,8 +218,6 @@ class Modular(torch.optim.Optimizer):
         torch schedulers accept it: ``OneCycleLR(opt.get_lr_module(), max_lr=0.1, total_steps=1000)``.
         It shares this optimizer's ``param_groups``, so a scheduler on it is a scheduler on the optimizer.
         """
-        from ..modules.lr import LR
-
         for m in self._leaves:
             if isinstance(m, LR):
                 return m
@@ -246,6 +250,7 @@ class Modular(torch.optim.Optimizer):
         return layout
 
     def _segments(self, ctx: StepContext, module: Module, fused: Module | None) -> list[Segment]:
+        """The segments of ``module``; ``fused`` is the module whose ``lr`` becomes ``seg.scale``."""
         out: list[Segment] = []
         prev: Segment | None = None
         groups, given, defaults, owners = self.param_groups, self._given, self.defaults, self._owners
@@ -390,15 +395,12 @@ class Modular(torch.optim.Optimizer):
         ctx = StepContext(self, layout, wrapped, loss)
         if not self._creates_update:
             grad = ctx.collect_grad()
-            ctx.update = ops.clone(grad) if self._copy_grad or self.differentiable else list(grad)
+            # the update starts as the gradient tensors themselves: the sink copies them before any write
+            ctx.update = ops.clone(grad) if self.differentiable else list(grad)
         self._root.step(ctx)
         self._commit_step_state(ctx)
         if not ctx.params_written:
-            params, update = ctx.params, ctx.update
-            if len(update) != len(params):
-                raise RuntimeError(f"the chain produced {len(update)} update tensors for {len(params)} parameters")
-            for a, b in layout.buckets:
-                ops.sub_(params[a:b], update[a:b])
+            sink.final_write(ctx)
         for m in self._leaves:
             m.after_step(ctx)
         if ctx.final_loss is not None and ctx.params_written and self.reuse_evaluation:
@@ -545,15 +547,6 @@ def _pieces(start: int, stop: int, counts: list[int] | None) -> list[tuple[int, 
             begin = i
     pieces.append((begin, stop, counts[begin]))
     return pieces
-
-
-def _needs_grad_copy(leaves: list[Module]) -> bool:
-    written = False
-    for m in leaves:
-        if m.needs_raw_grad and written:
-            return True
-        written = written or m.modifies_update_inplace
-    return False
 
 
 def _module_positions(modules: list[Module], groups: list[dict[str, Any]]) -> list[dict[tuple[int, int], int]]:

@@ -47,6 +47,9 @@ class Module:
             that declares the key) or in :meth:`set_params` (applies to this module only).
     """
 
+    fusable_scale: ClassVar[bool] = False
+    """the module multiplies the update by its per-group ``lr`` and nothing else (``LR``), so the stage before it
+    may apply that scale itself (see :attr:`Transform.fuses_lr`)"""
     needs_closure: ClassVar[bool] = False
     creates_update: ClassVar[bool] = False
     needs_raw_grad: ClassVar[bool] = False
@@ -149,14 +152,16 @@ class Transform(Module):
     """A module whose rule is applied per segment (same device, dtype and settings).
 
     Subclasses implement :meth:`apply`.  A transform that sets ``fuses_lr = True`` also accepts
-    ``seg.scale``: when it is directly followed by :class:`~torchzero.m.LR`, the chain runs the pair as
-    one stage and passes the learning rate as ``seg.scale`` (one pass instead of two).
+    ``seg.scale``: when it is directly followed by a module that declares ``fusable_scale`` (:class:`~torchzero.m.LR`),
+    the chain runs the pair as one stage and passes the learning rate as ``seg.scale`` (one pass instead of two).
+    Such a transform hands its result to the write sink (``seg.emit(direction, scale)`` and friends), which
+    writes the parameters when the stage is the chain's last.
     """
 
     fuses_lr: ClassVar[bool] = False
 
-    def step(self, ctx: StepContext, fused: Module | None = None) -> None:
-        for seg in ctx.segments(self, fused):
+    def step(self, ctx: StepContext) -> None:
+        for seg in ctx.segments(self):
             self.apply(ctx, seg)
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:
@@ -193,16 +198,15 @@ class Chain(Module):
         return self.modules
 
     def stages(self) -> list[tuple[Module, Module | None]]:
-        """The modules grouped into stages: a fusable transform and the ``LR`` right after it are one."""
+        """The modules grouped into stages: a transform that ``fuses_lr`` and a ``fusable_scale`` module right
+        after it (``LR``) are one."""
         if self._stages is None:
-            from ..modules.lr import LR  # local import: modules depend on core, not the reverse
-
             stages: list[tuple[Module, Module | None]] = []
             i = 0
             while i < len(self.modules):
                 m = self.modules[i]
                 nxt = self.modules[i + 1] if i + 1 < len(self.modules) else None
-                if self.fuse and getattr(m, "fuses_lr", False) and type(nxt) is LR:
+                if self.fuse and getattr(m, "fuses_lr", False) and nxt is not None and nxt.fusable_scale:
                     stages.append((m, nxt))
                     i += 2
                 else:
@@ -212,17 +216,13 @@ class Chain(Module):
         return self._stages
 
     def step(self, ctx: StepContext) -> None:
-        outer_last = ctx.is_last
         stages = self.stages()
+        last = ctx.is_last
         for i, (module, fused) in enumerate(stages):
-            ctx.is_last = outer_last and i == len(stages) - 1
-            if fused is None:
-                module.step(ctx)
-            else:
-                module.step(ctx, fused)  # type: ignore[call-arg]
-            if ctx.params_written and not ctx.is_last:
+            is_last = last and i == len(stages) - 1
+            ctx.run_stage(module, fused, last=is_last)
+            if ctx.params_written and not is_last:
                 raise RuntimeError(f"{type(module).__name__} wrote the parameters but is not the last stage")
-        ctx.is_last = outer_last
 
     def extra_repr(self) -> str:
         return ", ".join(repr(m) for m in self.modules)

@@ -131,6 +131,7 @@ add = _make("add")
 sub = _make("sub")
 mul = _make("mul")
 div = _make("div")
+lerp = _make("lerp")
 sqrt = _make("sqrt", saves_output=True)
 abs = _make("abs")  # noqa: A001 - mirrors torch's name
 sign = _make("sign")

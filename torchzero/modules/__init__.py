@@ -1,11 +1,11 @@
 """All modules (``tz.m``), one family per subpackage, one concept per file."""
 
+from ..core.lr import LR
 from ..core.module import Chain, Module, Transform
 from . import external, grad_approx, line_search, optimizers, quasi_newton, second_order, smoothing, transforms
 from .external import *  # noqa: F403
 from .grad_approx import *  # noqa: F403
 from .line_search import *  # noqa: F403
-from .lr import LR
 from .optimizers import *  # noqa: F403
 from .quasi_newton import *  # noqa: F403
 from .second_order import *  # noqa: F403

@@ -17,7 +17,7 @@ class _ReadsGrad(tz.Module):
 def _run(extra):
     torch.manual_seed(0)
     params = [torch.randn(4, 3, requires_grad=True), torch.randn(5, dtype=torch.float64, requires_grad=True)]
-    opt = tz.Modular(params, tz.m.Adam(), tz.m.Cautious(), *extra, tz.m.LR(1e-2))
+    opt = tz.Modular(params, tz.m.Adam(), tz.m.Cautious(), *extra, tz.m.LR(1e-2), grad_as_scratch=True)
     grads = []
     for i in range(5):
         g = torch.Generator().manual_seed(i)

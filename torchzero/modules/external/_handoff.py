@@ -63,21 +63,6 @@ def set_grads(ctx: StepContext, update: list[Tensor]) -> None:
             p.grad = g
 
 
-def measure_and_undo(ctx: StepContext, before: list[Tensor], scratch: list[Tensor]) -> list[Tensor]:
-    """After a wrapped step: return ``before - after`` and copy ``before`` back into the parameters.
-
-    The parameters are restored by an in-place copy (never ``Tensor.set_`` or rebinding), so DDP,
-    FSDP and compiled graphs keep seeing the same tensors.  ``scratch`` (the consumed update) is
-    overwritten; ``before`` becomes the new update.
-    """
-    params = ctx.params
-    for a, b in ctx.layout.buckets:
-        ops.copy_(scratch[a:b], params[a:b])  # after
-        ops.copy_(params[a:b], before[a:b])  # exact undo
-        ops.sub_(before[a:b], scratch[a:b])  # before - after
-    return before
-
-
 def restore_params(ctx: StepContext, before: list[Tensor]) -> None:
     """Copy ``before`` back into the parameters, bit for bit (after a wrapped step failed midway)."""
     params = ctx.params

@@ -10,8 +10,7 @@ import torch
 from torch import Tensor
 
 from ...core.module import Module
-from ...foreach import ops
-from ._handoff import StateView, is_primitive, measure_and_undo, set_grads
+from ._handoff import StateView, is_primitive, set_grads
 
 if TYPE_CHECKING:
     from ...core.context import StepContext
@@ -76,6 +75,8 @@ class Wrap(Module):
 
     The wrapped optimizer is ``module.optimizer`` once the Modular is built.
     """
+
+    modifies_update_inplace = False  # the wrapped optimizer reads the update as .grad; the sink takes its move
 
     def __init__(self, opt_cls: Callable[..., torch.optim.Optimizer], fuse: bool | None = None, **kwargs: Any) -> None:
         if isinstance(opt_cls, torch.optim.Optimizer):
@@ -153,14 +154,15 @@ class Wrap(Module):
         self._run_groups = [(run.start, run.stop, index[(run.group, run.sig)]) for run in ctx.layout.runs]
         self._seen_layout = ctx.layout
 
-    def sync_settings(self, ctx: StepContext, fused: Module | None) -> None:
+    def sync_settings(self, ctx: StepContext) -> None:
         """Copy this step's settings (and the fused lr) into the wrapped optimizer's groups."""
+        fused = ctx.fused if ctx.fused_owner is self else None
         if ctx.layout is not self._seen_layout:
             self._refresh(ctx)
         assert self.optimizer is not None
         groups = self.optimizer.param_groups
         runs = self._run_groups
-        for seg in ctx.segments(self, fused):
+        for seg in ctx.segments(self):
             for start, stop, wi in runs:
                 if start >= seg.start and stop <= seg.stop:
                     group = groups[wi]
@@ -169,23 +171,22 @@ class Wrap(Module):
                         group["lr"] = self._base_lrs[wi] * seg.scale
 
     # ---------------------------------------------------------------- step
-    def step(self, ctx: StepContext, fused: Module | None = None) -> None:
+    def step(self, ctx: StepContext) -> None:
         assert self.optimizer is not None
-        self.sync_settings(ctx, fused)
+        optimizer = self.optimizer
+        self.sync_settings(ctx)
         originals = ctx.layout.originals
         saved_grads = [p.grad for p in originals]
-        before = None if ctx.is_last else ops.clone(ctx.params)
         set_grads(ctx, ctx.update)
-        try:
-            _eager_step(self.optimizer)
-        finally:
-            for p, g in zip(originals, saved_grads, strict=True):
-                p.grad = g
-        if ctx.is_last:
-            ctx.mark_params_written()
-        else:
-            assert before is not None
-            ctx.update = measure_and_undo(ctx, before, ctx.update)
+
+        def wrapped_step() -> None:
+            try:
+                _eager_step(optimizer)
+            finally:
+                for p, g in zip(originals, saved_grads, strict=True):
+                    p.grad = g
+
+        ctx.external_step(wrapped_step)  # the wrapped optimizer moves the parameters; the sink decides what stays
 
     # ---------------------------------------------------------------- state
     def get_global_state(self) -> dict[str, Any]:

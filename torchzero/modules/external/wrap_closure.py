@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ...core.module import Chain, Module
 from ...foreach import ops
-from ._handoff import measure_and_undo, restore_params, set_grads
+from ._handoff import restore_params, set_grads
 from .wrap import Wrap
 
 if TYPE_CHECKING:
@@ -81,9 +81,9 @@ class WrapClosure(Wrap):
             self._before = before
         return self._before
 
-    def step(self, ctx: StepContext, fused: Module | None = None) -> None:
+    def step(self, ctx: StepContext) -> None:
         assert self.optimizer is not None and ctx.closure is not None
-        self.sync_settings(ctx, fused)
+        self.sync_settings(ctx)
         before_stages = self._preceding()
         creates = bool(before_stages) and self._opt is not None and self._opt.modules[0].creates_update
         originals = ctx.layout.originals
@@ -108,34 +108,27 @@ class WrapClosure(Wrap):
                     raw_grads = [p.grad for p in originals]
                     grad = ctx.collect_grad()
                     ctx.update = ops.clone(grad) if before_stages else list(grad)
-                last = ctx.is_last
-                ctx.is_last = False
-                try:
-                    with torch.no_grad():  # the wrapped optimizer calls us under enable_grad
-                        for module, fused_lr in before_stages:
-                            if fused_lr is None:
-                                module.step(ctx)
-                            else:
-                                module.step(ctx, fused_lr)  # type: ignore[call-arg]
-                finally:
-                    ctx.is_last = last
+                with torch.no_grad():  # the wrapped optimizer calls us under enable_grad
+                    for module, fused_lr in before_stages:
+                        ctx.run_stage(module, fused_lr)
             set_grads(ctx, ctx.update)
             return loss
 
-        try:
-            self.optimizer.step(wrapped_closure)  # type: ignore[arg-type]  # returns a tensor, as torch's own closures do
-        except BaseException:
-            # the wrapped optimizer moves the parameters before each evaluation: an error from the closure (or
-            # from a stage run inside it) must not leave them at a trial point
-            restore_params(ctx, before)
-            raise
-        finally:
-            for p, g in zip(originals, raw_grads, strict=True):
-                p.grad = g
-            ctx.loss = start_loss
-        if ctx.is_last:
-            ctx.mark_params_written()
-        else:
-            ctx.update = measure_and_undo(ctx, before, ctx.update)
-            if start_grad is not None:
-                ctx.set_grad(start_grad)
+        optimizer = self.optimizer
+
+        def wrapped_step() -> None:
+            try:
+                optimizer.step(wrapped_closure)  # type: ignore[arg-type]  # returns a tensor, as torch's closures do
+            except BaseException:
+                # the wrapped optimizer moves the parameters before each evaluation: an error from the closure (or
+                # from a stage run inside it) must not leave them at a trial point
+                restore_params(ctx, before)
+                raise
+            finally:
+                for p, g in zip(originals, raw_grads, strict=True):
+                    p.grad = g
+                ctx.loss = start_loss
+
+        ctx.external_step(wrapped_step, before)  # the wrapped optimizer moves the parameters; the sink decides
+        if start_grad is not None:
+            ctx.set_grad(start_grad)

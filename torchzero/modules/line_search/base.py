@@ -73,6 +73,7 @@ class LineSearch(Module):
 
     needs_closure = True
     needs_raw_grad = True  # the slope at x0 uses the gradient, not the (transformed) update
+    modifies_update_inplace = False  # it searches along a copy of the update
     uniform_settings = True
     backward_trials = False
     """True when trials need the gradient (the slope); the gradient at x0 is then kept aside"""
@@ -92,13 +93,9 @@ class LineSearch(Module):
         try:
             t = self.search(line, float(loss0), slope0, settings)
         finally:
-            if _ends_at_last_trial(ctx, line, t):
-                # the parameters already sit at the accepted point, and .grad holds its gradient: keep both, and
-                # let the next step reuse this evaluation instead of calling the closure again
-                assert line.last is not None
-                ctx.mark_params_written()
-                ctx.set_final_evaluation(line.last[2])
-            else:
+            # the parameters already sit at the accepted point and .grad holds its gradient: offer both to the sink,
+            # which keeps them when the next step may reuse this evaluation (else they are put back)
+            if not (_ends_at_last_trial(line, t) and ctx.keep_trial_point(line.last[2])):  # type: ignore[index]
                 probe.restore()
                 if self.backward_trials and line.evals:
                     _restore_grad(ctx, grad0)
@@ -125,16 +122,9 @@ class LineSearch(Module):
         return float(settings["init"])
 
 
-def _ends_at_last_trial(ctx: StepContext, line: Line, t: float) -> bool:
+def _ends_at_last_trial(line: Line, t: float) -> bool:
     last = line.last
-    return (
-        ctx.wants_final_evaluation
-        and t != 0.0
-        and last is not None
-        and last[0] == t
-        and last[1]
-        and math.isfinite(float(last[2]))
-    )
+    return t != 0.0 and last is not None and last[0] == t and last[1] and math.isfinite(float(last[2]))
 
 
 def _restore_grad(ctx: StepContext, grad0: list[Tensor]) -> None:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check, emit
+from ._common import check
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -34,6 +34,8 @@ class Adadelta(Transform):
 
     fuses_lr = True
 
+    modifies_update_inplace = False  # reads the update and emits a new one through the sink
+
     def __init__(self, rho: float = 0.9, eps: float = 1e-6, alpha: float = 1.0) -> None:
         check(0.0 <= rho <= 1.0, "Adadelta", "rho in [0, 1]", rho, "Use a value such as 0.9.")
         check(eps >= 0, "Adadelta", "eps >= 0", eps, "Use a small positive value such as 1e-6.")
@@ -54,4 +56,4 @@ class Adadelta(Transform):
         ops.mul_(delta, update)
         ops.mul_(acc_delta, rho)
         ops.addcmul_(acc_delta, delta, delta, 1 - rho)
-        emit(ctx, seg, delta, s["alpha"] * seg.scale)
+        seg.emit(delta, s["alpha"] * seg.scale)

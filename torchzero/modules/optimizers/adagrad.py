@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check, emit_div
+from ._common import check
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -41,6 +41,8 @@ class Adagrad(Transform):
     fuses_lr = True
     counts_steps = True
 
+    modifies_update_inplace = False  # reads the update and emits a new one through the sink
+
     def __init__(
         self, lr_decay: float = 0.0, initial_accumulator_value: float = 0.0, eps: float = 1e-10, alpha: float = 1.0
     ) -> None:
@@ -65,4 +67,4 @@ class Adagrad(Transform):
         ops.addcmul_(acc, update, update)
         std = ops.sqrt(acc)
         ops.add_(std, s["eps"])
-        emit_div(ctx, seg, update, std, s["alpha"] * seg.scale / (1 + (t - 1) * s["lr_decay"]))
+        seg.emit_div(update, std, s["alpha"] * seg.scale / (1 + (t - 1) * s["lr_decay"]))

@@ -6,11 +6,9 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import emit_div
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -70,21 +68,19 @@ class Adam(Transform):
         update = seg.update
         lr = s["alpha"] * seg.scale
 
-        if self.fused is not False and _fused_ok(seg, lr):
-            # torch's fused kernel does the whole rule in one pass.  As the last stage it updates the params; else it
-            # "updates" a zero buffer with -lr, which leaves exactly lr * m_hat / (sqrt(v_hat) + eps) in it (a NaN or
-            # inf gradient gives NaN there, as it would in the update anyway)
-            target = seg.params if ctx.is_last else ops.mul(update, 0.0)
+        if self.fused is not False and seg.fused_ok(lr, _FUSED_DTYPES):
+            # torch's fused kernel does the whole rule in one pass (the sink gives it the parameters, or a zero
+            # buffer that it leaves holding lr * m_hat / (sqrt(v_hat) + eps))
             step_t = torch.full((), float(t), dtype=torch.float32, device=seg.device)
-            torch._fused_adam_(
-                target, update, exp_avg, exp_avg_sq, states[2] if s["amsgrad"] else [], [step_t] * len(seg),
-                lr=lr if ctx.is_last else -lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=s["eps"],
-                amsgrad=s["amsgrad"], maximize=False,
-            )  # fmt: skip
-            if ctx.is_last:
-                ctx.mark_params_written()
-            else:
-                seg.update = target
+
+            def kernel(target: list[torch.Tensor], step_lr: Any) -> None:
+                torch._fused_adam_(
+                    target, update, exp_avg, exp_avg_sq, states[2] if s["amsgrad"] else [], [step_t] * len(seg),
+                    lr=step_lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=s["eps"], amsgrad=s["amsgrad"],
+                    maximize=False,
+                )  # fmt: skip
+
+            seg.emit_kernel(lr, kernel)
             return
 
         ops.lerp_(exp_avg, update, 1 - beta1)
@@ -98,21 +94,4 @@ class Adam(Transform):
         denom = ops.sqrt(second)
         ops.div_(denom, math.sqrt(1 - beta2**t))
         ops.add_(denom, s["eps"])
-        if ctx.is_last:
-            emit_div(ctx, seg, exp_avg, denom, step_size)
-        else:  # build the update in the denominator's buffer, leaving the incoming update (often .grad) intact
-            ops.reciprocal_(denom)
-            ops.mul_(denom, exp_avg)
-            ops.mul_(denom, step_size)
-            seg.update = denom
-
-
-def _fused_ok(seg: Segment, lr: Any) -> bool:
-    return (
-        not isinstance(lr, torch.Tensor)  # a tensor lr (capturable-style) takes the foreach path
-        and seg.dtype in _FUSED_DTYPES
-        and seg.device.type in _get_fused_kernels_supported_devices()
-        and not ops.is_reference_mode()
-        and not torch.is_grad_enabled()  # differentiable mode: fused kernels have no autograd
-        and not torch.compiler.is_compiling()  # under torch.compile inductor fuses the foreach ops itself
-    )
+        seg.emit_div(exp_avg, denom, step_size, scratch=True)  # handed on, the update is built in denom

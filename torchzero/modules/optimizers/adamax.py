@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check, check_betas, emit_div
+from ._common import check, check_betas
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -35,6 +35,8 @@ class Adamax(Transform):
     fuses_lr = True
     counts_steps = True
 
+    modifies_update_inplace = False  # reads the update and emits a new one through the sink
+
     def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, alpha: float = 1.0) -> None:
         betas = check_betas("Adamax", betas)
         check(eps >= 0, "Adamax", "eps >= 0", eps, "Use a small positive value such as 1e-8.")
@@ -51,4 +53,4 @@ class Adamax(Transform):
         norm = ops.abs(update)
         ops.add_(norm, s["eps"])
         ops.maximum_(exp_inf, norm)
-        emit_div(ctx, seg, exp_avg, exp_inf, s["alpha"] * seg.scale / (1 - beta1**t))
+        seg.emit_div(exp_avg, exp_inf, s["alpha"] * seg.scale / (1 - beta1**t))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ...core.lr import LR
 from ...core.module import Chain
-from ..lr import LR
 from .adam import Adam
 
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check_betas, emit
+from ._common import check_betas
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -35,6 +35,8 @@ class Lion(Transform):
 
     fuses_lr = True
 
+    modifies_update_inplace = False  # reads the update and emits a new one through the sink
+
     def __init__(self, betas: tuple[float, float] = (0.9, 0.99), alpha: float = 1.0) -> None:
         betas = check_betas("Lion", betas)
         super().__init__({"betas": betas, "alpha": alpha})
@@ -49,4 +51,4 @@ class Lion(Transform):
         ops.sign_(direction)
         ops.mul_(exp_avg, beta2)
         ops.add_(exp_avg, update, alpha=1 - beta2)
-        emit(ctx, seg, direction, s["alpha"] * seg.scale)
+        seg.emit(direction, s["alpha"] * seg.scale)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check, emit
+from ._common import check
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -44,7 +44,7 @@ class HeavyBall(Transform):
         (buf,) = seg.state("momentum_buffer")
         ops.mul_(buf, s["momentum"])
         ops.add_(buf, seg.update, alpha=1 - s["dampening"])
-        emit(ctx, seg, buf, s["alpha"] * seg.scale)
+        seg.emit(buf, s["alpha"] * seg.scale)
 
 
 class NesterovMomentum(Transform):
@@ -80,4 +80,4 @@ class NesterovMomentum(Transform):
         ops.mul_(buf, momentum)
         ops.add_(buf, update, alpha=1 - s["dampening"])
         ops.add_(update, buf, alpha=momentum)
-        emit(ctx, seg, update, s["alpha"] * seg.scale)
+        seg.emit(update, s["alpha"] * seg.scale)

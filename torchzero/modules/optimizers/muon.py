@@ -69,8 +69,7 @@ class Muon(Orthogonalize):
         (buf,) = seg.state("momentum_buffer")
         ops.lerp_(buf, update, 1 - momentum)
         if s["nesterov"]:
-            ops.lerp_(update, buf, momentum)
-            self.orthogonalize(ctx, seg, update)
+            self.orthogonalize(ctx, seg, ops.lerp(update, buf, momentum))  # out of place, as torch.optim.Muon
         else:
             self.orthogonalize(ctx, seg, buf)
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
-
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check, check_betas, emit
+from ._common import check, check_betas
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -44,6 +42,8 @@ class NAdam(Transform):
     fuses_lr = True
     counts_steps = True
 
+    modifies_update_inplace = False  # reads the update and emits a new one through the sink
+
     def __init__(
         self,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -56,11 +56,11 @@ class NAdam(Transform):
         check(momentum_decay >= 0, "NAdam", "momentum_decay >= 0", momentum_decay, "Use e.g. 4e-3.")
         super().__init__({"betas": betas, "eps": eps, "momentum_decay": momentum_decay, "alpha": alpha})
 
-    def step(self, ctx: StepContext, fused: Any = None) -> None:
+    def step(self, ctx: StepContext) -> None:
         # (key, step count, product) advanced during this step: a param group whose tensors have several dtypes or
         # devices (or set_params groups) is applied in several segments, and must advance once
         self._advanced: list[tuple[str, int, float]] = []
-        super().step(ctx, fused)
+        super().step(ctx)
         cohorts: dict[str, list[list[Any]]] = self.global_state.get("mu_product", {})
         for key in dict.fromkeys(k for k, _, _ in self._advanced):
             new = [[t, product] for k, t, product in self._advanced if k == key]
@@ -124,17 +124,4 @@ class NAdam(Transform):
         scale = s["alpha"] * seg.scale
         c_grad = scale * (1.0 - mu) / (1.0 - product)
         c_avg = scale * mu_next / (1.0 - product_next)
-        if ctx.is_last and not isinstance(scale, Tensor):
-            ops.addcdiv_(seg.params, update, denom, -c_grad)
-            ops.addcdiv_(seg.params, exp_avg, denom, -c_avg)
-            ctx.mark_params_written()
-            return
-        ops.div_(update, denom)
-        ops.mul_(update, c_grad)
-        if isinstance(scale, Tensor):  # a tensor lr: foreach addcdiv takes only Python numbers
-            avg_term = ops.div(exp_avg, denom)
-            ops.mul_(avg_term, c_avg)
-            ops.add_(update, avg_term)
-        else:
-            ops.addcdiv_(update, exp_avg, denom, c_avg)
-        emit(ctx, seg, update, 1.0)
+        seg.emit_div(update, denom, c_grad, (exp_avg, c_avg))

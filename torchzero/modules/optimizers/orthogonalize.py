@@ -9,8 +9,7 @@ import torch
 from torch import Tensor
 
 from ...core.module import Transform
-from ...foreach import ops
-from ._common import check, same_tensors, sub_scaled
+from ._common import check
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -109,6 +108,8 @@ class Orthogonalize(Transform):
 
     fuses_lr = True
 
+    modifies_update_inplace = False  # reads the update and emits a new one through the sink
+
     def __init__(
         self,
         ns_steps: int = 5,
@@ -140,40 +141,22 @@ class Orthogonalize(Transform):
         self.orthogonalize(ctx, seg, seg.update)
 
     def orthogonalize(self, ctx: StepContext, seg: Segment, direction: list[Tensor]) -> None:
-        """Hand on (or, when last, apply) the orthogonalised ``direction`` scaled by alpha and the fused lr."""
+        """Emit the orthogonalised ``direction``, each matrix with its own (adjusted) step size."""
         s = seg.settings
         scale = s["alpha"] * seg.scale
         dtype = None if s["ns_dtype"] is None else getattr(torch, s["ns_dtype"])
         coefficients, steps, eps = tuple(s["ns_coefficients"]), s["ns_steps"], s["eps"]
         flatten, adjust = s["flatten"], s["adjust_lr_fn"]
-        update, params = seg.update, seg.params
         originals = ctx.layout.originals[seg.start : seg.stop]
-        passed: list[int] = []
+        out: list[Tensor] = []
+        scales: list[Any] = []
         for i, d in enumerate(direction):
             ndim = originals[i].ndim  # a complex matrix is a 3-D real view, but still a matrix
             if ndim < 2 or (ndim > 2 and not flatten):
-                passed.append(i)
+                out.append(d)  # vectors (and >2-D tensors without flatten) pass through, scaled
+                scales.append(scale)
                 continue
             matrix = d if d.ndim == 2 else d.flatten(1)  # (shape[0], -1), also for a tensor with no elements
-            o = newton_schulz(matrix, steps, coefficients, eps, dtype).reshape(d.shape)
-            step = scale * lr_ratio(adjust, matrix.shape)
-            if ctx.is_last:
-                if isinstance(step, Tensor):
-                    params[i].sub_(o.to(params[i].dtype) * step)
-                else:
-                    params[i].add_(o, alpha=-step)
-            else:
-                update[i].copy_(o)
-                update[i].mul_(step)
-        if passed:
-            d_rest = [direction[i] for i in passed]
-            if ctx.is_last:
-                sub_scaled([params[i] for i in passed], d_rest, scale)
-            else:
-                u_rest = [update[i] for i in passed]
-                if not same_tensors(d_rest, u_rest):
-                    ops.copy_(u_rest, d_rest)
-                if isinstance(scale, Tensor) or scale != 1:
-                    ops.mul_(u_rest, scale)
-        if ctx.is_last:
-            ctx.mark_params_written()
+            out.append(newton_schulz(matrix, steps, coefficients, eps, dtype).reshape(d.shape))
+            scales.append(scale * lr_ratio(adjust, matrix.shape))
+        seg.emit_per_tensor(out, scales)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check, check_betas, emit, emit_div
+from ._common import check, check_betas
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -43,6 +43,8 @@ class RAdam(Transform):
     fuses_lr = True
     counts_steps = True
 
+    modifies_update_inplace = False  # reads the update and emits a new one through the sink
+
     def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, alpha: float = 1.0) -> None:
         betas = check_betas("RAdam", betas)
         check(eps >= 0, "RAdam", "eps >= 0", eps, "Use a small positive value such as 1e-8.")
@@ -65,6 +67,6 @@ class RAdam(Transform):
             rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
             denom = ops.sqrt(exp_avg_sq)
             ops.add_(denom, s["eps"])
-            emit_div(ctx, seg, exp_avg, denom, scale * rect * math.sqrt(bc2))
+            seg.emit_div(exp_avg, denom, scale * rect * math.sqrt(bc2))
         else:
-            emit(ctx, seg, exp_avg, scale)
+            seg.emit(exp_avg, scale)

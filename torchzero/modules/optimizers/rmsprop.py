@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check, emit, emit_div
+from ._common import check
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -40,6 +40,8 @@ class RMSprop(Transform):
     """
 
     fuses_lr = True
+
+    modifies_update_inplace = False  # reads the update and emits a new one through the sink
 
     def __init__(
         self,
@@ -76,6 +78,6 @@ class RMSprop(Transform):
             (buf,) = seg.state("momentum_buffer")
             ops.mul_(buf, momentum)
             ops.addcdiv_(buf, update, denom)
-            emit(ctx, seg, buf, scale)
+            seg.emit(buf, scale)
         else:
-            emit_div(ctx, seg, update, denom, scale)
+            seg.emit_div(update, denom, scale)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import check, emit
+from ._common import check
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -44,6 +44,8 @@ class Rprop(Transform):
     """
 
     fuses_lr = True
+
+    modifies_update_inplace = False  # reads the update and emits a new one through the sink
 
     def __init__(
         self, etas: tuple[float, float] = (0.5, 1.2), step_sizes: tuple[float, float] = (1e-6, 50.0), alpha: float = 1.0
@@ -85,10 +87,4 @@ class Rprop(Transform):
         ops.sign_(prev)
         ops.mul_(prev, factor)
         scale: Any = seg.scale
-        if ctx.is_last and not isinstance(scale, Tensor):
-            ops.addcmul_(seg.params, prev, size, -scale)
-            ctx.mark_params_written()
-            return
-        ops.copy_(update, prev)
-        ops.mul_(update, size)
-        emit(ctx, seg, update, scale)
+        seg.emit_mul(prev, size, scale)

@@ -9,7 +9,6 @@ from torch import Tensor
 
 from ...core.module import Transform
 from ...foreach import ops
-from ._common import emit
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -34,6 +33,8 @@ class SGD(Transform):
     """
 
     fuses_lr = True
+
+    modifies_update_inplace = False  # reads the update and emits a new one through the sink
 
     def __init__(
         self, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False, alpha: float = 1.0
@@ -65,11 +66,8 @@ class SGD(Transform):
                     _momentum_(momentum, s["dampening"], [b for b, _ in old], [u for _, u in old])
             else:
                 _momentum_(momentum, s["dampening"], buf, update)
-            if s["nesterov"]:
-                ops.add_(update, buf, alpha=momentum)
-            else:
-                direction = buf
-        emit(ctx, seg, direction, scale)
+            direction = ops.add(update, buf, alpha=momentum) if s["nesterov"] else buf
+        seg.emit(direction, scale)
 
 
 def _momentum_(momentum: Any, dampening: Any, buf: list[Tensor], update: list[Tensor]) -> None:

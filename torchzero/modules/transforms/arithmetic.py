@@ -15,24 +15,11 @@ from __future__ import annotations
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
-
 from ...core.module import Chain, Module, Transform
 from ...foreach import ops
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
-
-
-def run_branch(ctx: StepContext, branch: Module) -> list[Tensor]:
-    """Run ``branch`` on a copy of the current update and return its result; ``ctx.update`` is kept."""
-    main, last = ctx.update, ctx.is_last
-    ctx.update, ctx.is_last = ops.clone(main), False
-    try:
-        branch.step(ctx)
-        return ctx.update
-    finally:
-        ctx.update, ctx.is_last = main, last
 
 
 class _Binary(Transform):
@@ -57,8 +44,8 @@ class _Binary(Transform):
     def children(self) -> list[Module]:
         return [] if self.branch is None else [self.branch]
 
-    def step(self, ctx: StepContext, fused: Any = None) -> None:
-        other = None if self.branch is None else run_branch(ctx, self.branch)
+    def step(self, ctx: StepContext) -> None:
+        other = None if self.branch is None else ctx.run_branch(self.branch)
         for seg in ctx.segments(self):
             operand = seg.settings["other"] if other is None else other[seg.start : seg.stop]
             self.op(seg, operand)

@@ -32,7 +32,7 @@ class _NormScale(Transform):
         """Turn norms into multipliers (in place for a list of per-tensor norms)."""
         raise NotImplementedError
 
-    def step(self, ctx: StepContext, fused: Any = None) -> None:
+    def step(self, ctx: StepContext) -> None:
         segments = ctx.segments(self)
         if self.per_tensor:
             for seg in segments:

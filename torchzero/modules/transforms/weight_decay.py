@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from torch import Tensor
-
+from ...core.lr import LR
 from ...core.module import Module, Transform
-from ...foreach import ops
 
 if TYPE_CHECKING:
     from ...core.context import StepContext
@@ -52,6 +50,7 @@ class WeightDecay(Transform):
     """
 
     fuses_lr = True
+    modifies_update_inplace = False  # the sink copies a gradient before writing the decayed update
 
     def __init__(self, weight_decay: float = 1e-4, scale_by_lr: bool = False) -> None:
         if weight_decay < 0:
@@ -65,7 +64,6 @@ class WeightDecay(Transform):
     def bind(self, opt: Modular) -> None:
         if not self.scale_by_lr:
             return
-        from ..lr import LR
 
         lrs = [m for m in opt.modules if isinstance(m, LR)]
         if not lrs:
@@ -82,27 +80,8 @@ class WeightDecay(Transform):
             )
         self._lr = lrs[0]
 
-    def step(self, ctx: StepContext, fused: Any = None) -> None:
-        lr_module = self._lr if self.scale_by_lr else fused
-        for seg in ctx.segments(self, lr_module):
+    def step(self, ctx: StepContext) -> None:
+        for seg in ctx.segments(self, self._lr if self.scale_by_lr else None):
             wd, lr = seg.settings["weight_decay"], seg.scale
-            # final update: s * u + d * theta
-            s = 1.0 if self.scale_by_lr else lr
-            d = wd * lr
-            params, update = seg.params, seg.update
-            numbers = not isinstance(s, Tensor) and not isinstance(d, Tensor)
-            if ctx.is_last and numbers:
-                if d != 0:
-                    ops.mul_(params, 1 - d)
-                ops.add_(params, update, alpha=-s)
-                continue
-            if isinstance(s, Tensor) or s != 1:
-                ops.mul_(update, s)
-            if isinstance(d, Tensor):
-                ops.add_(update, ops.mul(params, d))
-            elif d != 0:
-                ops.add_(update, params, alpha=d)
-            if ctx.is_last:
-                ops.sub_(params, update)
-        if ctx.is_last:
-            ctx.mark_params_written()
+            # the update becomes s * u + d * theta (theta <- theta (1 - d) - s u when the sink writes the params)
+            seg.emit(seg.update, 1.0 if self.scale_by_lr else lr, decay=wd * lr)

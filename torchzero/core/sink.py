@@ -1,0 +1,211 @@
+"""The write sink: the one place where parameters are written and updates are handed on.
+
+Modules compute directions and give them to the sink through their segment (:meth:`Segment.emit`,
+:meth:`Segment.emit_div`, :meth:`Segment.emit_mul`, :meth:`Segment.emit_kernel`) or, for whole-vector
+modules, through the context (:meth:`StepContext.keep_trial_point`, :meth:`StepContext.external_step`).
+Whether the running stage is the last one of the chain is the core's business, not the module's:
+
+* the **last** stage's emission is subtracted from the parameters in the same pass (the fused ``LR`` included),
+  with the arithmetic of torch's own optimizers (``addcdiv_``, ``add_(alpha=-lr)``, ``mul_(1 - lr * wd)``);
+* any **other** stage's emission becomes the update handed to the next module.
+
+The sink never writes into the gradient: while the update still *is* ``.grad`` (the chain starts with it, to
+save a copy), it is copied before anything is written into it (copy on write, also for modules that change the
+update in place, see :meth:`StepContext.own_update`).  After a step ``.grad`` holds what backward left, as with
+torch.optim.
+
+An emission is a sum of *terms*, each subtracted from the parameters (last stage) or added into the update:
+``("add", x, s)`` is ``s * x``, ``("div", n, d, s)`` is ``s * n / d`` and ``("mul", a, b, s)`` is ``s * a * b``;
+``decay`` adds ``decay * theta`` (as ``theta <- theta (1 - decay)`` when the parameters are written).  A scale or
+decay may be a 0-dim tensor (a tensor lr): it never leaves the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ..foreach import ops
+
+if TYPE_CHECKING:
+    from .context import Segment, StepContext
+
+Term = tuple[Any, ...]
+
+
+def is_one(x: Any) -> bool:
+    """True for the number 1 (a tensor is never compared on the host: that would sync with the device)."""
+    return not isinstance(x, Tensor) and x == 1
+
+
+def same_tensors(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
+    """True when two lists hold the same tensor objects."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def write(seg: Segment, terms: Sequence[Term], decay: Any = 0.0, scratch: Sequence[Tensor] | None = None) -> None:
+    """Emit ``sum(terms) + decay * theta`` for ``seg``: into the parameters (last stage) or as the update.
+
+    ``scratch`` is a list of fresh tensors the module no longer needs (the denominator of a single "div" term),
+    which the update may be built in instead of a new allocation.
+    """
+    ctx = seg.ctx
+    if not ctx.is_last:
+        seg.update = _as_update(seg, terms, decay, scratch)
+        return
+    params = seg.params
+    tensors = isinstance(decay, Tensor) or any(isinstance(t[-1], Tensor) for t in terms)
+    if tensors:  # foreach ops with a scalar argument take Python numbers only: build the update, then subtract
+        ops.sub_(params, _as_update(seg, terms, decay, scratch))
+    else:
+        if decay != 0:
+            ops.mul_(params, 1 - decay)
+        for term in terms:
+            kind, s = term[0], term[-1]
+            if kind == "add":
+                ops.add_(params, list(term[1]), alpha=-s)
+            elif kind == "div":
+                ops.addcdiv_(params, list(term[1]), _den_read(term[2]), -s)
+            else:
+                ops.addcmul_(params, list(term[1]), list(term[2]), -s)
+    ctx.params_written = True
+
+
+def _den_read(den: Sequence[Tensor]) -> list[Tensor]:
+    # differentiable mode: autograd keeps the divisor of div/addcdiv for the backward pass, and ``den`` may be
+    # state that the next step changes in place (Adamax's exp_inf)
+    return ops.clone(den) if torch.is_grad_enabled() else list(den)
+
+
+def _as_update(seg: Segment, terms: Sequence[Term], decay: Any, scratch: Sequence[Tensor] | None) -> list[Tensor]:
+    """The update ``sum(terms) + decay * theta``, built in the incoming update when the chain owns it."""
+    update = seg.update
+    owned = seg.ctx.owns(update, seg.start)
+    first, rest = terms[0], terms[1:]
+    kind, s = first[0], first[-1]
+    if kind == "add":
+        x = list(first[1])
+        if same_tensors(x, update) and (owned or is_one(s)):
+            out = update
+        elif owned:
+            ops.copy_(update, x)
+            out = update
+        else:
+            out = ops.clone(x)
+        if not is_one(s):
+            ops.mul_(out, s)
+    elif kind == "div":
+        num, den = list(first[1]), _den_read(first[2])
+        if scratch is not None and not rest:
+            out = list(scratch)  # s * num / den built in the (fresh) denominator's buffers
+            ops.reciprocal_(out)
+            ops.mul_(out, num)
+            ops.mul_(out, s)
+        elif same_tensors(num, update) or isinstance(s, Tensor):
+            if owned:
+                out = update
+                if not same_tensors(num, update):
+                    ops.copy_(out, num)
+                ops.div_(out, den)
+            else:
+                out = ops.div(num, den)
+            if not is_one(s):
+                ops.mul_(out, s)
+        else:
+            if owned:
+                out = update
+                ops.zero_(out)
+            else:
+                out = ops.zeros_like(num)
+            ops.addcdiv_(out, num, den, s)
+    else:  # "mul"
+        a, b = list(first[1]), list(first[2])
+        if owned:
+            out = update
+            if not same_tensors(a, update):
+                ops.copy_(out, a)
+            ops.mul_(out, b)
+        else:
+            out = ops.mul(a, b)
+        if not is_one(s):
+            ops.mul_(out, s)
+    for term in rest:
+        kind, s = term[0], term[-1]
+        if kind == "add":
+            _add(out, list(term[1]), s)
+        elif kind == "div":
+            if isinstance(s, Tensor):
+                q = ops.div(list(term[1]), _den_read(term[2]))
+                ops.mul_(q, s)
+                ops.add_(out, q)
+            else:
+                ops.addcdiv_(out, list(term[1]), _den_read(term[2]), s)
+        else:
+            if isinstance(s, Tensor):
+                q = ops.mul(list(term[1]), list(term[2]))
+                ops.mul_(q, s)
+                ops.add_(out, q)
+            else:
+                ops.addcmul_(out, list(term[1]), list(term[2]), s)
+    if isinstance(decay, Tensor) or decay != 0:
+        _add(out, seg.params, decay)
+    return out
+
+
+def _add(out: list[Tensor], x: list[Tensor], s: Any) -> None:
+    if isinstance(s, Tensor):
+        ops.add_(out, ops.mul(x, s))
+    else:
+        ops.add_(out, x, alpha=s)
+
+
+def write_per_tensor(seg: Segment, direction: Sequence[Tensor], scales: Sequence[Any]) -> None:
+    """Emit ``scales[i] * direction[i]`` tensor by tensor (per-tensor step sizes, as Muon's adjusted lr)."""
+    ctx = seg.ctx
+    if ctx.is_last:
+        for p, d, s in zip(seg.params, direction, scales, strict=True):
+            if isinstance(s, Tensor):
+                p.sub_(d.to(p.dtype) * s)
+            else:
+                p.add_(d, alpha=-s)
+        ctx.params_written = True
+        return
+    update = seg.update
+    owned = ctx.owns(update, seg.start)
+    out: list[Tensor] = []
+    for u, d, s in zip(update, direction, scales, strict=True):
+        t = u if owned else torch.empty_like(u)
+        if t is not d:
+            t.copy_(d)
+        if not is_one(s):
+            t.mul_(s)
+        out.append(t)
+    seg.update = out
+
+
+def write_kernel(seg: Segment, scale: Any, kernel: Callable[[list[Tensor], Any], None]) -> None:
+    """Run a fused kernel ``kernel(target, lr)`` that does ``target -= lr * direction`` in one pass.
+
+    The last stage gives it the parameters and ``scale``; any other stage a zero buffer and ``-scale``, which
+    leaves exactly ``scale * direction`` in the buffer, handed on as the update.
+    """
+    ctx = seg.ctx
+    if ctx.is_last:
+        kernel(seg.params, scale)
+        ctx.params_written = True
+        return
+    target = ops.zeros_like(seg.update)
+    kernel(target, -scale)
+    seg.update = target
+
+
+def final_write(ctx: StepContext) -> None:
+    """Subtract the chain's update from the parameters when no stage wrote them (one pass per bucket)."""
+    params, update = ctx.params, ctx.update
+    if len(update) != len(params):
+        raise RuntimeError(f"the chain produced {len(update)} update tensors for {len(params)} parameters")
+    for a, b in ctx.layout.buckets:
+        ops.sub_(params[a:b], update[a:b])

@@ -1,0 +1,32 @@
+"""Which kernel path a write takes: torch's fused kernels, the foreach ops, or the per-tensor reference.
+
+One function decides, from the tensors' device and dtype, the scale's type and the thread's mode, so every
+module that has a fused kernel (Adam's ``torch._fused_adam_``) takes it under the same conditions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import torch
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+from . import ops
+
+
+def fused_ok(device: torch.device, dtype: torch.dtype, scale: Any, dtypes: Collection[torch.dtype]) -> bool:
+    """True when a fused kernel may run for tensors on ``device`` of ``dtype`` with step size ``scale``.
+
+    Not for a tensor scale (a capturable-style lr takes the foreach path), not in :func:`ops.reference_mode`,
+    not with autograd on (differentiable mode: fused kernels have no derivative) and not under torch.compile
+    (Inductor fuses the foreach ops itself).
+    """
+    return (
+        not isinstance(scale, torch.Tensor)
+        and dtype in dtypes
+        and device.type in _get_fused_kernels_supported_devices()
+        and not ops.is_reference_mode()
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+    )
