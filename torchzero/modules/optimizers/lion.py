@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...core.module import Transform
+from ...core.schema import ALPHA, BETAS
 from ...foreach import ops
-from ._common import check_betas, emit
+from ._common import emit
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -34,9 +35,9 @@ class Lion(Transform):
     """
 
     fuses_lr = True
+    schema = {"betas": BETAS, "alpha": ALPHA}
 
     def __init__(self, betas: tuple[float, float] = (0.9, 0.99), alpha: float = 1.0) -> None:
-        betas = check_betas("Lion", betas)
         super().__init__({"betas": betas, "alpha": alpha})
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:
