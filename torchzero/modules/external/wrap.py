@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ...core.module import Module
+from ...core.schema import Rule, Setting, anything
 from ...foreach import ops
 from ._handoff import StateView, is_primitive, measure_and_undo, set_grads
 
@@ -39,6 +41,14 @@ def _fuses(opt_cls: Any, fuse: bool | None) -> bool:
         return "lr" in inspect.signature(opt_cls.__init__).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _accepted(
+    opt_cls: type[torch.optim.Optimizer], kwargs: dict[str, Any], keys: tuple[str, ...], *values: Any
+) -> bool:
+    """Build ``opt_cls`` on a throwaway parameter with these settings; its own checks raise ``ValueError``."""
+    opt_cls([torch.zeros(1, 1, requires_grad=True)], **{**kwargs, **dict(zip(keys, values, strict=True))})
+    return True
 
 
 class Wrap(Module):
@@ -88,6 +98,14 @@ class Wrap(Module):
             raise TypeError(f"Wrap takes an optimizer class such as torch.optim.Adam, got {opt_cls!r}")
         self.opt_cls = opt_cls
         self.kwargs = dict(kwargs)
+        # the settings are the wrapped optimizer's: it checks them (torch.optim does in its constructor)
+        keys = tuple(k for k in kwargs if k != "lr")
+        name = getattr(opt_cls, "__name__", repr(opt_cls))
+        self.schema = dict.fromkeys(keys, Setting(anything()))
+        if inspect.isclass(opt_cls) and issubclass(opt_cls, torch.optim.Optimizer):
+            self.cross_checks = (
+                Rule(keys, functools.partial(_accepted, opt_cls, self.kwargs, keys), f"settings {name} accepts"),
+            )
         super().__init__({k: v for k, v in kwargs.items() if k != "lr"})
         self.fuses_lr = _fuses(opt_cls, fuse)
         self.optimizer: torch.optim.Optimizer | None = None
