@@ -105,6 +105,8 @@ class Number(Constraint):
         return None
 
     def convert(self, value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return value.reshape(())  # a one-element Tensor as a 0-dim view (foreach ops take 0-dim scalars)
         return int(value) if self.integer else value
 
 
@@ -307,8 +309,9 @@ def validate(module: Module, values: Mapping[str, Any], where: str = "", rules: 
             ok, detail = False, f", got: {e}"
         if not ok:
             given = ", ".join(f"{k}={out[k]!r}" for k in rule.keys)
+            what = f" {given}{where} is invalid:" if given else f"{where}"
             fix = f" {rule.fix}" if rule.fix else ""
-            raise ValueError(f"{cls}: {given}{where} is invalid: expected {rule.expected}{detail}.{fix}")
+            raise ValueError(f"{cls}:{what} expected {rule.expected}{detail}.{fix}")
     return out
 
 
