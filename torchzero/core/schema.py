@@ -52,7 +52,10 @@ class Constraint:
 
 
 class Number(Constraint):
-    """A real number (not a bool) in a range; also a one-element Tensor where ``tensor`` (a Tensor lr)."""
+    """A real number (not a bool, not NaN) in a range, or a one-element Tensor holding one (a Tensor lr).
+
+    ``integer``: an int, or an integral float (stored as an int); Tensors are not integers.
+    """
 
     def __init__(
         self,
@@ -105,8 +108,8 @@ class Number(Constraint):
         return None
 
     def convert(self, value: Any) -> Any:
-        if isinstance(value, Tensor):
-            return value.reshape(())  # a one-element Tensor as a 0-dim view (foreach ops take 0-dim scalars)
+        if isinstance(value, Tensor):  # a one-element Tensor as a 0-dim view (foreach ops take 0-dim scalars)
+            return value if value.ndim == 0 else value.reshape(())
         return int(value) if self.integer else value
 
 
