@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .module import Transform
+from .schema import Setting, a_callable, at_least, optional
 from .settings import EXPOSED_KEYS
 
 if TYPE_CHECKING:
@@ -52,8 +53,19 @@ class LR(Transform, torch.optim.Optimizer):
     saying to add one.
     """
 
+    schema = {
+        "lr": Setting(
+            at_least(0),
+            "The learning rate is a non-negative number such as 1e-3, or a one-element Tensor "
+            "(torch.tensor(1e-3)) for compiled or captured loops.",
+        ),
+        "scheduler_cls": Setting(
+            optional(a_callable()), "Pass e.g. lambda opt: torch.optim.lr_scheduler.StepLR(opt, 10)."
+        ),
+    }
+
     def __init__(self, lr: float = 1e-3, scheduler_cls: Callable[[Any], Any] | None = None) -> None:
-        Transform.__init__(self, {"lr": lr})
+        Transform.__init__(self, {"lr": lr}, options={"scheduler_cls": scheduler_cls})
         self.scheduler_cls = scheduler_cls
         self.scheduler: Any = None
         self._opt: Modular | None = None

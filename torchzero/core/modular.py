@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from ..foreach import Layout, ops
+from . import schema, sink
 from . import settings as S
-from . import sink
 from .closure import Closure, check_finite
 from .context import Segment, StepContext
 from .lr import LR
@@ -122,6 +122,7 @@ class Modular(torch.optim.Optimizer):
         self._positions = _module_positions(self._partitioned, self.param_groups)
         for i, m in enumerate(self._partitioned):
             m.partition = i
+        schema.check_groups(self, self.param_groups)
         self._check_uniform_settings(None)
         for m in self._leaves:
             bind = getattr(m, "bind", None)
@@ -133,6 +134,7 @@ class Modular(torch.optim.Optimizer):
         if not isinstance(param_group, dict):
             raise TypeError(f"a param group must be a dict, got {type(param_group).__name__}")
         S.check_group_keys(param_group, len(self.param_groups), self._leaves)
+        schema.check_new_group(self, param_group, len(self.param_groups))
         given = frozenset(k for k in param_group if k not in S.FRAMEWORK_KEYS)
         super().add_param_group(param_group)
         for key, value in self._inert.items():
@@ -442,6 +444,7 @@ class Modular(torch.optim.Optimizer):
                 "this state dict was saved for a different parameter layout: saved group sizes "
                 f"{[len(s['params']) for s in saved_groups]}, this optimizer has {[len(g['params']) for g in groups]}."
             )
+        schema.check_groups(self, saved_groups, "the state dict's param group")
         super().load_state_dict({k: v for k, v in state_dict.items() if k != _STATE_KEY})
         if self._lr_missing_error:
             self.param_groups[:] = [ParamGroup(g) for g in self.param_groups]

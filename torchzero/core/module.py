@@ -11,10 +11,12 @@ segment, a slice of parameters on one device with one dtype and one set of resol
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
+
+from .schema import Constraint, Rule, Setting, validate
 
 if TYPE_CHECKING:
     from .context import Segment, StepContext
@@ -41,10 +43,16 @@ class Module:
       as ``seg.step``; segments never mix parameters with different counts, so a parameter that joins
       later starts from step 1, as in torch.
 
+    Settings are declared with their allowed values in ``schema`` (and constraints between them in
+    ``cross_checks``, see :mod:`torchzero.core.schema`); they are checked when the module is built, in
+    :meth:`set_params`, and by the optimizer when groups are added or loaded.
+
     Args:
         defaults: the module's settings and their default values.  Every key can be overridden per
             param group, either in the groups of :class:`~torchzero.Modular` (applies to every module
             that declares the key) or in :meth:`set_params` (applies to this module only).
+        options: constructor arguments that are not per-group settings (``ord``, ``fused``, ...), checked
+            against the schema with the defaults but not stored.
     """
 
     fusable_scale: ClassVar[bool] = False
@@ -56,9 +64,15 @@ class Module:
     modifies_update_inplace: ClassVar[bool] = True
     counts_steps: ClassVar[bool] = False
     uniform_settings: ClassVar[bool] = False
+    schema: Mapping[str, Setting | Constraint] = {}
+    """allowed values of each setting (and constructor option) by key"""
+    cross_checks: Sequence[Rule] = ()
+    """constraints between settings, checked on the combination each run of parameters resolves to"""
 
-    def __init__(self, defaults: dict[str, Any] | None = None) -> None:
-        self.defaults: dict[str, Any] = dict(defaults or {})
+    def __init__(self, defaults: dict[str, Any] | None = None, options: dict[str, Any] | None = None) -> None:
+        defaults = dict(defaults or {})
+        checked = validate(self, {**(options or {}), **defaults})
+        self.defaults: dict[str, Any] = {k: checked[k] for k in defaults}
         self.own_groups: list[dict[str, Any]] | None = None
         """groups given to :meth:`set_params`, or None"""
         self.global_state: dict[str, Any] = {}
@@ -89,7 +103,8 @@ class Module:
             params = group["params"]
             params = [params] if isinstance(params, Tensor) else list(params)
             params = [p[1] if isinstance(p, tuple) else p for p in params]
-            checked.append({**group, "params": params})
+            own = {k: v for k, v in group.items() if k in self.defaults}
+            checked.append({**group, **validate(self, own, f" in set_params group {i}"), "params": params})
         self.own_groups = checked
         return self
 

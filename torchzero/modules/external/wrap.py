@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ...core.module import Module
+from ...core.schema import Constraint, Rule, Setting, anything
 from ._handoff import StateView, is_primitive, set_grads
 
 if TYPE_CHECKING:
@@ -38,6 +40,32 @@ def _fuses(opt_cls: Any, fuse: bool | None) -> bool:
         return "lr" in inspect.signature(opt_cls.__init__).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _accepted(
+    opt_cls: type[torch.optim.Optimizer], kwargs: dict[str, Any], keys: tuple[str, ...], *values: Any
+) -> bool:
+    """Build ``opt_cls`` on a throwaway parameter with these settings; its own checks raise ``ValueError``."""
+    opt_cls([torch.zeros(1, 1, requires_grad=True)], **{**kwargs, **dict(zip(keys, values, strict=True))})
+    return True
+
+
+class _Accepted(Constraint):
+    """A value of one setting that ``opt_cls`` accepts with its other arguments as given to ``Wrap``."""
+
+    def __init__(self, opt_cls: type[torch.optim.Optimizer], kwargs: dict[str, Any], key: str) -> None:
+        self.opt_cls, self.kwargs, self.key = opt_cls, kwargs, key
+
+    def problem(self, name: str, value: Any) -> tuple[str, str] | None:
+        try:
+            _accepted(self.opt_cls, self.kwargs, (self.key,), value)
+        except ValueError as e:
+            try:
+                _accepted(self.opt_cls, self.kwargs, ())
+            except ValueError:
+                return None  # the constructor's arguments are refused as they are: the Rule names them all
+            return f"{name} that {self.opt_cls.__name__} accepts", f"{value!r} ({e})"
+        return None
 
 
 class Wrap(Module):
@@ -89,6 +117,14 @@ class Wrap(Module):
             raise TypeError(f"Wrap takes an optimizer class such as torch.optim.Adam, got {opt_cls!r}")
         self.opt_cls = opt_cls
         self.kwargs = dict(kwargs)
+        # the settings are the wrapped optimizer's, checked by it: torch.optim checks its arguments when it is built,
+        # so they are checked by building it on a throwaway parameter (a factory's are left to the factory)
+        keys = tuple(k for k in kwargs if k != "lr")
+        self.schema = dict.fromkeys(keys, Setting(anything()))
+        if inspect.isclass(opt_cls) and issubclass(opt_cls, torch.optim.Optimizer):
+            self.schema = {k: _Accepted(opt_cls, self.kwargs, k) for k in keys}
+            accepted = functools.partial(_accepted, opt_cls, self.kwargs, keys)
+            self.cross_checks = (Rule(keys, accepted, f"settings {opt_cls.__name__} accepts"),)
         super().__init__({k: v for k, v in kwargs.items() if k != "lr"})
         self.fuses_lr = _fuses(opt_cls, fuse)
         self.optimizer: torch.optim.Optimizer | None = None

@@ -8,12 +8,20 @@ import torch
 from torch import Tensor
 
 from ...core.module import Module
+from ...core.schema import Setting, integer, one_of
 from ...foreach import ops
 
 if TYPE_CHECKING:
     from ...core.context import StepContext
 
 DISTRIBUTIONS = ("rademacher", "gaussian", "spsa")
+
+SAMPLING_SCHEMA = {
+    "n_samples": Setting(integer(1), "It is the number of directions per step: a positive integer such as 1."),
+    "distribution": Setting(one_of(*DISTRIBUTIONS), "e.g. 'rademacher' (random signs) or 'gaussian'."),
+    "seed": Setting(integer(), "Any integer; the directions depend on it and on the step count."),
+}
+"""settings of the modules that draw random directions"""
 
 
 class GradApprox(Module):

@@ -8,23 +8,20 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from ...core.probe import Probe
+from ...core.schema import Setting, greater_than, one_of
 from ...foreach import ops
 from ...foreach.ops import add_scaled_
-from ._common import DISTRIBUTIONS, GradApprox, draw, generators
+from ._common import SAMPLING_SCHEMA, GradApprox, draw, generators
 
 if TYPE_CHECKING:
     from ...core.context import StepContext
 
 FORMULAS = ("forward", "backward", "central")
 
-
-def _check(eps: float, formula: str) -> None:
-    if not eps > 0:
-        raise ValueError(
-            f"eps (the finite-difference step) must be positive, got {eps}. Typical: 1e-3 (fp32), 1e-6 (fp64)."
-        )
-    if formula not in FORMULAS:
-        raise ValueError(f"formula must be one of {FORMULAS}, got {formula!r}.")
+FD_SCHEMA = {
+    "eps": Setting(greater_than(0), "eps is the finite-difference step: typical 1e-3 (fp32), 1e-6 (fp64)."),
+    "formula": Setting(one_of(*FORMULAS), "'central' is the most accurate, 'forward' the cheapest."),
+}
 
 
 def _difference(formula: str, eps: float, f0: Tensor, plus: Tensor | None, minus: Tensor | None) -> Tensor:
@@ -65,8 +62,9 @@ class FDM(GradApprox):
     Reference: Nocedal & Wright, *Numerical Optimization* (2nd ed.), Section 8.1.
     """
 
+    schema = FD_SCHEMA
+
     def __init__(self, eps: float = 1e-3, formula: str = "central") -> None:
-        _check(eps, formula)
         super().__init__({"eps": eps, "formula": formula})
 
     def step(self, ctx: StepContext) -> None:
@@ -131,6 +129,8 @@ class RandomizedFDM(GradApprox):
     convex functions" (2017).
     """
 
+    schema = {**FD_SCHEMA, **SAMPLING_SCHEMA}
+
     def __init__(
         self,
         eps: float = 1e-3,
@@ -139,13 +139,8 @@ class RandomizedFDM(GradApprox):
         formula: str = "central",
         seed: int = 0,
     ) -> None:
-        _check(eps, formula)
-        if int(n_samples) != n_samples or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples}.")
-        if distribution not in DISTRIBUTIONS:
-            raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}.")
         super().__init__(
-            {"eps": eps, "n_samples": int(n_samples), "distribution": distribution, "formula": formula, "seed": seed}
+            {"eps": eps, "n_samples": n_samples, "distribution": distribution, "formula": formula, "seed": seed}
         )
 
     def step(self, ctx: StepContext) -> None:

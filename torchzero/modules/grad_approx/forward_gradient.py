@@ -10,7 +10,7 @@ import torch.autograd.forward_ad as fwAD
 from ...core.probe import Probe, raw_loss
 from ...foreach import ops
 from ...foreach.ops import add_scaled_
-from ._common import DISTRIBUTIONS, GradApprox, draw, generators
+from ._common import SAMPLING_SCHEMA, GradApprox, draw, generators
 
 if TYPE_CHECKING:
     from ...core.context import StepContext
@@ -45,12 +45,10 @@ class ForwardGradient(GradApprox):
     Reference: Baydin et al., "Gradients without Backpropagation" (2022).
     """
 
+    schema = SAMPLING_SCHEMA
+
     def __init__(self, n_samples: int = 1, distribution: str = "gaussian", seed: int = 0) -> None:
-        if int(n_samples) != n_samples or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples}.")
-        if distribution not in DISTRIBUTIONS:
-            raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}.")
-        super().__init__({"n_samples": int(n_samples), "distribution": distribution, "seed": seed})
+        super().__init__({"n_samples": n_samples, "distribution": distribution, "seed": seed})
 
     def step(self, ctx: StepContext) -> None:
         s = ctx.settings(self)

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Line, LineSearch, check_positive
+from ...core.schema import Setting, in_range
+from .base import SEARCH_SCHEMA, Line, LineSearch
 
-
-def _check_armijo(init: float, beta: float, c1: float, max_evals: int) -> None:
-    check_positive("init", init)
-    if not 0 < beta < 1:
-        raise ValueError(f"beta (the shrink factor) must be in (0, 1), got {beta}. A typical value is 0.5.")
-    if not 0 < c1 < 1:
-        raise ValueError(f"c1 (the sufficient-decrease constant) must be in (0, 1), got {c1}. A typical value is 1e-4.")
-    if int(max_evals) != max_evals or max_evals < 1:
-        raise ValueError(f"the number of closure evaluations must be a positive integer, got {max_evals}.")
+BETA = Setting(in_range(0, 1, closed="neither"), "beta is the shrink factor between trials; a typical value is 0.5.")
 
 
 class Backtracking(LineSearch):
@@ -46,6 +39,8 @@ class Backtracking(LineSearch):
     derivatives", Pacific J. Math. 16 (1966); Nocedal & Wright, *Numerical Optimization*, Alg. 3.1.
     """
 
+    schema = {**SEARCH_SCHEMA, "beta": BETA}
+
     def __init__(
         self,
         init: float = 1.0,
@@ -55,8 +50,6 @@ class Backtracking(LineSearch):
         adaptive: bool = False,
         grow: float = 2.0,
     ) -> None:
-        _check_armijo(init, beta, c1, max_evals)
-        check_positive("grow", grow)
         super().__init__(
             {"init": init, "beta": beta, "c1": c1, "max_evals": max_evals, "adaptive": adaptive, "grow": grow}
         )
@@ -94,8 +87,14 @@ class ArmijoTrials(LineSearch):
     Reference: Armijo (1966), as for :class:`Backtracking`; the fixed grid of trials is this library's variant.
     """
 
+    schema = {
+        "n_trials": Setting(SEARCH_SCHEMA["max_evals"].constraint, "It is the number of trial step sizes, e.g. 8."),
+        "init": SEARCH_SCHEMA["init"],
+        "beta": BETA,
+        "c1": SEARCH_SCHEMA["c1"],
+    }
+
     def __init__(self, n_trials: int = 8, init: float = 1.0, beta: float = 0.5, c1: float = 1e-4) -> None:
-        _check_armijo(init, beta, c1, n_trials)
         super().__init__({"n_trials": n_trials, "init": init, "beta": beta, "c1": c1})
 
     def search(self, line: Line, loss0: float, slope0: float, settings: dict[str, Any]) -> float:

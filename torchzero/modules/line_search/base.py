@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ...core.module import Module
 from ...core.probe import Probe
+from ...core.schema import FLAG, Setting, greater_than, in_range, integer
 from ...foreach import ops
 
 if TYPE_CHECKING:
@@ -137,6 +138,11 @@ def _restore_grad(ctx: StepContext, grad0: list[Tensor]) -> None:
             ops.copy_([g for g, _ in pairs], [g0 for _, g0 in pairs])
 
 
-def check_positive(name: str, value: float, hint: str = "") -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value}.{hint}")
+SEARCH_SCHEMA = {
+    "init": Setting(greater_than(0), "init must be positive: it is the first trial step size, e.g. 1.0."),
+    "c1": Setting(in_range(0, 1, closed="neither"), "c1 is the sufficient-decrease constant; a typical value is 1e-4."),
+    "max_evals": Setting(integer(1), "It is the most closure evaluations per step: a positive integer such as 20."),
+    "adaptive": FLAG,
+    "grow": Setting(greater_than(0), "grow multiplies the previous step size, e.g. 2.0."),
+}
+"""settings the line searches share"""

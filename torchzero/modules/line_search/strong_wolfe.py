@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ...core.schema import Rule, Setting, at_least, in_range
 from ...foreach.reduce import max_abs
-from .base import Line, LineSearch, check_positive
+from .base import SEARCH_SCHEMA, Line, LineSearch
 
 
 def cubic_minimizer(
@@ -79,6 +80,12 @@ class StrongWolfe(LineSearch):
     """
 
     backward_trials = True
+    schema = {
+        **SEARCH_SCHEMA,
+        "c2": Setting(in_range(0, 1, closed="neither"), "c2 is the curvature constant, e.g. 0.9."),
+        "tol": Setting(at_least(0), "tol is the bracket-width tolerance, e.g. 1e-9."),
+    }
+    cross_checks = (Rule(("c1", "c2"), lambda c1, c2: c1 < c2, "0 < c1 < c2 < 1", "Typical values: c1=1e-4, c2=0.9."),)
 
     def __init__(
         self,
@@ -90,14 +97,6 @@ class StrongWolfe(LineSearch):
         adaptive: bool = False,
         grow: float = 2.0,
     ) -> None:
-        if not 0 < c1 < c2 < 1:
-            raise ValueError(
-                f"StrongWolfe needs 0 < c1 < c2 < 1, got c1={c1}, c2={c2}. Typical values: c1=1e-4, c2=0.9."
-            )
-        check_positive("init", init)
-        check_positive("grow", grow)
-        if int(max_evals) != max_evals or max_evals < 1:
-            raise ValueError(f"max_evals must be a positive integer, got {max_evals}.")
         super().__init__(
             {"c1": c1, "c2": c2, "init": init, "max_evals": max_evals, "tol": tol, "adaptive": adaptive, "grow": grow}
         )

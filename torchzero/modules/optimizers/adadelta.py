@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...core.module import Transform
+from ...core.schema import ALPHA, EPS, Setting, in_range
 from ...foreach import ops
-from ._common import check
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -33,12 +33,11 @@ class Adadelta(Transform):
     """
 
     fuses_lr = True
+    schema = {"rho": Setting(in_range(0, 1), "Use a value such as 0.9."), "eps": EPS, "alpha": ALPHA}
 
     modifies_update_inplace = False  # reads the update and emits a new one through the sink
 
     def __init__(self, rho: float = 0.9, eps: float = 1e-6, alpha: float = 1.0) -> None:
-        check(0.0 <= rho <= 1.0, "Adadelta", "rho in [0, 1]", rho, "Use a value such as 0.9.")
-        check(eps >= 0, "Adadelta", "eps >= 0", eps, "Use a small positive value such as 1e-6.")
         super().__init__({"rho": rho, "eps": eps, "alpha": alpha})
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from ...core.module import Transform
+from ...core.schema import ALPHA, EPS, Setting, at_least
 from ...foreach import ops
-from ._common import check
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -40,16 +40,20 @@ class Adagrad(Transform):
 
     fuses_lr = True
     counts_steps = True
+    schema = {
+        "lr_decay": Setting(at_least(0), "Use 0 to disable the decay."),
+        "initial_accumulator_value": Setting(
+            at_least(0), "The accumulator is a sum of squares; start it at 0 or a positive value."
+        ),
+        "eps": EPS,
+        "alpha": ALPHA,
+    }
 
     modifies_update_inplace = False  # reads the update and emits a new one through the sink
 
     def __init__(
         self, lr_decay: float = 0.0, initial_accumulator_value: float = 0.0, eps: float = 1e-10, alpha: float = 1.0
     ) -> None:
-        check(lr_decay >= 0, "Adagrad", "lr_decay >= 0", lr_decay, "Use 0 to disable the decay.")
-        check(initial_accumulator_value >= 0, "Adagrad", "initial_accumulator_value >= 0", initial_accumulator_value,
-              "The accumulator is a sum of squares; start it at 0 or a positive value.")  # fmt: skip
-        check(eps >= 0, "Adagrad", "eps >= 0", eps, "Use a small positive value such as 1e-10.")
         super().__init__(
             {"lr_decay": lr_decay, "initial_accumulator_value": initial_accumulator_value, "eps": eps, "alpha": alpha}
         )

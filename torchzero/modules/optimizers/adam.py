@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...core.module import Transform
+from ...core.schema import ALPHA, BETAS, EPS, FLAG, Setting, boolean, optional
 from ...foreach import ops
 
 if TYPE_CHECKING:
@@ -46,6 +47,10 @@ class Adam(Transform):
     fuses_lr = True
     modifies_update_inplace = False
     counts_steps = True
+    schema = {
+        "betas": BETAS, "eps": EPS, "amsgrad": FLAG, "alpha": ALPHA,
+        "fused": Setting(optional(boolean()), "None uses the fused kernel where it applies, False never."),
+    }  # fmt: skip
 
     def __init__(
         self,
@@ -55,7 +60,7 @@ class Adam(Transform):
         alpha: float = 1.0,
         fused: bool | None = None,
     ) -> None:
-        super().__init__({"betas": tuple(betas), "eps": eps, "amsgrad": amsgrad, "alpha": alpha})
+        super().__init__({"betas": betas, "eps": eps, "amsgrad": amsgrad, "alpha": alpha}, options={"fused": fused})
         self.fused = fused
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...core.module import Transform
+from ...core.schema import ALPHA, BETAS, EPS
 from ...foreach import ops
-from ._common import check, check_betas
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -34,12 +34,11 @@ class Adamax(Transform):
 
     fuses_lr = True
     counts_steps = True
+    schema = {"betas": BETAS, "eps": EPS, "alpha": ALPHA}
 
     modifies_update_inplace = False  # reads the update and emits a new one through the sink
 
     def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, alpha: float = 1.0) -> None:
-        betas = check_betas("Adamax", betas)
-        check(eps >= 0, "Adamax", "eps >= 0", eps, "Use a small positive value such as 1e-8.")
         super().__init__({"betas": betas, "eps": eps, "alpha": alpha})
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...core.module import Transform
+from ...core.schema import ALPHA, BETAS
 from ...foreach import ops
-from ._common import check_betas
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -34,11 +34,11 @@ class Lion(Transform):
     """
 
     fuses_lr = True
+    schema = {"betas": BETAS, "alpha": ALPHA}
 
     modifies_update_inplace = False  # reads the update and emits a new one through the sink
 
     def __init__(self, betas: tuple[float, float] = (0.9, 0.99), alpha: float = 1.0) -> None:
-        betas = check_betas("Lion", betas)
         super().__init__({"betas": betas, "alpha": alpha})
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...core.module import Transform
+from ...core.schema import ALPHA, DAMPENING, MOMENTUM
 from ...foreach import ops
-from ._common import check
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -34,9 +34,9 @@ class HeavyBall(Transform):
     """
 
     fuses_lr = True
+    schema = {"momentum": MOMENTUM, "dampening": DAMPENING, "alpha": ALPHA}
 
     def __init__(self, momentum: float = 0.9, dampening: float = 0.0, alpha: float = 1.0) -> None:
-        check(momentum >= 0.0, "HeavyBall", "momentum >= 0", momentum, "Use a value such as 0.9.")
         super().__init__({"momentum": momentum, "dampening": dampening, "alpha": alpha})
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:
@@ -67,9 +67,9 @@ class NesterovMomentum(Transform):
     """
 
     fuses_lr = True
+    schema = {"momentum": MOMENTUM, "dampening": DAMPENING, "alpha": ALPHA}
 
     def __init__(self, momentum: float = 0.9, dampening: float = 0.0, alpha: float = 1.0) -> None:
-        check(momentum >= 0.0, "NesterovMomentum", "momentum >= 0", momentum, "Use a value such as 0.9.")
         super().__init__({"momentum": momentum, "dampening": dampening, "alpha": alpha})
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:

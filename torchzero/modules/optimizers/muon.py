@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ...core.schema import FLAG, Setting, in_range
 from ...foreach import ops
-from ._common import check
-from .orthogonalize import NS_COEFFICIENTS, Orthogonalize, _check_ns, _dtype_name
+from .orthogonalize import NS_COEFFICIENTS, NS_SCHEMA, Orthogonalize
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -45,6 +45,8 @@ class Muon(Orthogonalize):
     https://kellerjordan.github.io/posts/muon/
     """
 
+    schema = {"momentum": Setting(in_range(0, 1, closed="left"), "Use e.g. 0.95."), "nesterov": FLAG, **NS_SCHEMA}
+
     def __init__(
         self,
         momentum: float = 0.95,
@@ -57,8 +59,6 @@ class Muon(Orthogonalize):
         ns_dtype: str | torch.dtype | None = "bfloat16",
         alpha: float = 1.0,
     ) -> None:
-        check(0.0 <= momentum < 1.0, "Muon", "momentum in [0, 1)", momentum, "Use e.g. 0.95.")
-        _check_ns("Muon", ns_steps, ns_coefficients, eps, adjust_lr_fn, _dtype_name(ns_dtype))
         defaults = self._ns_defaults(ns_steps, ns_coefficients, eps, adjust_lr_fn, flatten, ns_dtype, alpha)
         super(Orthogonalize, self).__init__({"momentum": momentum, "nesterov": nesterov, **defaults})
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ...core.module import Transform
+from ...core.schema import ALPHA, BETAS, EPS, Setting, at_least
 from ...foreach import ops
-from ._common import check, check_betas
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -41,6 +41,7 @@ class NAdam(Transform):
 
     fuses_lr = True
     counts_steps = True
+    schema = {"betas": BETAS, "eps": EPS, "momentum_decay": Setting(at_least(0), "Use e.g. 4e-3."), "alpha": ALPHA}
 
     modifies_update_inplace = False  # reads the update and emits a new one through the sink
 
@@ -51,9 +52,6 @@ class NAdam(Transform):
         momentum_decay: float = 4e-3,
         alpha: float = 1.0,
     ) -> None:
-        betas = check_betas("NAdam", betas)
-        check(eps >= 0, "NAdam", "eps >= 0", eps, "Use a small positive value such as 1e-8.")
-        check(momentum_decay >= 0, "NAdam", "momentum_decay >= 0", momentum_decay, "Use e.g. 4e-3.")
         super().__init__({"betas": betas, "eps": eps, "momentum_decay": momentum_decay, "alpha": alpha})
 
     def step(self, ctx: StepContext) -> None:

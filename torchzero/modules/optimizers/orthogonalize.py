@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ...core.module import Transform
-from ._common import check
+from ...core.schema import ALPHA, FLAG, Setting, dtype_name, greater_than, integer, one_of, real, tuple_of
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -53,23 +53,19 @@ def lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
     return 1.0
 
 
-def _check_ns(cls: str, ns_steps: int, ns_coefficients: Any, eps: float, adjust_lr_fn: Any, ns_dtype: Any) -> None:
-    check(isinstance(ns_steps, int) and 0 <= ns_steps < 100, cls, "ns_steps an int in [0, 100)", ns_steps,
-          "5 steps are usually enough.")  # fmt: skip
-    check(len(tuple(ns_coefficients)) == 3, cls, "ns_coefficients = (a, b, c)", ns_coefficients,
-          f"Use the default {NS_COEFFICIENTS}.")  # fmt: skip
-    check(eps > 0, cls, "eps > 0", eps, "Use e.g. 1e-7.")
-    check(adjust_lr_fn in _ADJUST, cls, f"adjust_lr_fn in {_ADJUST}", adjust_lr_fn,
-          "'original' scales by sqrt(max(1, rows/cols)), 'match_rms_adamw' by 0.2*sqrt(max(rows, cols)).")  # fmt: skip
-    check(ns_dtype is None or isinstance(getattr(torch, str(ns_dtype), None), torch.dtype), cls,
-          "ns_dtype a torch dtype name such as 'bfloat16' or 'float32', or None", ns_dtype,
-          "None computes in the update's own dtype.")  # fmt: skip
-
-
-def _dtype_name(dtype: Any) -> str | None:
-    if dtype is None:
-        return None
-    return str(dtype).removeprefix("torch.")
+NS_SCHEMA = {
+    "ns_steps": Setting(integer(0, 100, closed="left"), "5 steps are usually enough."),
+    "ns_coefficients": Setting(tuple_of(real(), 3, "(a, b, c)"), f"Use the default {NS_COEFFICIENTS}."),
+    "eps": Setting(greater_than(0), "Use e.g. 1e-7."),
+    "adjust_lr_fn": Setting(
+        one_of(*_ADJUST),
+        "'original' scales by sqrt(max(1, rows/cols)), 'match_rms_adamw' by 0.2*sqrt(max(rows, cols)).",
+    ),
+    "flatten": FLAG,
+    "ns_dtype": Setting(dtype_name(), "None computes in the update's own dtype."),
+    "alpha": ALPHA,
+}
+"""the settings of :class:`Orthogonalize`, which :class:`~torchzero.m.Muon` has too"""
 
 
 class Orthogonalize(Transform):
@@ -107,6 +103,7 @@ class Orthogonalize(Transform):
     """
 
     fuses_lr = True
+    schema = NS_SCHEMA
 
     modifies_update_inplace = False  # reads the update and emits a new one through the sink
 
@@ -120,7 +117,6 @@ class Orthogonalize(Transform):
         ns_dtype: str | torch.dtype | None = "bfloat16",
         alpha: float = 1.0,
     ) -> None:
-        _check_ns(type(self).__name__, ns_steps, ns_coefficients, eps, adjust_lr_fn, _dtype_name(ns_dtype))
         super().__init__(self._ns_defaults(ns_steps, ns_coefficients, eps, adjust_lr_fn, flatten, ns_dtype, alpha))
 
     @staticmethod
@@ -129,11 +125,11 @@ class Orthogonalize(Transform):
     ) -> dict[str, Any]:
         return {
             "ns_steps": ns_steps,
-            "ns_coefficients": tuple(ns_coefficients),
+            "ns_coefficients": ns_coefficients,
             "eps": eps,
             "adjust_lr_fn": adjust_lr_fn,
             "flatten": flatten,
-            "ns_dtype": _dtype_name(ns_dtype),
+            "ns_dtype": ns_dtype,
             "alpha": alpha,
         }
 

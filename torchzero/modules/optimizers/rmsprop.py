@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...core.module import Transform
+from ...core.schema import ALPHA, EPS, FLAG, Setting, at_least, in_range
 from ...foreach import ops
-from ._common import check
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -40,6 +40,13 @@ class RMSprop(Transform):
     """
 
     fuses_lr = True
+    schema = {
+        "smoothing": Setting(in_range(0, 1), "Use a value such as 0.99."),
+        "eps": EPS,
+        "centered": FLAG,
+        "momentum": Setting(at_least(0), "Use 0 to disable momentum."),
+        "alpha": ALPHA,
+    }
 
     modifies_update_inplace = False  # reads the update and emits a new one through the sink
 
@@ -51,9 +58,6 @@ class RMSprop(Transform):
         momentum: float = 0.0,
         alpha: float = 1.0,
     ) -> None:
-        check(0.0 <= smoothing <= 1.0, "RMSprop", "smoothing in [0, 1]", smoothing, "Use a value such as 0.99.")
-        check(eps >= 0, "RMSprop", "eps >= 0", eps, "Use a small positive value such as 1e-8.")
-        check(momentum >= 0, "RMSprop", "momentum >= 0", momentum, "Use 0 to disable momentum.")
         super().__init__(
             {"smoothing": smoothing, "eps": eps, "centered": centered, "momentum": momentum, "alpha": alpha}
         )

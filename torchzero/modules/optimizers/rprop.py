@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from ...core.module import Transform
+from ...core.schema import Setting, at_least, greater_than, in_range, pair_of
 from ...foreach import ops
-from ._common import check
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -44,18 +44,25 @@ class Rprop(Transform):
     """
 
     fuses_lr = True
+    schema = {
+        "etas": Setting(
+            pair_of(in_range(0, 1, closed="neither"), greater_than(1), names="(eta_minus, eta_plus)"),
+            "Use e.g. (0.5, 1.2).",
+            expected="etas = (eta_minus, eta_plus) with 0 < eta_minus < 1 < eta_plus",
+        ),
+        "step_sizes": Setting(
+            pair_of(at_least(0), names="(min, max)", ascending=True),
+            "Use e.g. (1e-6, 50).",
+            expected="step_sizes = (min, max) with 0 <= min <= max",
+        ),
+        "alpha": Setting(at_least(0), "alpha is the initial step size (torch's lr), e.g. 1e-2."),
+    }
 
     modifies_update_inplace = False  # reads the update and emits a new one through the sink
 
     def __init__(
         self, etas: tuple[float, float] = (0.5, 1.2), step_sizes: tuple[float, float] = (1e-6, 50.0), alpha: float = 1.0
     ) -> None:
-        etas, step_sizes = tuple(etas), tuple(step_sizes)  # type: ignore[assignment]  # lengths checked below
-        check(len(etas) == 2 and 0.0 < etas[0] < 1.0 < etas[1], "Rprop", "etas = (eta_minus, eta_plus) with "
-              "0 < eta_minus < 1 < eta_plus", etas, "Use e.g. (0.5, 1.2).")  # fmt: skip
-        check(len(step_sizes) == 2 and 0.0 <= step_sizes[0] <= step_sizes[1], "Rprop",
-              "step_sizes = (min, max) with 0 <= min <= max", step_sizes, "Use e.g. (1e-6, 50).")  # fmt: skip
-        check(alpha > 0, "Rprop", "alpha (the initial step size) > 0", alpha, "Use e.g. 1e-2.")
         super().__init__({"etas": etas, "step_sizes": step_sizes, "alpha": alpha})
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ...core.module import Transform
+from ...core.schema import ALPHA, DAMPENING, FLAG, MOMENTUM, Rule
 from ...foreach import ops
 
 if TYPE_CHECKING:
@@ -33,14 +34,22 @@ class SGD(Transform):
     """
 
     fuses_lr = True
+    schema = {"momentum": MOMENTUM, "dampening": DAMPENING, "nesterov": FLAG, "alpha": ALPHA}
+    cross_checks = (
+        Rule(
+            ("nesterov", "momentum", "dampening"),
+            lambda nesterov, momentum, dampening: not nesterov or (momentum > 0 and dampening == 0),
+            "momentum > 0 and dampening = 0 with nesterov=True",
+            "Nesterov momentum requires momentum > 0 and dampening = 0: set momentum (e.g. 0.9) and dampening=0, "
+            "or nesterov=False.",
+        ),
+    )
 
     modifies_update_inplace = False  # reads the update and emits a new one through the sink
 
     def __init__(
         self, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False, alpha: float = 1.0
     ) -> None:
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
         super().__init__({"momentum": momentum, "dampening": dampening, "nesterov": nesterov, "alpha": alpha})
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:

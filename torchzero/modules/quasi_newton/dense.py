@@ -8,10 +8,13 @@ import torch
 from torch import Tensor
 
 from ...core.module import Module
+from ...core.schema import FLAG, Setting, at_least
 from ...foreach.flat import flatten, unflatten
 
 if TYPE_CHECKING:
     from ...core.context import StepContext
+
+TOL_CURVATURE = Setting(at_least(0), "Curvature pairs with <y, s> at or below it are skipped; use e.g. 1e-10.")
 
 
 class DenseQuasiNewton(Module):
@@ -130,6 +133,8 @@ class BFGS(DenseQuasiNewton):
     Reference: Nocedal & Wright, *Numerical Optimization* (2nd ed.), Section 6.1, eq. (6.17), (6.20).
     """
 
+    schema = {"tol_curvature": TOL_CURVATURE, "scale_init": FLAG, "scale_first": FLAG}
+
     def __init__(self, tol_curvature: float = 1e-10, scale_init: bool = True, scale_first: bool = True) -> None:
         super().__init__({"tol_curvature": tol_curvature, "scale_init": scale_init, "scale_first": scale_first})
 
@@ -166,9 +171,9 @@ class SR1(DenseQuasiNewton):
     Reference: Nocedal & Wright, *Numerical Optimization* (2nd ed.), Section 6.2, eq. (6.25), (6.26).
     """
 
+    schema = {"r": Setting(at_least(0), "r is the skipping threshold, e.g. 1e-8."), "scale_first": FLAG}
+
     def __init__(self, r: float = 1e-8, scale_first: bool = True) -> None:
-        if not r >= 0:
-            raise ValueError(f"r must be non-negative, got {r}.")
         super().__init__({"r": r, "scale_first": scale_first})
 
     def update_inverse(self, h: Tensor, s: Tensor, y: Tensor, first: bool, settings: dict[str, Any]) -> Tensor:

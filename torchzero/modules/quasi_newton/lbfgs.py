@@ -8,9 +8,11 @@ import torch
 from torch import Tensor
 
 from ...core.module import Module
+from ...core.schema import FLAG, Setting, integer
 from ...foreach import ops
 from ...foreach.ops import add_scaled_, scaled
 from ...foreach.reduce import dot_tensor, l1_tensor
+from .dense import TOL_CURVATURE
 
 if TYPE_CHECKING:
     from ...core.context import StepContext
@@ -56,14 +58,19 @@ class LBFGS(Module):
 
     uniform_settings = True
 
+    schema = {
+        "history_size": Setting(integer(1), "It is the number of curvature pairs kept: a positive integer such as 10."),
+        "tol_curvature": TOL_CURVATURE,
+        "scale_init": FLAG,
+        "scale_first": FLAG,
+    }
+
     def __init__(
         self, history_size: int = 10, tol_curvature: float = 1e-10, scale_init: bool = True, scale_first: bool = True
     ) -> None:
-        if int(history_size) != history_size or history_size < 1:
-            raise ValueError(f"history_size must be a positive integer, got {history_size}.")
         super().__init__(
             {
-                "history_size": int(history_size),
+                "history_size": history_size,
                 "tol_curvature": tol_curvature,
                 "scale_init": scale_init,
                 "scale_first": scale_first,

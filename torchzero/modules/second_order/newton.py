@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ...core.module import Module
 from ...core.probe import raw_loss
+from ...core.schema import Setting, at_least, greater_than, integer
 from ...foreach import ops
 from ...foreach.flat import unflatten
 from ...foreach.reduce import dot
@@ -16,6 +17,8 @@ from ._graph import graph_params
 
 if TYPE_CHECKING:
     from ...core.context import StepContext
+
+DAMPING = Setting(at_least(0), "damping is added to the Hessian's diagonal: 0, or a small value such as 1e-3.")
 
 
 def _hessian(grads: tuple[Tensor, ...], params: list[Tensor], flat_g: Tensor) -> Tensor:
@@ -74,9 +77,9 @@ class ExactNewton(Module):
     creates_update = True
     uniform_settings = True
 
+    schema = {"damping": DAMPING}
+
     def __init__(self, damping: float = 0.0) -> None:
-        if not damping >= 0:
-            raise ValueError(f"damping must be non-negative, got {damping}.")
         super().__init__({"damping": damping})
 
     def step(self, ctx: StepContext) -> None:
@@ -138,12 +141,14 @@ class NewtonCG(Module):
     creates_update = True
     uniform_settings = True
 
+    schema = {
+        "max_iters": Setting(integer(1), "It is the most Hessian-vector products per step: a positive integer."),
+        "tol": Setting(greater_than(0), "tol is the relative residual tolerance, e.g. 1e-4."),
+        "damping": DAMPING,
+    }
+
     def __init__(self, max_iters: int = 20, tol: float = 1e-4, damping: float = 0.0) -> None:
-        if int(max_iters) != max_iters or max_iters < 1:
-            raise ValueError(f"max_iters must be a positive integer, got {max_iters}.")
-        if not tol > 0 or not damping >= 0:
-            raise ValueError(f"tol must be positive and damping non-negative, got tol={tol}, damping={damping}.")
-        super().__init__({"max_iters": int(max_iters), "tol": tol, "damping": damping})
+        super().__init__({"max_iters": max_iters, "tol": tol, "damping": damping})
 
     def step(self, ctx: StepContext) -> None:
         s: dict[str, Any] = ctx.settings(self)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from ...core.module import Module
 from ...core.probe import Probe
+from ...core.schema import FLAG, Setting, at_least, greater_than
 from ...foreach import ops
 from ...foreach.ops import scaled
 from ...foreach.reduce import dot_tensor
@@ -48,12 +49,13 @@ class SAM(Module):
     needs_closure = True
     needs_raw_grad = True
     uniform_settings = True
+    schema = {
+        "rho": Setting(greater_than(0), "rho is the neighbourhood radius: SAM uses ~0.05, ASAM ~0.5."),
+        "adaptive": FLAG,
+        "eta": Setting(at_least(0), "eta is ASAM's offset, e.g. 0.01."),
+    }
 
     def __init__(self, rho: float = 0.05, adaptive: bool = False, eta: float = 0.01) -> None:
-        if not rho > 0:
-            raise ValueError(f"rho (the neighbourhood radius) must be positive, got {rho}. SAM uses ~0.05, ASAM ~0.5.")
-        if not eta >= 0:
-            raise ValueError(f"eta must be non-negative, got {eta}.")
         super().__init__({"rho": rho, "adaptive": adaptive, "eta": eta})
 
     def step(self, ctx: StepContext) -> None:

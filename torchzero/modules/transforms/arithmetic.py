@@ -16,6 +16,7 @@ from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 from ...core.module import Chain, Module, Transform
+from ...core.schema import Setting, real
 from ...foreach import ops
 
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 class _Binary(Transform):
     """``u <- op(u, other)`` where ``other`` is a number (setting ``other``) or a branch."""
+
+    schema = {"other": Setting(real(), "other is a number, or a module (or a list of modules) run on the update.")}
 
     def __init__(self, other: Any, defaults: dict[str, Any] | None = None) -> None:
         defaults = dict(defaults or {})
@@ -78,6 +81,8 @@ class Add(_Binary):
         tz.Modular(p, tz.m.Adam(), tz.m.Add(tz.m.Grad(), alpha=0.1), tz.m.LR(1e-3))
     """
 
+    schema = {**_Binary.schema, "alpha": Setting(real(), "alpha multiplies other, e.g. 1.0.")}
+
     def __init__(self, other: Any, alpha: float = 1.0) -> None:
         super().__init__(other, {"alpha": alpha})
 
@@ -96,6 +101,8 @@ class Sub(_Binary):
 
         tz.Modular(p, tz.m.Grad(), tz.m.Sub(tz.m.EMA(0.9)), tz.m.LR(1e-3))  # gradient minus its running mean
     """
+
+    schema = Add.schema
 
     def __init__(self, other: Any, alpha: float = 1.0) -> None:
         super().__init__(other, {"alpha": alpha})
@@ -133,6 +140,8 @@ class Div(_Binary):
         tz.Modular(p, tz.m.Div(10.0), tz.m.LR(1e-2))  # == LR(1e-3)
     """
 
+    schema = {"other": Setting(real(nonzero=True), "Dividing by 0 gives inf; use a nonzero number or a branch.")}
+
     def __init__(self, other: Any) -> None:
         super().__init__(other)
 
@@ -151,6 +160,8 @@ class Lerp(_Binary):
 
         tz.Modular(p, tz.m.Adam(), tz.m.Lerp(tz.m.Grad(), 0.1), tz.m.LR(1e-3))  # 90% Adam, 10% gradient
     """
+
+    schema = {"weight": Setting(real(), "0 keeps the update, 1 replaces it by end; e.g. 0.1.")}
 
     def __init__(self, end: Any, weight: float) -> None:
         if isinstance(end, Real):

@@ -6,6 +6,7 @@ import operator
 from typing import TYPE_CHECKING
 
 from ...core.module import Transform
+from ...core.schema import FLAG, Setting, greater_than
 from ...foreach import ops
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class Cautious(Transform):
     """
 
     needs_raw_grad = True
+    schema = {"normalize": FLAG, "eps": Setting(greater_than(0), "eps bounds the kept fraction from below, e.g. 1e-3.")}
 
     def __init__(self, normalize: bool = False, eps: float = 1e-3) -> None:
         super().__init__({"normalize": normalize, "eps": eps})

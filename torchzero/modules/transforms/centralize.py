@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...core.module import Transform
+from ...core.schema import Setting, integer
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -35,12 +36,13 @@ class Centralize(Transform):
     Neural Networks", ECCV 2020.
     """
 
+    schema = {
+        "min_ndim": Setting(
+            integer(2), "The first dimension is never averaged, so a 1-D tensor has nothing to centralize."
+        )
+    }
+
     def __init__(self, min_ndim: int = 2) -> None:
-        if min_ndim < 2:
-            raise ValueError(
-                f"Centralize needs min_ndim >= 2 (the first dimension is never averaged, so a 1-D tensor has "
-                f"nothing to centralize), got min_ndim={min_ndim}"
-            )
         super().__init__({"min_ndim": min_ndim})
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:

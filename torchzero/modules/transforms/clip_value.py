@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...core.module import Transform
+from ...core.schema import Setting, greater_than
 from ...foreach import ops
 
 if TYPE_CHECKING:
@@ -25,9 +26,9 @@ class ClipValue(Transform):
         opt = tz.Modular(model.parameters(), tz.m.ClipValue(1.0), tz.m.Adam(), tz.m.LR(1e-3))
     """
 
+    schema = {"value": Setting(greater_than(0), "ClipValue needs a positive bound, e.g. value=1.0.")}
+
     def __init__(self, value: float) -> None:
-        if not value > 0:
-            raise ValueError(f"ClipValue needs a positive bound, got value={value!r}")
         super().__init__({"value": value})
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...core.module import Transform
+from ...core.schema import FLAG, Setting, in_range
 from ...foreach import ops
 
 if TYPE_CHECKING:
@@ -33,9 +34,12 @@ class EMA(Transform):
 
     counts_steps = True  # the debiasing uses each parameter's own step count
 
+    schema = {
+        "momentum": Setting(in_range(0, 1, closed="left"), "EMA needs 0 <= momentum < 1, e.g. 0.9."),
+        "debiased": FLAG,
+    }
+
     def __init__(self, momentum: float = 0.9, debiased: bool = False) -> None:
-        if not 0 <= momentum < 1:
-            raise ValueError(f"EMA needs 0 <= momentum < 1, got momentum={momentum!r}")
         super().__init__({"momentum": momentum, "debiased": debiased})
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ...core.module import Transform
+from ...core.schema import FLAG, Setting, at_least, greater_than
 from ...foreach import ops
 
 if TYPE_CHECKING:
@@ -21,10 +22,14 @@ if TYPE_CHECKING:
 class _NormScale(Transform):
     """Multiply the update by ``coef(norm, settings)``; the norm is global or per tensor."""
 
+    schema = {
+        "ord": Setting(greater_than(0), "The norm order is 2, 1, float('inf'), ..."),
+        "per_tensor": FLAG,
+        "eps": Setting(at_least(0), "Use a small value such as 1e-6."),
+    }
+
     def __init__(self, defaults: dict[str, Any], ord: float, per_tensor: bool) -> None:
-        if not ord > 0:
-            raise ValueError(f"{type(self).__name__} needs a norm order ord > 0 (2, 1, inf, ...), got ord={ord!r}")
-        super().__init__(defaults)
+        super().__init__(defaults, options={"ord": ord, "per_tensor": per_tensor})
         self.ord = ord
         self.per_tensor = per_tensor
 
@@ -70,9 +75,9 @@ class ClipNorm(_NormScale):
         opt = tz.Modular(model.parameters(), tz.m.ClipNorm(1.0), tz.m.Adam(), tz.m.LR(1e-3))
     """
 
+    schema = {**_NormScale.schema, "max_norm": Setting(greater_than(0), "Use the largest norm allowed, e.g. 1.0.")}
+
     def __init__(self, max_norm: float, ord: float = 2, per_tensor: bool = False, eps: float = 1e-6) -> None:
-        if not max_norm > 0:
-            raise ValueError(f"ClipNorm needs max_norm > 0, got max_norm={max_norm!r}")
         super().__init__({"max_norm": max_norm, "eps": eps}, ord, per_tensor)
 
     def coef_(self, norm: Tensor | list[Tensor], settings: dict[str, Any]) -> Any:
@@ -103,6 +108,14 @@ class Normalize(_NormScale):
 
         opt = tz.Modular(model.parameters(), tz.m.Normalize(), tz.m.LR(1e-2))  # normalized gradient descent
     """
+
+    schema = {
+        **_NormScale.schema,
+        "norm": Setting(at_least(0), "Use the target norm, e.g. 1.0."),
+        "eps": Setting(
+            greater_than(0), "eps bounds the measured norm from below (a zero update stays zero): e.g. 1e-12."
+        ),
+    }
 
     def __init__(self, norm: float = 1.0, ord: float = 2, per_tensor: bool = False, eps: float = 1e-12) -> None:
         super().__init__({"norm": norm, "eps": eps}, ord, per_tensor)

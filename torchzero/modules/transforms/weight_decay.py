@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from ...core.lr import LR
 from ...core.module import Module, Transform
+from ...core.schema import FLAG, Setting, at_least
 
 if TYPE_CHECKING:
     from ...core.context import StepContext
@@ -51,11 +52,13 @@ class WeightDecay(Transform):
 
     fuses_lr = True
     modifies_update_inplace = False  # the sink copies a gradient before writing the decayed update
+    schema = {
+        "weight_decay": Setting(at_least(0), "Use 0 for no decay, or a value such as 1e-2."),
+        "scale_by_lr": FLAG,
+    }
 
     def __init__(self, weight_decay: float = 1e-4, scale_by_lr: bool = False) -> None:
-        if weight_decay < 0:
-            raise ValueError(f"WeightDecay needs weight_decay >= 0, got {weight_decay!r}")
-        super().__init__({"weight_decay": weight_decay})
+        super().__init__({"weight_decay": weight_decay}, options={"scale_by_lr": scale_by_lr})
         self.scale_by_lr = scale_by_lr
         if scale_by_lr:
             self.fuses_lr = False  # type: ignore[misc]  # the lr it reads belongs to an LR before it
