@@ -192,6 +192,13 @@ class Modular(torch.optim.Optimizer):
             for i, g in enumerate(groups)
         ]
         positions = _module_positions(self._partitioned, groups)
+        old = self._given, self._positions
+        self._given, self._positions = given, positions
+        try:
+            schema.check_groups(self, groups)  # the settings each module resolves to, as add_param_group checks
+        except ValueError:
+            self._given, self._positions = old
+            raise
         for i, group in enumerate(groups):
             for key, value in (self.defaults | self._inert).items():
                 group.setdefault(key, value)
@@ -199,7 +206,6 @@ class Modular(torch.optim.Optimizer):
                 group["params"] = list(group["params"])
             if self._lr_missing_error and not isinstance(group, ParamGroup):
                 groups[i] = ParamGroup(group)
-        self._given, self._positions = given, positions
         self._layout_params = []  # force a new layout
         self._known_groups = list(groups)
         self._check_uniform_settings(None)
@@ -436,6 +442,7 @@ class Modular(torch.optim.Optimizer):
                 f"this state dict was saved from a different chain: saved {saved}, this optimizer has {mine}. "
                 "Build the optimizer with the same modules in the same order before loading."
             )
+        self._sync_groups()  # a host may have replaced the groups before loading (Lightning's BaseFinetuning)
         groups, saved_groups = self.param_groups, state_dict["param_groups"]
         if len(groups) != len(saved_groups) or any(
             len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups, strict=True)

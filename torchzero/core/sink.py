@@ -86,10 +86,11 @@ def _as_update(seg: Segment, terms: Sequence[Term], decay: Any, scratch: Sequenc
     owned = seg.ctx.owns(update, seg.start)
     first, rest = terms[0], terms[1:]
     kind, s = first[0], first[-1]
+    decays = isinstance(decay, Tensor) or decay != 0
     if kind == "add":
         x = list(first[1])
-        if same_tensors(x, update) and (owned or is_one(s)):
-            out = update
+        if same_tensors(x, update) and (owned or (is_one(s) and not rest and not decays)):
+            out = update  # handed on as it is, or scaled in place when the chain owns it
         elif owned:
             ops.copy_(update, x)
             out = update
@@ -150,7 +151,7 @@ def _as_update(seg: Segment, terms: Sequence[Term], decay: Any, scratch: Sequenc
                 ops.add_(out, q)
             else:
                 ops.addcmul_(out, list(term[1]), list(term[2]), s)
-    if isinstance(decay, Tensor) or decay != 0:
+    if decays:
         _add(out, seg.params, decay)
     return out
 
