@@ -56,10 +56,13 @@ def train(steps: int, accumulation: int = 2, mixed_precision: str = "no", cpu: b
                 )
                 if len(losses) == steps:
                     break
-    # a clean exit under torchrun: let pending collectives finish, then destroy the process group (without it,
-    # torch's gloo threads may release tensors while Python shuts down, which aborts the process)
+    # A clean exit under torchrun (docs/guides/distributed.md): free the DDP-wrapped model while the process
+    # group is alive, then destroy the group.  DDP's C++ Reducer holds the group; freed after end_training()
+    # it would run gloo's shutdown with the GIL held and can deadlock with a gloo thread that needs the GIL.
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    model = opt = loader = sched = None  # the DDP wrapper goes: Accelerate keeps only the unwrapped model
+    accelerator.free_memory()  # drops Accelerate's references to the prepared objects, runs gc.collect()
+    accelerator.end_training()  # destroys the process group
     return losses
 
 

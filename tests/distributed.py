@@ -1,19 +1,27 @@
 """Run a script under ``torchrun --nproc_per_node N`` on CPU (gloo) with a free port and a hard timeout.
 
-A desynchronised run (one rank waiting in an all-reduce the others never reach) fails the test with the
-output of every rank instead of hanging the suite.
+A desynchronised run (one rank waiting in an all-reduce the others never reach) or a rank stuck at exit
+fails the test with the output of every rank, and the Python stack of every thread of every rank, instead
+of hanging the suite.  Each script runs under ``tests/_exit_guard.py``, which fails it if it destroys the
+process group while a DDP model is alive (a deadlock at exit in some runs, see ``end_process_group``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXIT_GUARD = ROOT / "tests" / "_exit_guard.py"
 
 
 def free_port() -> int:
@@ -22,16 +30,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _kill_tree(pid: int) -> None:
-    try:
-        import psutil  # installed with accelerate
+def _signal_tree(pid: int, sig: int, *, root: bool = True) -> None:
+    """Send ``sig`` to every descendant of ``pid`` (torchrun's ranks), and to ``pid`` itself if ``root``."""
+    import psutil  # installed with accelerate
 
-        procs = psutil.Process(pid).children(recursive=True) + [psutil.Process(pid)]
-        for p in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-    except ImportError:
-        os.killpg(pid, 9)
+    procs = []
+    with contextlib.suppress(psutil.NoSuchProcess):
+        parent = psutil.Process(pid)
+        procs = parent.children(recursive=True) + ([parent] if root else [])
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(sig)
 
 
 def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: float = 180, env: dict | None = None) -> str:
@@ -52,16 +61,40 @@ def _run(script: str | Path, args: tuple[str, ...], nproc: int, timeout: float, 
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={nproc}", "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-        str(script), *args,
+        str(EXIT_GUARD), str(script), *args,
     ]  # fmt: skip
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    # PYTHONFAULTHANDLER: a rank that gets SIGABRT (below) or crashes prints the stack of each of its threads
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
+    # the ranks import this checkout's packages and `tests` (as pytest's `pythonpath` does for the tests)
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, start_new_session=True
     )
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_tree(proc.pid)  # torchrun starts each rank in its own session: kill every descendant
+        _signal_tree(proc.pid, signal.SIGABRT, root=False)  # the ranks print their stacks...
+        time.sleep(3)
+        _signal_tree(proc.pid, signal.SIGKILL)  # ...then torchrun and every rank go
         out, _ = proc.communicate()
-        pytest.fail(f"torchrun timed out after {timeout}s (ranks out of lockstep?)\n{out[-6000:]}")
+        pytest.fail(
+            f"torchrun hung: killed after {timeout}s. Either the ranks fell out of lockstep (one waits in a "
+            "collective the others never reach) or a rank is stuck at exit (see end_process_group). The "
+            f"Python stacks of the ranks' threads, printed on SIGABRT, are at the end of the output:\n{out[-12000:]}"
+        )
     return proc.returncode, out
+
+
+def end_process_group() -> None:
+    """End a torchrun worker: free the garbage DDP models, wait for every rank, destroy the process group.
+
+    Delete the worker's own references to its DDP models first (``del model``).  DDP's C++ ``Reducer`` holds
+    the process group: freed after ``destroy_process_group`` it drops the group's last reference, and gloo's
+    destructor joins its worker threads with the GIL held while a worker may need the GIL to free the last
+    collective's tensors: a deadlock at exit in some runs (torch 2.13; docs/guides/distributed.md).
+    """
+    import torch.distributed as dist
+
+    gc.collect()  # DDP models in reference cycles go now, while the process group is alive
+    dist.barrier()
+    dist.destroy_process_group()

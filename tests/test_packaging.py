@@ -38,3 +38,11 @@ def test_readme_opens_with_the_demo_and_test_commands_and_ci_runs_the_test_one()
     assert "torch==2.13.0" in setup and ".venv" in setup
     # pytest exits 5 when it collects no tests; the script passes that status on (set -e, exec)
     assert "exec .venv/bin/python -m pytest tests" in (ROOT / "scripts" / "test.sh").read_text()
+
+
+def test_license_is_an_spdx_expression_and_the_build_backend_reads_it():
+    # a license table ({ text = "MIT" }) is deprecated by setuptools, and stops building after 2027-02-18
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "MIT"
+    (setuptools,) = [r for r in meta["build-system"]["requires"] if r.startswith("setuptools")]
+    assert setuptools == "setuptools>=77"  # the first release with SPDX license strings

@@ -18,7 +18,9 @@ ones.  Seed every process the same for everything else (``accelerate.utils.set_s
 
 On a machine without a GPU, pass ``Accelerator(cpu=True)`` under ``torchrun``: without it Accelerate
 1.15 runs every process as its own single-process job (no gloo group, nothing averaged).  fp16 on CPU
-is plain fp32 in Accelerate 1.15 (no autocast, no GradScaler).
+is plain fp32 in Accelerate 1.15 (no autocast, no GradScaler).  At the end of a ``torchrun`` script, free
+the prepared model before ``accelerator.end_training()`` (the examples show how; the distributed-training
+guide says why: otherwise the exit can deadlock).
 """
 
 from .closure import AcceleratedClosure, check_closure_support, step

@@ -1,11 +1,17 @@
 """Run under torchrun (2 CPU processes, gloo): FSDP2-sharded model, tz chains vs torch on the full model."""
 
-import torch
-import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+import sys
+from pathlib import Path
 
-import torchzero as tz
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `tests.distributed`
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
+from torch.distributed.fsdp import fully_shard  # noqa: E402
+
+import torchzero as tz  # noqa: E402
+from tests.distributed import end_process_group  # noqa: E402
 
 
 def _model():
@@ -60,8 +66,7 @@ def main():
         for a, b in zip(model.parameters(), ref.parameters(), strict=True):
             torch.testing.assert_close(a.full_tensor(), b.detach(), rtol=1e-5, atol=1e-6)
         print(f"rank {rank}: {name} OK", flush=True)
-    dist.barrier()  # a clean exit: see the end of examples/accelerate_plain.py
-    dist.destroy_process_group()
+    end_process_group()
 
 
 if __name__ == "__main__":

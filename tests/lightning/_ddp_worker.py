@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 import torch  # noqa: E402
 from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
 
+from tests.distributed import end_process_group  # noqa: E402
 from tests.lightning._common import ManualClosureModel, TzModel, data, loader, params, trainer  # noqa: E402
 from tests.lightning.test_ddp import CHAINS, N_DDP, STEPS_DDP  # noqa: E402
 
@@ -29,9 +30,11 @@ def main(out: str) -> None:
         assert t.world_size == 2
         result = {"params": params(model.net), "counts": dict(model.counts), "local_losses": model.logged}
         torch.save(result, f"{out}/{name}_rank{rank}.pt")
-    if torch.distributed.is_initialized():  # a clean exit: see the end of examples/accelerate_plain.py
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    # Lightning's teardown at the end of fit() unwraps the DDP model (strategy.model = the LightningModule):
+    # with the last trainer gone, no DDP model is left to free after the process group
+    del t, model
+    if torch.distributed.is_initialized():
+        end_process_group()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 import torchzero as tz  # noqa: E402
+from tests.distributed import end_process_group  # noqa: E402
 
 CHAINS = {
     "lbfgs_wolfe": lambda: [tz.m.LBFGS(history_size=4), tz.m.StrongWolfe()],
@@ -78,8 +79,7 @@ def main() -> None:
         single = torch.cat([p.reshape(-1) for p in train(name, X, Y, distributed=False)])
         torch.testing.assert_close(flat, single, rtol=1e-7, atol=1e-9, msg=f"{name}: differs from one process")
         print(f"{name} OK", flush=True)
-    dist.barrier()  # a clean exit: see the end of examples/accelerate_plain.py
-    dist.destroy_process_group()
+    end_process_group()
 
 
 if __name__ == "__main__":
