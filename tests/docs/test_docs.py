@@ -114,7 +114,7 @@ def test_site_builds_strict(site):
     assert (site / "index.html").is_file()
     pages = [
         "getting-started", "faq", "performance", "api/core",
-        *(f"concepts/{c}" for c in ("chain", "settings", "learning-rates", "closures", "state")),
+        *(f"concepts/{c}" for c in ("architecture", "chain", "settings", "learning-rates", "closures", "state")),
         *(f"guides/{g}" for g in ("lightning", "accelerate", "distributed")),
     ]  # fmt: skip
     # a page per module family: one per subpackage of torchzero/modules
