@@ -259,7 +259,9 @@ def save_plot(results: Sequence[Any], path: Path, steps: int) -> None:
 
 # ---------------------------------------------------------------------------------------------- modules
 def module_catalog() -> list[dict[str, Any]]:
-    """One row per module class in ``tz.m``: name, family, settings with defaults, capabilities."""
+    """One row per module class in ``tz.m``: name, family, settings with defaults, capabilities, and notes (the
+    docstring's paragraphs that start with one of :data:`NOTE_PREFIXES`, such as the advice on
+    ``reuse_evaluation`` for full-batch objectives)."""
     from . import m
     from .core.module import Chain, Module, Transform
 
@@ -283,15 +285,25 @@ def module_catalog() -> list[dict[str, Any]]:
                 creates_update = any(x.creates_update for x in leaves[:2])
                 if not isinstance(instance, Chain):  # a preset's settings are its arguments; a module's, its defaults
                     settings = dict(instance.defaults)
-        doc = (inspect.getdoc(cls) or "").strip().splitlines()
+        docstring = inspect.getdoc(cls) or ""
+        doc = docstring.strip().splitlines()
         rows.append(
             {
                 "name": name, "family": family, "settings": settings, "required": required,
                 "needs_closure": needs_closure, "creates_update": creates_update,
-                "summary": (_plain(doc[0]) if doc else "") + note,
+                "summary": (_plain(doc[0]) if doc else "") + note, "notes": _notes(docstring),
             }
         )  # fmt: skip
     return rows
+
+
+NOTE_PREFIXES = ("Full batch:",)
+"""A module docstring's paragraph that starts with one of these is shown in its ``torchzero modules`` row"""
+
+
+def _notes(docstring: str) -> str:
+    paragraphs = (" ".join(p.split()) for p in re.split(r"\n\s*\n", docstring))
+    return " ".join(_plain(p) for p in paragraphs if p.startswith(NOTE_PREFIXES))
 
 
 def _plain(text: str) -> str:
@@ -343,7 +355,7 @@ def cmd_modules(args: argparse.Namespace) -> int:
             settings = settings.replace(", , ", ", ").strip(", ")
         table.add_row(
             r["name"], r["family"], escape(settings or "-"), "yes" if r["needs_closure"] else "",
-            "yes" if r["creates_update"] else "", escape(r["summary"]),
+            "yes" if r["creates_update"] else "", escape(" ".join(filter(None, (r["summary"], r["notes"])))),
         )  # fmt: skip
     console.print(table)
     console.print(

@@ -251,6 +251,26 @@ def test_modules_family_filter(capsys):
     assert code == 2 and "no modules in family 'nope'" in out
 
 
+def test_modules_rows_tell_full_batch_users_about_reuse_evaluation(capsys):
+    rows = {r["name"]: r for r in cli.module_catalog()}
+    for name in ("LBFGS", "LineSearch", "StrongWolfe"):
+        notes = rows[name]["notes"]
+        assert notes.startswith("Full batch:"), (name, notes)
+        assert "reuse_evaluation=True" in notes and "closure call per step" in notes, (name, notes)
+        assert "never with a closure that reads changing data" in notes, (name, notes)
+        assert "``" not in notes and ":class:" not in notes, "docstring markup should be plain text"
+    # loss-only trials: the option saves nothing, and the row says so instead of promising a saving
+    assert "saves nothing" in rows["Backtracking"]["notes"]
+    assert "changing data" in rows["Backtracking"]["notes"]
+    assert rows["Adam"]["notes"] == ""
+    assert "Full batch" not in rows["StrongWolfe"]["summary"], "the summary stays the docstring's first line"
+
+    code, out, _ = run(capsys, "modules", "--family", "line_search")
+    assert code == 0
+    flat = " ".join(out.replace("│", " ").split())  # rich wraps the description column
+    assert "pass reuse_evaluation=True to torchzero.Modular to save about one closure call per step" in flat
+
+
 # ---------------------------------------------------------------------------------------------- bench
 def test_bench_without_the_script_says_where_it_looked(capsys, monkeypatch):
     monkeypatch.setattr(cli, "find_benchmark", lambda script: None)

@@ -22,6 +22,11 @@ class Backtracking(LineSearch):
     direction (:math:`\langle g,u\rangle \le 0`), the step size is 0 and the parameters stay put.
     The decision uses the closure's return value: return an all-reduced loss in distributed runs.
 
+    Full batch: ``reuse_evaluation=True`` saves nothing here, since the trials are loss-only and the next step
+    needs a gradient; for a fixed objective use ``StrongWolfe`` and pass ``reuse_evaluation=True`` to
+    :class:`~torchzero.Modular` to save about one closure call per step, never with a closure that reads
+    changing data.
+
     Args:
         init: first trial step size :math:`t_0`.
         beta: shrink factor between trials.

@@ -58,6 +58,17 @@ class LineSearch(Module):
     averaged over processes (the Lightning and Accelerate adapters do) and every process accepts the
     same step.  After the search ``ctx.get_grad()`` and ``.grad`` are again the gradient at :math:`x_0`.
 
+    Full batch: for a fixed objective pass ``reuse_evaluation=True`` to :class:`~torchzero.Modular` to save
+    about one closure call per step with a search whose trials compute the gradient (``StrongWolfe``); never
+    with a closure that reads changing data, such as the next minibatch.
+
+    With ``reuse_evaluation=True``, when the accepted step is the last trial and that trial had a backward
+    pass, the parameters stay at the trial point (instead of being restored and moved there again, which may
+    differ in the last bit) and the next ``step`` with the same closure object starts from that loss and
+    gradient instead of calling the closure.  Searches whose trials are loss-only (``Backtracking``,
+    ``ArmijoTrials``) leave no gradient to reuse and gain nothing.  It is off by default because a closure
+    that reads the next minibatch through a variable is the same object at every step.
+
     Subclasses implement :meth:`search`.  They publish the step size as ``opt.last_info["step_size"]``
     and keep the last accepted one in ``global_state["step_size"]`` (saved in ``state_dict``).
 

@@ -60,6 +60,10 @@ class StrongWolfe(LineSearch):
     taken and the closure is not called.  Every decision uses the closure's return value: return an
     all-reduced loss in distributed runs.
 
+    Full batch: for a fixed objective pass ``reuse_evaluation=True`` to :class:`~torchzero.Modular` to save
+    about one closure call per step (the accepted trial is usually the last, and its loss and gradient start
+    the next step); never with a closure that reads changing data, such as the next minibatch.
+
     Args:
         c1: sufficient-decrease constant.
         c2: curvature constant (0.9 for quasi-Newton directions, 0.1 for conjugate gradients).

@@ -40,6 +40,16 @@ class LBFGS(Module):
     without a gradient takes part in that step's pair with :math:`s = y = 0`; while absent it is left alone.
     ``Modular(differentiable=True)`` is supported (the history is then replaced, never written in place).
 
+    Full batch: for a fixed objective pass ``reuse_evaluation=True`` to :class:`~torchzero.Modular` to save
+    about one closure call per step (with ``StrongWolfe``, as few calls as ``torch.optim.LBFGS``); never with a
+    closure that reads changing data, such as the next minibatch.
+
+    Each step starts by evaluating the closure at the current parameters, where the previous step's line
+    search has usually just evaluated it: ``torch.optim.LBFGS`` reuses that evaluation between the iterations
+    of one ``step()``, and :class:`~torchzero.Modular` does between steps when asked with ``reuse_evaluation``.
+    It is off by default because one closure object that reads the next batch from a variable looks the same
+    as a fixed objective, and the step would then silently use the previous batch's loss and gradient.
+
     Args:
         history_size: number of curvature pairs kept.
         tol_curvature: pairs with :math:`\langle y, s\rangle` at or below this are skipped.
