@@ -78,7 +78,7 @@ def test_resolves_relative_imports():
     names = {name for _, name in _imports(path)}
     assert "torchzero.core.module.Module" in names
     assert "torchzero.modules.line_search.base" not in names
-    assert _imports(MODULES / "__init__.py")[0][1] == "torchzero.core.module.Chain"
+    assert "torchzero.core.module.Chain" in {name for _, name in _imports(MODULES / "__init__.py")}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

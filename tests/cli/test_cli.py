@@ -165,7 +165,7 @@ def test_side_by_side_equals_one_after_the_other():
     names = ["sgd-onecycle", "lbfgs", "fdm-adam", "muon"]
     missing = ChainSpec("x", "X", ("NoSuchModule",), lambda model, steps: None)
     diverging = ChainSpec(
-        "z", "Z", ("SGD", "LR"), lambda model, steps: tz.Modular(model.parameters(), tz.m.LR(float("nan")))
+        "z", "Z", ("SGD", "LR"), lambda model, steps: tz.Modular(model.parameters(), tz.m.LR(float("inf")))
     )
     seen = []
     together = run_side_by_side(
@@ -199,7 +199,7 @@ def test_unavailable_and_failing_chains_are_reported_not_raised():
     assert r.status == "failed" and "ValueError: bad setting" in r.message
 
     def diverging(model, steps):
-        return tz.Modular(model.parameters(), tz.m.SGD(), tz.m.LR(float("nan")))
+        return tz.Modular(model.parameters(), tz.m.SGD(), tz.m.LR(float("inf")))
 
     r = run_chain(ChainSpec("z", "Z", ("SGD", "LR"), diverging), task, steps=5)
     assert r.status == "diverged", (r.status, r.message)

@@ -114,7 +114,7 @@ class LR(Transform, torch.optim.Optimizer):
     fusable_scale = True  # a transform right before it that fuses_lr applies the lr itself (one pass)
     modifies_update_inplace = False  # it emits through the sink, which copies a gradient before scaling it
 
-    def step(self, ctx: StepContext) -> None:
+    def step(self, ctx: StepContext) -> None:  # type: ignore[override]
         for seg in ctx.segments(self):
             seg.emit(seg.update, seg.settings["lr"])
 
