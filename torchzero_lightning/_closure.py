@@ -214,7 +214,7 @@ class ManualClosure(_StepClosure):
         self, module: pl.LightningModule, opt: tz.Modular, fn: Callable[..., Any], mute: Callable[[bool], None]
     ) -> None:
         super().__init__(module.trainer, opt, mute)
-        self.inner = tz.Closure(fn, opt._all_params)
+        self.inner = tz.Closure(fn, lambda: opt.plan.params(opt.param_groups))
 
     def _first(self, backward: bool) -> Tensor:
         loss = self.inner(backward)

@@ -42,7 +42,7 @@ def test_cpu_and_cuda_params_in_one_optimizer_match_torch(fused):
     for p, q in zip(params, ref, strict=True):
         tol = {"atol": 1e-2, "rtol": 1e-2} if p.dtype == torch.bfloat16 else {}
         torch.testing.assert_close(p, q, **tol)
-    assert len(opt._layouts[None].buckets) == 4  # (cpu, f32), (cpu, f64), (cuda, f32), (cuda, bf16)
+    assert len(opt.plan._layouts[None].buckets) == 4  # (cpu, f32), (cpu, f64), (cuda, f32), (cuda, bf16)
 
 
 def test_no_host_sync_on_cuda_step():

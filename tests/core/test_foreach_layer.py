@@ -80,7 +80,7 @@ def test_dtype_change_rebuilds_layout():
     p.data = p.data.double()
     p.grad = torch.ones(4, dtype=torch.float64)
     opt.step()
-    assert opt._layout(lambda t: True).buckets == [(0, 1)] and opt._layout_meta[0][1] == torch.float64
+    assert opt._layout(lambda t: True).buckets == [(0, 1)] and opt.plan._layout_meta[0][1] == torch.float64
 
 
 @pytest.mark.parametrize("name", ["add_", "mul_", "lerp_", "addcmul_", "addcdiv_", "maximum_", "sqrt"])

@@ -184,7 +184,7 @@ class StepContext:
         """True when ``module`` may use the gradient tensors as scratch space: only with
         ``tz.Modular(..., grad_as_scratch=True)`` and when no module after it reads the raw gradient (``.grad``
         then holds that scratch after the step, unlike torch.optim)."""
-        return self.opt.grad_as_scratch and not self.opt._raw_grad_read_after.get(id(module), True)
+        return self.opt.grad_as_scratch and not self.opt.plan.raw_grad_read_after(module)
 
     def owns(self, tensors: Sequence[Tensor], start: int = 0) -> bool:
         """True when none of ``tensors`` (the update's ``[start:start+len]``) is a gradient tensor, so the chain

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,6 +15,7 @@ from .closure import Closure, check_finite
 from .context import Segment, StepContext
 from .lr import LR
 from .module import Chain, Module
+from .plan import Plan
 
 _STATE_KEY = "torchzero"
 
@@ -96,34 +96,23 @@ class Modular(torch.optim.Optimizer):
         self.grad_as_scratch = grad_as_scratch
         self._reusable: tuple[Any, Tensor, list[tuple[int, int | None]], list[Tensor]] | None = None
         self._leaves = _bind(root, fuse)
-        self._owners = S.find_owners(self._leaves)
-        self._given: list[frozenset[str]] = []
-        self._layout_params: list[Tensor] = []
-        self._layout_meta: list[tuple[torch.device, torch.dtype]] = []
-        self._layouts: dict[tuple[bool, ...] | None, Layout] = {}
-        self._partitioned = [m for m in self._leaves if m.own_groups is not None]
-        for m in self._partitioned:
-            S.check_own_group_keys(m, self._leaves)
-        self._creates_update = self._leaves[0].creates_update
-        self._raw_grad_read_after = {
-            id(m): any(later.needs_raw_grad for later in self._leaves[i + 1 :]) for i, m in enumerate(self._leaves)
-        }
-        defaults = {key: owner.defaults[key] for key, owner in self._owners.items()}
-        # shown in every group (not in defaults) when no module owns them, like torch's optimizers' weight_decay=0
-        self._inert = {key: value for key, value in S.INERT_KEYS.items() if key not in self._owners}
-        self._declared = frozenset(k for m in self._leaves for k in m.defaults)
+        self.plan = Plan(self._leaves)
+        """what each step needs from the chain and the groups (see :mod:`torchzero.core.plan`)"""
+        for m in self._leaves:
+            if m.own_groups is not None:
+                S.check_own_group_keys(m, self._leaves)
+        defaults = {key: owner.defaults[key] for key, owner in self.plan.owners.items()}
         # param groups are plain dicts (torch.compile traces them), except in a chain without an LR module, whose
         # groups explain that a scheduler needs one when it asks for the missing "lr"
-        self._lr_missing_error = "lr" not in self._owners
+        self._lr_missing_error = "lr" not in self.plan.owners
         if differentiable:
             defaults["differentiable"] = True  # torch then allows non-leaf parameters
+        self._building = True
         super().__init__(params, defaults)
-        self._known_groups: list[dict[str, Any]] = list(self.param_groups)
-        self._positions = _module_positions(self._partitioned, self.param_groups)
-        for i, m in enumerate(self._partitioned):
-            m.partition = i
+        self._building = False
+        self.plan.adopt(self.param_groups, self.plan.given)
         schema.check_groups(self, self.param_groups)
-        self._check_uniform_settings(None)
+        self.plan.check_uniform(self.param_groups, self.defaults)
         for m in self._leaves:
             bind = getattr(m, "bind", None)
             if bind is not None:
@@ -137,22 +126,21 @@ class Modular(torch.optim.Optimizer):
         schema.check_new_group(self, param_group, len(self.param_groups))
         given = frozenset(k for k in param_group if k not in S.FRAMEWORK_KEYS)
         super().add_param_group(param_group)
-        for key, value in self._inert.items():
+        for key, value in self.plan.inert.items():
             self.param_groups[-1].setdefault(key, value)
         if self._lr_missing_error:
             self.param_groups[-1] = ParamGroup(self.param_groups[-1])
-        self._given.append(given)
-        self._layout_params = []  # force a new layout
-        if hasattr(self, "_positions"):  # not while torch's __init__ adds the first groups
-            try:
-                self._positions = _module_positions(self._partitioned, self.param_groups)
-                self._check_uniform_settings(None)
-            except ValueError:
-                self.param_groups.pop()
-                self._given.pop()
-                self._positions = _module_positions(self._partitioned, self.param_groups)
-                raise
-            self._known_groups = list(self.param_groups)
+        if self._building:  # torch's __init__ adds the first groups; the plan adopts them all at the end
+            self.plan.given.append(given)
+            return
+        old = self.plan.given
+        try:
+            self.plan.adopt(self.param_groups, [*old, given])
+            self.plan.check_uniform(self.param_groups, self.defaults)
+        except ValueError:
+            self.param_groups.pop()
+            self.plan.adopt(self.param_groups, old)
+            raise
 
     def _sync_groups(self) -> None:
         """Adopt ``param_groups`` that were replaced or edited from outside since the last step.
@@ -163,8 +151,8 @@ class Modular(torch.optim.Optimizer):
         the same checks ``add_param_group`` makes, and before anything changes.
         """
         groups = self.param_groups
-        known = self._known_groups
-        if len(groups) == len(known) and all(map(operator.is_, groups, known)):
+        plan = self.plan
+        if plan.unchanged(groups):
             return
         seen: set[int] = set()
         for i, group in enumerate(groups):
@@ -183,32 +171,31 @@ class Modular(torch.optim.Optimizer):
             S.check_group_keys(group, i, self._leaves)
         # a key a group set itself keeps applying by index (load_state_dict replaces the dicts, not the meaning);
         # a new group is taken to have set whatever differs from the defaults
+        old = plan.given
         given = [
-            self._given[i]
-            if i < len(self._given)
+            old[i]
+            if i < len(old)
             else frozenset(
                 k for k, v in g.items() if k not in S.FRAMEWORK_KEYS and not S.same_value(v, self.defaults.get(k))
             )
             for i, g in enumerate(groups)
         ]
-        positions = _module_positions(self._partitioned, groups)
-        old = self._given, self._positions
-        self._given, self._positions = given, positions
+        known = plan.known_groups
+        plan.adopt(groups, given)
         try:
             schema.check_groups(self, groups)  # the settings each module resolves to, as add_param_group checks
         except ValueError:
-            self._given, self._positions = old
+            plan.adopt(known, old)
             raise
         for i, group in enumerate(groups):
-            for key, value in (self.defaults | self._inert).items():
+            for key, value in (self.defaults | plan.inert).items():
                 group.setdefault(key, value)
             if "params" in group and not isinstance(group["params"], list):
                 group["params"] = list(group["params"])
             if self._lr_missing_error and not isinstance(group, ParamGroup):
                 groups[i] = ParamGroup(group)
-        self._layout_params = []  # force a new layout
-        self._known_groups = list(groups)
-        self._check_uniform_settings(None)
+        plan.adopt(groups, given)
+        plan.check_uniform(groups, self.defaults)
 
     @property
     def root(self) -> Chain:
@@ -236,93 +223,11 @@ class Modular(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- step
     def _layout(self, include_fn: Callable[[Tensor], bool]) -> Layout | None:
-        params = self._all_params()
-        cached = self._layout_params
-        meta = [(p.device, p.dtype) for p in params]
-        if len(params) != len(cached) or not all(map(operator.is_, params, cached)) or meta != self._layout_meta:
-            self._layout_params, self._layout_meta, self._layouts = params, meta, {}
-        include = [include_fn(p) for p in params]
-        if all(include):
-            key = None
-        elif not any(include):
-            return None
-        else:
-            key = tuple(include)
-        layout = self._layouts.get(key)
-        if layout is None:
-            groups = [g["params"] for g in self.param_groups]
-            layout = Layout(groups, self._positions, None if key is None else include)
-            # sparse gradients come from the model (nn.Embedding(sparse=True)): checked once per layout, not per step
-            _check_dense([g for g in layout.grads() if g is not None])
-            self._layouts[key] = layout
-        return layout
+        return self.plan.layout(self.param_groups, include_fn)
 
     def _segments(self, ctx: StepContext, module: Module, fused: Module | None) -> list[Segment]:
         """The segments of ``module``; ``fused`` is the module whose ``lr`` becomes ``seg.scale``."""
-        out: list[Segment] = []
-        prev: Segment | None = None
-        groups, given, defaults, owners = self.param_groups, self._given, self.defaults, self._owners
-        counts = self._step_counts(ctx, module) if module.counts_steps else None
-        for run in ctx.layout.runs:
-            group = groups[run.group]
-            settings = S.resolve(module, group, given[run.group], defaults, owners, run.sig, self._partitioned)
-            scale = 1.0
-            if fused is not None:
-                scale = S.resolve(fused, group, given[run.group], defaults, owners, run.sig, self._partitioned)["lr"]
-            for start, stop, step in _pieces(run.start, run.stop, counts):
-                if (
-                    prev is not None
-                    and prev.stop == start
-                    and prev.device == run.device
-                    and prev.dtype == run.dtype
-                    and prev._step == step
-                    and S.same_value(prev.scale, scale)
-                    and S.same_settings(prev.settings, settings)
-                ):
-                    prev.stop = stop
-                    if prev.groups[-1] != run.group:
-                        prev.groups.append(run.group)
-                else:
-                    prev = Segment(ctx, module, start, stop, run.device, run.dtype, settings, scale, run.group, step)
-                    out.append(prev)
-        return out
-
-    def _check_uniform_settings(self, layout: Layout | None) -> None:
-        """Raise, before anything changes, if a module that needs one set of settings sees several."""
-        modules = [m for m in self._leaves if m.uniform_settings]
-        if not modules:
-            return
-        if layout is None:
-            layout = Layout([g["params"] for g in self.param_groups], self._positions)
-        ctx = StepContext(self, layout, None, None)
-        for m in modules:
-            ctx.settings(m)
-
-    def _step_counts(self, ctx: StepContext, module: Module) -> list[int]:
-        """Each parameter's step count for this step (its saved count + 1), read once per step and module."""
-        key = module.key
-        assert key is not None
-        counts = ctx.step_counts.get(key)
-        if counts is None:
-            state = self.state
-            counts = []
-            for p in ctx.layout.originals:
-                ms = state[p].get(key) if p in state else None
-                counts.append((ms.get("step", 0) if ms else 0) + 1)
-            ctx.step_counts[key] = counts
-        return counts
-
-    def _commit_step_state(self, ctx: StepContext) -> None:
-        """Once the whole chain has succeeded: the deferred global-state writes and the step counts."""
-        for module, key, value in ctx.deferred_global_state:
-            module.global_state[key] = value
-        state = self.state
-        for key, counts in ctx.step_counts.items():
-            for p, t in zip(ctx.layout.originals, counts, strict=True):
-                ms = state[p].get(key)
-                if ms is None:
-                    ms = state[p][key] = {}
-                ms["step"] = t
+        return self.plan.segments(ctx, module, fused, self.param_groups, self.defaults)
 
     def _unchanged_since(self, versions: list[tuple[int, int | None]], copies: list[Tensor]) -> bool:
         """True if no parameter or ``.grad`` was written since (``.data`` writes skip the version counters)."""
@@ -342,7 +247,7 @@ class Modular(torch.optim.Optimizer):
 
     def _check_ready(self, closure: Any) -> None:
         self._sync_groups()
-        S.check_inert_keys(self.param_groups, self._declared)
+        S.check_inert_keys(self.param_groups, self.plan.declared)
         if closure is None and self._root.requires_closure:
             names = ", ".join(type(m).__name__ for m in self._leaves if m.needs_closure)
             raise RuntimeError(
@@ -381,7 +286,7 @@ class Modular(torch.optim.Optimizer):
         wrapped = Closure(closure, self._all_params, none_ok=not needs_loss) if closure is not None else None
         loss = None
         reusable, self._reusable = self._reusable, None
-        if wrapped is not None and not self._creates_update:
+        if wrapped is not None and not self.plan.creates_update:
             if reusable is not None and reusable[0] is closure and self._unchanged_since(reusable[2], reusable[3]):
                 loss = reusable[1]  # the last step ended where it evaluated the loss and gradient
             else:
@@ -389,7 +294,7 @@ class Modular(torch.optim.Optimizer):
             if loss is not None:
                 check_finite(loss)
 
-        if self._creates_update:
+        if self.plan.creates_update:
             layout = self._layout(lambda p: p.requires_grad)
         else:
             layout = self._layout(lambda p: p.grad is not None)
@@ -399,14 +304,14 @@ class Modular(torch.optim.Optimizer):
                 m.after_step(ctx)
             return loss
 
-        self._check_uniform_settings(layout)
+        self.plan.check_uniform(self.param_groups, self.defaults, layout)
         ctx = StepContext(self, layout, wrapped, loss)
-        if not self._creates_update:
+        if not self.plan.creates_update:
             grad = ctx.collect_grad()
             # the update starts as the gradient tensors themselves: the sink copies them before any write
             ctx.update = ops.clone(grad) if self.differentiable else list(grad)
         self._root.step(ctx)
-        self._commit_step_state(ctx)
+        self.plan.commit(ctx)
         if not ctx.params_written:
             sink.final_write(ctx)
         for m in self._leaves:
@@ -462,7 +367,7 @@ class Modular(torch.optim.Optimizer):
             on_load = getattr(m, "on_load", None)
             if on_load is not None:
                 on_load()
-        self._layout_params = []
+        self.plan.adopt(self.param_groups, self.plan.given)  # a new layout at the next step
         self._reusable = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -477,7 +382,7 @@ class Modular(torch.optim.Optimizer):
                 k: v
                 for k, v in g.items()
                 if k not in S.FRAMEWORK_KEYS
-                and (k in self._given[i] or not S.same_value(v, self.defaults.get(k, self._inert.get(k))))
+                and (k in self.plan.given[i] or not S.same_value(v, self.defaults.get(k, self.plan.inert.get(k))))
             }
             extra = "".join(f", {k}={v!r}" for k, v in overrides.items())
             lines.append(f"  group {i}: {len(g['params'])} params{extra}")
@@ -531,48 +436,3 @@ def _bind(root: Chain, fuse: bool) -> list[Module]:
                 f"tz.Modular(params, tz.m.{type(m).__name__}(...), ...)."
             )
     return leaves
-
-
-def _check_dense(grads: list[Tensor]) -> None:
-    if any(g.layout is not torch.strided for g in grads):
-        shapes = [tuple(g.shape) for g in grads if g.layout is not torch.strided]
-        raise RuntimeError(
-            f"parameters of shape {shapes} have sparse gradients, but torchzero modules work on dense tensors. "
-            "Use dense gradients (e.g. nn.Embedding(..., sparse=False)), or give those parameters to "
-            "torch.optim.SparseAdam. Nothing was changed."
-        )
-
-
-def _pieces(start: int, stop: int, counts: list[int] | None) -> list[tuple[int, int, int | None]]:
-    """Split ``[start, stop)`` where the step count changes (one piece when counts are not tracked)."""
-    if counts is None:
-        return [(start, stop, None)]
-    if min(counts[start:stop]) == max(counts[start:stop]):  # the usual case, checked without a Python loop
-        return [(start, stop, counts[start])]
-    pieces: list[tuple[int, int, int | None]] = []
-    begin = start
-    for i in range(start + 1, stop):
-        if counts[i] != counts[begin]:
-            pieces.append((begin, i, counts[begin]))
-            begin = i
-    pieces.append((begin, stop, counts[begin]))
-    return pieces
-
-
-def _module_positions(modules: list[Module], groups: list[dict[str, Any]]) -> list[dict[tuple[int, int], int]]:
-    where = {id(p): (gi, i) for gi, g in enumerate(groups) for i, p in enumerate(g["params"])}
-    out = []
-    for m in modules:
-        assert m.own_groups is not None
-        positions: dict[tuple[int, int], int] = {}
-        for mg, group in enumerate(m.own_groups):
-            for p in group["params"]:
-                pos = where.get(id(p))
-                if pos is None:
-                    raise ValueError(
-                        f"{type(m).__name__}.set_params was given a parameter of shape {tuple(p.shape)} that is not "
-                        "among the optimizer's parameters; set_params groups must be subsets of them."
-                    )
-                positions[pos] = mg
-        out.append(positions)
-    return out

@@ -75,12 +75,15 @@ class Module:
         self.defaults: dict[str, Any] = {k: checked[k] for k in defaults}
         self.own_groups: list[dict[str, Any]] | None = None
         """groups given to :meth:`set_params`, or None"""
+        self._own_index: dict[int, int] = {}
         self.global_state: dict[str, Any] = {}
         """per-module state that is not per parameter (counters, scalars); saved in ``state_dict``"""
         self.key: str | None = None
         """position in the chain (``"2"``, ``"1.0"``), set when a Modular binds the module"""
         self.partition: int | None = None
-        """index of this module's ``set_params`` groups in the layout signature, set when bound"""
+        """index of this module's partitions (``set_params`` groups) in the layout signature, set when bound"""
+        self.branches: list[tuple[Module, int]] = []
+        """``(split, branch)`` for each ``Split`` this module sits in: it is applied to that branch's parameters"""
 
     # ---------------------------------------------------------------- settings
     def set_params(self, param_groups: Iterable[Any]) -> Module:
@@ -106,7 +109,30 @@ class Module:
             own = {k: v for k, v in group.items() if k in self.defaults}
             checked.append({**group, **validate(self, own, f" in set_params group {i}"), "params": params})
         self.own_groups = checked
+        self._own_index = {id(p): mg for mg, group in enumerate(checked) for p in group["params"]}
         return self
+
+    @property
+    def partitions_params(self) -> bool:
+        """True when the module places parameters in partitions of its own (its ``set_params`` groups)."""
+        return self.own_groups is not None
+
+    def partition_of(self, param: Tensor, group: dict[str, Any]) -> int:
+        """The partition of ``param`` (of the optimizer's ``group``): its ``set_params`` group, or -1."""
+        return self._own_index.get(id(param), -1)
+
+    def check_partitions(self, positions: dict[tuple[int, int], int], groups: Any) -> None:
+        """Raise if a ``set_params`` parameter is not among the optimizer's parameters."""
+        if len(positions) == len(self._own_index):
+            return
+        placed = {id(p) for g in groups for p in g["params"]}
+        for group in self.own_groups or []:
+            for p in group["params"]:
+                if id(p) not in placed:
+                    raise ValueError(
+                        f"{type(self).__name__}.set_params was given a parameter of shape {tuple(p.shape)} that is "
+                        "not among the optimizer's parameters; set_params groups must be subsets of them."
+                    )
 
     # ---------------------------------------------------------------- structure
     def children(self) -> list[Module]:

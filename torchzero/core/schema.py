@@ -329,11 +329,12 @@ def check_new_group(opt: Modular, group: dict[str, Any], index: int) -> None:
     from . import settings as S  # settings imports the module base class, which imports this file
 
     given = frozenset(k for k in group if k not in S.FRAMEWORK_KEYS)
-    sig = (-1,) * len(opt._partitioned)
-    built = hasattr(opt, "_positions")
+    plan = opt.plan
+    sig = (-1,) * len(plan.partitioned)
+    built = not getattr(opt, "_building", True)
     converted: dict[str, Any] = {}
-    for m in opt._leaves:
-        resolved = S.resolve(m, group, given, opt.defaults, opt._owners, sig, opt._partitioned)
+    for m in plan.leaves:
+        resolved = S.resolve(m, group, given, opt.defaults, plan.owners, sig, plan.partitioned)
         checked = validate(m, resolved, f" in param group {index}", rules=built)
         converted.update((k, checked[k]) for k in given if k in resolved and resolved[k] is group[k])
     group.update(converted)  # only once everything passed
@@ -347,17 +348,18 @@ def check_groups(opt: Modular, groups: Sequence[Mapping[str, Any]], source: str 
     """
     from . import settings as S
 
-    parts = opt._positions
+    plan = opt.plan
+    parts = plan.positions
     for gi, group in enumerate(groups):
         sigs = {tuple(part.get((gi, i), -1) for part in parts) for i in range(len(group["params"]))}
         for sig in sorted(sigs or {(-1,) * len(parts)}):
             own = [
-                f"{type(m).__name__}.set_params group {j}" for m, j in zip(opt._partitioned, sig, strict=True) if j >= 0
+                f"{type(m).__name__}.set_params group {j}" for m, j in zip(plan.partitioned, sig, strict=True) if j >= 0
             ]
             where = f" in {source} {gi}" + (f" with {', '.join(own)}" if own else "")
-            for m in opt._leaves:
+            for m in plan.leaves:
                 validate(
-                    m, S.resolve(m, group, opt._given[gi], opt.defaults, opt._owners, sig, opt._partitioned), where
+                    m, S.resolve(m, group, plan.given[gi], opt.defaults, plan.owners, sig, plan.partitioned), where
                 )
 
 

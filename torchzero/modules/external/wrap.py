@@ -139,7 +139,7 @@ class Wrap(Module):
         """One wrapped group per (torch group, set_params signature), the same runs the layout resolves settings
         for: settings given by *any* module's set_params (this one's, or another's that does not declare them)
         may differ inside one torch group."""
-        parts = opt._positions  # per partitioning module: (group, index) -> its set_params group
+        parts = opt.plan.positions  # per partitioning module: (group, index) -> its set_params group
         keys: list[tuple[int, tuple[int, ...]]] = []
         params: list[list[Tensor]] = []
         for gi, group in enumerate(opt.param_groups):
