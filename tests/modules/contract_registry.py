@@ -163,6 +163,12 @@ REGISTRY: list[Entry] = [
     E("Lion", lambda: [m.Lion(), m.LR(0.01)], ({"betas": (0.9, 0.99)}, {"betas": (0.95, 0.98)}), separable=True),
     # complex: Orthogonalize/Muon decide by the complex tensor's ndim (a complex vector is passed through, its
     # (n, 2) real view would be orthogonalized), as documented, so only finiteness and progress are checked
+    E(
+        "Split",
+        lambda: [m.Split(lambda p: p.ndim >= 2, true=[m.Adam()], false=[m.SGD(momentum=0.9)]), m.LR(0.02)],
+        ({}, {"lr": 0.01}),
+        complex="finite",  # the filter sees the parameter: a complex vector's real view is a matrix (ndim 2)
+    ),
     E("Muon", lambda: [m.Muon(), m.LR(0.02)], ({"momentum": 0.9}, {"nesterov": False}), separable=True,
       complex="finite", max_growth=2.0),
     E("NAdam", lambda: [m.NAdam(), m.LR(0.05)], ({"momentum_decay": 4e-3}, {"momentum_decay": 1e-2}),

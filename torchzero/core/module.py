@@ -55,6 +55,9 @@ class Module:
             against the schema with the defaults but not stored.
     """
 
+    per_segment: ClassVar[bool] = False
+    """the module's step touches only its own segments (``ctx.segments(self)``), never the update as a whole, so
+    it can run on a subset of the parameters (a ``Split`` branch)"""
     fusable_scale: ClassVar[bool] = False
     """the module multiplies the update by its per-group ``lr`` and nothing else (``LR``), so the stage before it
     may apply that scale itself (see :attr:`Transform.fuses_lr`)"""
@@ -200,6 +203,7 @@ class Transform(Module):
     """
 
     fuses_lr: ClassVar[bool] = False
+    per_segment = True
 
     def step(self, ctx: StepContext) -> None:
         for seg in ctx.segments(self):
@@ -226,6 +230,8 @@ def flatten_modules(modules: Iterable[Any]) -> list[Module]:
 
 class Chain(Module):
     """Modules applied one after another; lists inside ``tz.Modular(...)`` become chains too."""
+
+    modifies_update_inplace = False  # its stages copy the update themselves where they need to
 
     def __init__(self, *modules: Any) -> None:
         super().__init__()

@@ -51,6 +51,7 @@ class Plan:
         self.creates_update = leaves[0].creates_update
         self._raw_after = {id(m): any(later.needs_raw_grad for later in leaves[i + 1 :]) for i, m in enumerate(leaves)}
         self.uniform = [m for m in leaves if m.uniform_settings]
+        self._branched = {m.key: m.branches for m in leaves if m.branches}
         # group facts
         self.given: list[frozenset[str]] = []
         """per group, the keys it set itself (not filled in from the defaults)"""
@@ -178,14 +179,25 @@ class Plan:
             ctx.step_counts[key] = counts
         return counts
 
-    @staticmethod
-    def commit(ctx: StepContext) -> None:
-        """Once the whole chain has succeeded: the deferred global-state writes and the step counts."""
+    def commit(self, ctx: StepContext) -> None:
+        """Once the whole chain has succeeded: the deferred global-state writes and the step counts (of the
+        parameters each module was applied to: a module in a ``Split`` branch counts only its branch's)."""
         for module, key, value in ctx.deferred_global_state:
             module.global_state[key] = value
         state = ctx.opt.state
+        originals = ctx.layout.originals
         for key, counts in ctx.step_counts.items():
-            for p, t in zip(ctx.layout.originals, counts, strict=True):
+            branches = self._branched.get(key)
+            pairs = zip(originals, counts, strict=True)
+            if branches:
+                mine = [
+                    i
+                    for run in ctx.layout.runs
+                    if all(run.sig[split.partition] == b for split, b in branches)  # type: ignore[index]
+                    for i in range(run.start, run.stop)
+                ]
+                pairs = ((originals[i], counts[i]) for i in mine)  # type: ignore[assignment]
+            for p, t in pairs:
                 ms = state[p].get(key)
                 if ms is None:
                     ms = state[p][key] = {}

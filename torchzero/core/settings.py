@@ -141,15 +141,13 @@ def resolve(
                 settings[key] = group[key]
     for other in partitioned:  # keys put in another module's set_params groups that it does not declare
         idx = sig[other.partition] if other is not module and other.partition is not None else -1
-        if idx >= 0:
-            assert other.own_groups is not None
+        if idx >= 0 and other.own_groups is not None:  # a Split's partitions carry no settings
             for key, value in other.own_groups[idx].items():
                 if key in settings and key not in other.defaults:
                     settings[key] = value
-    if module.partition is not None:
+    if module.partition is not None and module.own_groups is not None:
         idx = sig[module.partition]
         if idx >= 0:
-            assert module.own_groups is not None
             for key, value in module.own_groups[idx].items():
                 if key != "params":
                     settings[key] = value

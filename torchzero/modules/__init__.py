@@ -2,16 +2,37 @@
 
 from ..core.lr import LR
 from ..core.module import Chain, Module, Transform
-from . import external, grad_approx, line_search, optimizers, quasi_newton, second_order, smoothing, transforms
+from . import (
+    external,
+    grad_approx,
+    line_search,
+    optimizers,
+    quasi_newton,
+    routing,
+    second_order,
+    smoothing,
+    transforms,
+)
 from .external import *  # noqa: F403
 from .grad_approx import *  # noqa: F403
 from .line_search import *  # noqa: F403
 from .optimizers import *  # noqa: F403
 from .quasi_newton import *  # noqa: F403
+from .routing import *  # noqa: F403
 from .second_order import *  # noqa: F403
 from .smoothing import *  # noqa: F403
 from .transforms import *  # noqa: F403
 
 __all__ = ["LR", "Chain", "Module", "Transform"]
-for _family in (external, grad_approx, line_search, optimizers, quasi_newton, second_order, smoothing, transforms):
+for _family in (
+    external,
+    grad_approx,
+    line_search,
+    optimizers,
+    quasi_newton,
+    routing,
+    second_order,
+    smoothing,
+    transforms,
+):
     __all__ += _family.__all__

@@ -43,6 +43,7 @@ class _Binary(Transform):
                 f"update) as its operand, got {type(other).__name__}. For the gradient use tz.m.Grad()."
             )
         super().__init__(defaults)
+        self.per_segment = self.branch is None  # type: ignore[misc]  # a branch runs on the whole update
 
     def children(self) -> list[Module]:
         return [] if self.branch is None else [self.branch]

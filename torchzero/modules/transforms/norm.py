@@ -32,6 +32,7 @@ class _NormScale(Transform):
         super().__init__(defaults, options={"ord": ord, "per_tensor": per_tensor})
         self.ord = ord
         self.per_tensor = per_tensor
+        self.per_segment = per_tensor  # type: ignore[misc]  # a global norm reads the whole update
 
     def coef_(self, norm: Tensor | list[Tensor], settings: dict[str, Any]) -> Any:
         """Turn norms into multipliers (in place for a list of per-tensor norms)."""
