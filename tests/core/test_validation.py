@@ -524,6 +524,7 @@ NEEDS_ARGUMENTS: dict[str, Callable[[], tz.Module]] = {
     "Lerp": _lerp,
     "Wrap": lambda: m.Wrap(O.SGD, lr=1.0, momentum=0.9, nesterov=True),
     "WrapClosure": lambda: m.WrapClosure(O.LBFGS, history_size=3),
+    "Split": lambda: m.Split("hidden", true=[m.Adam()], false=[m.SGD(momentum=0.9)]),
 }
 
 

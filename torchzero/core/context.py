@@ -84,6 +84,17 @@ class Segment:
         """Per-parameter state tensors of this segment, created on first use (zeros unless ``init``)."""
         return self.ctx.state(self.module, *names, init=init, start=self.start, stop=self.stop)
 
+    def scratch(self, name: str = "scratch") -> list[Tensor]:
+        """Buffers shaped like the segment's update, with undefined contents, for temporaries of this step.
+
+        They are kept by the plan and handed out again at the next step (no allocation per step, no page faults
+        on large tensors); they are not state and are never saved.  With autograd on (differentiable mode) they
+        are fresh tensors every time.
+        """
+        if torch.is_grad_enabled():
+            return [torch.empty_like(u) for u in self.update]
+        return self.ctx.opt.plan.scratch((self.module.key, name, self.start, self.stop), self.update)
+
     # ---------------------------------------------------------------- the write sink (see core/sink.py)
     def emit(self, direction: Sequence[Tensor], scale: Any = 1.0, *, decay: Any = 0.0) -> None:
         """Emit ``scale * direction + decay * theta``: the update handed on, or the parameters' step when the

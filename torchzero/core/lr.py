@@ -112,7 +112,7 @@ class LR(Transform, torch.optim.Optimizer):
                 opt.register_step_pre_hook(_needs_closure_for_plateau)
 
     fusable_scale = True  # a transform right before it that fuses_lr applies the lr itself (one pass)
-    modifies_update_inplace = False  # it emits through the sink, which copies a gradient before scaling it
+    # modifies_update_inplace (the default): it scales the update in place where the chain owns it
 
     def step(self, ctx: StepContext) -> None:  # type: ignore[override]
         for seg in ctx.segments(self):

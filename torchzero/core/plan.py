@@ -58,6 +58,7 @@ class Plan:
         self.positions: list[dict[tuple[int, int], int]] = []
         """per partitioning module, ``(group, index) -> partition`` of each parameter it places"""
         self.known_groups: list[dict[str, Any]] = []
+        self._scratch: dict[tuple[Any, ...], list[Tensor]] = {}
         self._layout_params: list[Tensor] = []
         self._layout_meta: list[tuple[torch.device, torch.dtype]] = []
         self._layouts: dict[tuple[bool, ...] | None, Layout] = {}
@@ -74,6 +75,7 @@ class Plan:
         self.positions = partition_positions(self.partitioned, groups)
         self.known_groups = list(groups)
         self._layout_params = []  # the next step builds a new layout
+        self._scratch = {}
 
     def unchanged(self, groups: Groups) -> bool:
         """True when ``groups`` are the very dicts the plan was built for."""
@@ -111,6 +113,20 @@ class Plan:
     def resolve(self, module: Module, groups: Groups, defaults: dict[str, Any], group: int, sig: tuple[int, ...]):
         """The settings of ``module`` for the parameters of ``group`` in the partitions ``sig``."""
         return S.resolve(module, groups[group], self.given[group], defaults, self.owners, sig, self.partitioned)
+
+    def scratch(self, key: tuple[Any, ...], like: Sequence[Tensor]) -> list[Tensor]:
+        """Reusable buffers shaped like ``like`` (see :meth:`Segment.scratch`), kept per ``key``."""
+        buffers = self._scratch.get(key)
+        if (
+            buffers is None
+            or len(buffers) != len(like)
+            or any(
+                b.shape != t.shape or b.dtype != t.dtype or b.device != t.device
+                for b, t in zip(buffers, like, strict=True)
+            )
+        ):
+            buffers = self._scratch[key] = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in like]
+        return buffers
 
     # ---------------------------------------------------------------- per step
     def segments(

@@ -11,7 +11,9 @@ Whether the running stage is the last one of the chain is the core's business, n
 
 The sink never writes into the gradient: while the update still *is* ``.grad`` (the chain starts with it, to
 save a copy), it is copied before anything is written into it (copy on write, also for modules that change the
-update in place, see :meth:`StepContext.own_update`).  After a step ``.grad`` holds what backward left, as with
+update in place, see :meth:`StepContext.own_update`).  It writes into the incoming update only for a module
+that declares ``modifies_update_inplace`` (``LR``, ``WeightDecay``: a scaling in place saves an allocation);
+for the others it hands on new tensors, so their incoming update stays as it was.  After a step ``.grad`` holds what backward left, as with
 torch.optim.
 
 An emission is a sum of *terms*, each subtracted from the parameters (last stage) or added into the update:
@@ -83,7 +85,8 @@ def _den_read(den: Sequence[Tensor]) -> list[Tensor]:
 def _as_update(seg: Segment, terms: Sequence[Term], decay: Any, scratch: Sequence[Tensor] | None) -> list[Tensor]:
     """The update ``sum(terms) + decay * theta``, built in the incoming update when the chain owns it."""
     update = seg.update
-    owned = seg.ctx.owns(update, seg.start)
+    # the update is written in place only when the module declares that it changes it and the chain owns it
+    owned = seg.module.modifies_update_inplace and seg.ctx.owns(update, seg.start)
     first, rest = terms[0], terms[1:]
     kind, s = first[0], first[-1]
     decays = isinstance(decay, Tensor) or decay != 0
@@ -175,7 +178,7 @@ def write_per_tensor(seg: Segment, direction: Sequence[Tensor], scales: Sequence
         ctx.params_written = True
         return
     update = seg.update
-    owned = ctx.owns(update, seg.start)
+    owned = seg.module.modifies_update_inplace and ctx.owns(update, seg.start)
     out: list[Tensor] = []
     for u, d, s in zip(update, direction, scales, strict=True):
         t = u if owned else torch.empty_like(u)

@@ -34,6 +34,7 @@ class HeavyBall(Transform):
     """
 
     fuses_lr = True
+    modifies_update_inplace = False  # reads the update and emits a new one through the sink
     schema = {"momentum": MOMENTUM, "dampening": DAMPENING, "alpha": ALPHA}
 
     def __init__(self, momentum: float = 0.9, dampening: float = 0.0, alpha: float = 1.0) -> None:
@@ -67,6 +68,7 @@ class NesterovMomentum(Transform):
     """
 
     fuses_lr = True
+    modifies_update_inplace = False  # reads the update and emits a new one through the sink
     schema = {"momentum": MOMENTUM, "dampening": DAMPENING, "alpha": ALPHA}
 
     def __init__(self, momentum: float = 0.9, dampening: float = 0.0, alpha: float = 1.0) -> None:
@@ -79,5 +81,4 @@ class NesterovMomentum(Transform):
         update = seg.update
         ops.mul_(buf, momentum)
         ops.add_(buf, update, alpha=1 - s["dampening"])
-        ops.add_(update, buf, alpha=momentum)
-        seg.emit(update, s["alpha"] * seg.scale)
+        seg.emit(ops.add(update, buf, alpha=momentum), s["alpha"] * seg.scale)  # out of place, as torch's SGD

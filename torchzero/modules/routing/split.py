@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from ...core.module import Chain, Module
+from ...core.schema import FLAG
 
 if TYPE_CHECKING:
     from ...core.context import StepContext
@@ -59,6 +60,7 @@ class Split(Module):
         if isinstance(filter, str):
             self.key_filter = filter
             defaults[filter] = False  # a group that does not set the key goes to ``false``
+            self.schema = {filter: FLAG}  # type: ignore[misc]  # the key is a setting of this instance
         elif callable(filter):
             self.predicate = filter
         elif isinstance(filter, Iterable) and not isinstance(filter, Tensor):
@@ -76,7 +78,7 @@ class Split(Module):
                 if m is chain or isinstance(m, Chain):
                     continue
                 if not m.per_segment or m.uniform_settings or m.needs_closure or m.creates_update:
-                    raise ValueError(
+                    raise TypeError(
                         f"{type(m).__name__} cannot run inside a Split branch: it treats all parameters as one "
                         "vector (or evaluates the closure), so it would mix both branches' parameters. Put it "
                         "before or after the Split, e.g. tz.m.Split(filter, true=[...], false=[...]), "

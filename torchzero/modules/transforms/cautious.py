@@ -48,7 +48,9 @@ class Cautious(Transform):
             mask = grad  # nothing after this module reads the gradient: build the mask in it, no allocation
             ops.mul_(mask, update)
         else:
-            mask = ops.mul(update, grad)
+            mask = seg.scratch("mask")  # reused every step: no allocation, and .grad stays as backward left it
+            ops.copy_(mask, update)
+            ops.mul_(mask, grad)
         ops.sign_(mask)
         ops.clamp_min_(mask, 0)  # 1 where u*g > 0, else 0 (NaN stays NaN)
         if seg.settings["normalize"]:

@@ -51,7 +51,6 @@ class WeightDecay(Transform):
     """
 
     fuses_lr = True
-    modifies_update_inplace = False  # the sink copies a gradient before writing the decayed update
     schema = {
         "weight_decay": Setting(at_least(0), "Use 0 for no decay, or a value such as 1e-2."),
         "scale_by_lr": FLAG,
