@@ -84,6 +84,33 @@ class Segment:
         """Per-parameter state tensors of this segment, created on first use (zeros unless ``init``)."""
         return self.ctx.state(self.module, *names, init=init, start=self.start, stop=self.stop)
 
+    def scalar(self, name: str, advance: Callable[[float], float], init: float = 1.0) -> float:
+        """A Python number per param group (and partition) and step count, advanced once per step.
+
+        ``advance(previous)`` gives this step's value from the value at the previous step count (``init`` at a
+        parameter's first step).  A group whose parameters span several segments (dtypes, devices) advances
+        once; parameters that joined later have their own history, as in torch.  The values are kept in
+        ``module.global_state[name]`` as ``{run: [[count, value], ...]}`` and written only when the whole step
+        succeeded.  NAdam keeps its product of momentum coefficients this way, with no host sync.
+        """
+        ctx, module, t = self.ctx, self.module, self.step
+        keys = ctx.opt.plan.run_keys(ctx.layout, self.start, self.stop)
+        pending = ctx.pending_scalars
+        # lists of [count, value] looked up by comparison, not dicts keyed by the count: torch.compile then
+        # does not specialise on the step count (no recompile per step)
+        done = [v for count, v in pending.get((module, name, keys[0]), []) if count == t]
+        if done:
+            value = done[0]
+        else:
+            stored = module.global_state.setdefault(name, {}).get(keys[0], [])
+            previous = [v for count, v in stored if count == t - 1] if t > 1 else []
+            value = advance(previous[0] if previous else init)
+        for key in keys:
+            entries = pending.setdefault((module, name, key), [])
+            if not any(count == t for count, _ in entries):
+                entries.append([t, value])
+        return value
+
     def scratch(self, name: str = "scratch") -> list[Tensor]:
         """Buffers shaped like the segment's update, with undefined contents, for temporaries of this step.
 
@@ -175,6 +202,8 @@ class StepContext:
         self.info: dict[str, Any] = {}
         """free-form per-step information modules may publish (line-search step size, ...)"""
         self.deferred_global_state: list[tuple[Module, str, Any]] = []
+        self.pending_scalars: dict[tuple[Module, str, str], list[list[Any]]] = {}
+        """``Segment.scalar`` values of this step, stored in the modules' global state when the step ends"""
         """``(module, key, value)`` for ``module.global_state`` when the step ends (:meth:`set_global_state_at_end`)"""
 
     # ---------------------------------------------------------------- gradient and closure

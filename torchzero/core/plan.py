@@ -128,6 +128,20 @@ class Plan:
             buffers = self._scratch[key] = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in like]
         return buffers
 
+    @staticmethod
+    def run_keys(layout: Layout, start: int, stop: int) -> list[str]:
+        """Names of the runs overlapping ``[start, stop)``: the param group, and the partitions it falls in."""
+        keys = []
+        for run in layout.runs:
+            if run.start < stop and start < run.stop:
+                parts = (
+                    [str(run.group), *(str(i) for i in run.sig)] if any(i >= 0 for i in run.sig) else [str(run.group)]
+                )
+                key = "/".join(parts)
+                if key not in keys:
+                    keys.append(key)
+        return keys
+
     # ---------------------------------------------------------------- per step
     def segments(
         self, ctx: StepContext, module: Module, fused: Module | None, groups: Groups, defaults: dict[str, Any]
@@ -200,6 +214,11 @@ class Plan:
         parameters each module was applied to: a module in a ``Split`` branch counts only its branch's)."""
         for module, key, value in ctx.deferred_global_state:
             module.global_state[key] = value
+        for (module, name, run), new in ctx.pending_scalars.items():
+            history = module.global_state.setdefault(name, {})
+            # lists compared with ==, not sets: torch.compile would specialise on the hashed step counts
+            advanced_from = [t - 1 for t, _ in new]
+            history[run] = [e for e in history.get(run, []) if e[0] not in advanced_from] + new
         state = ctx.opt.state
         originals = ctx.layout.originals
         for key, counts in ctx.step_counts.items():

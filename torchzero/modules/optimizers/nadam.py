@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...core.module import Transform
 from ...core.schema import ALPHA, BETAS, EPS, Setting, at_least
@@ -54,17 +54,6 @@ class NAdam(Transform):
     ) -> None:
         super().__init__({"betas": betas, "eps": eps, "momentum_decay": momentum_decay, "alpha": alpha})
 
-    def step(self, ctx: StepContext) -> None:
-        # (key, step count, product) advanced during this step: a param group whose tensors have several dtypes or
-        # devices (or set_params groups) is applied in several segments, and must advance once
-        self._advanced: list[tuple[str, int, float]] = []
-        super().step(ctx)
-        cohorts: dict[str, list[list[Any]]] = self.global_state.get("mu_product", {})
-        for key in dict.fromkeys(k for k, _, _ in self._advanced):
-            new = [[t, product] for k, t, product in self._advanced if k == key]
-            advanced_from = [t - 1 for t, _ in new]
-            cohorts[key] = [e for e in cohorts.get(key, []) if e[0] not in advanced_from] + new
-
     def on_load(self) -> None:
         """Read a 0.1.0 checkpoint, which kept one product per ``"group#count"`` key."""
         cohorts = self.global_state.get("mu_product", {})
@@ -72,43 +61,14 @@ class NAdam(Transform):
             base, count = old.rsplit("#", 1)
             cohorts.setdefault(base, []).append([int(count), float(cohorts.pop(old))])
 
-    def _product_keys(self, ctx: StepContext, seg: Segment) -> list[str]:
-        """One key per run of this segment: its param group, and the ``set_params`` groups it falls in (this
-        module's or another's: either can set ``betas`` or ``momentum_decay`` for those parameters)."""
-        keys = []
-        for run in ctx.layout.runs:
-            if run.start < seg.stop and seg.start < run.stop:  # overlaps (step counts may split a run)
-                key = (
-                    "/".join([str(run.group), *(str(i) for i in run.sig)])
-                    if any(i >= 0 for i in run.sig)
-                    else str(run.group)
-                )
-                if key not in keys:
-                    keys.append(key)
-        return keys
-
     def apply(self, ctx: StepContext, seg: Segment) -> None:
         s = seg.settings
         beta1, beta2 = s["betas"]
         psi = s["momentum_decay"]
         t = seg.step
-        # one product per param group (per set_params group within it) and step count (parameters that joined
-        # later have their own, as in torch), advanced once per step even when the group spans several segments
-        # (dtypes, devices); groups merged into one segment share settings and history.  Kept as [count, product]
-        # pairs under a fixed key (not a key per count), so torch.compile sees the same structure every step
-        cohorts: dict[str, list[list[Any]]] = self.global_state.setdefault("mu_product", {})
         mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * psi))
         mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
-        keys = self._product_keys(ctx, seg)
-        done = [p for k, count, p in self._advanced if k == keys[0] and count == t]
-        if done:
-            product = done[0]
-        else:
-            previous = [e[1] for e in cohorts.get(keys[0], []) if e[0] == t - 1]
-            product = (previous[0] if previous and t > 1 else 1.0) * mu
-        for key in keys:
-            if not any(k == key and count == t for k, count, _ in self._advanced):
-                self._advanced.append((key, t, product))
+        product = seg.scalar("mu_product", lambda previous: previous * mu)  # once per group and step count
         product_next = product * mu_next
 
         update = seg.update
