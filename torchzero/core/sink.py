@@ -109,13 +109,7 @@ def _as_update(seg: Segment, terms: Sequence[Term], decay: Any, scratch: Sequenc
             ops.mul_(out, num)
             ops.mul_(out, s)
         elif same_tensors(num, update) or isinstance(s, Tensor):
-            if owned:
-                out = update
-                if not same_tensors(num, update):
-                    ops.copy_(out, num)
-                ops.div_(out, den)
-            else:
-                out = ops.div(num, den)
+            out = _binary(update, owned, "div", num, den)
             if not is_one(s):
                 ops.mul_(out, s)
         else:
@@ -126,37 +120,39 @@ def _as_update(seg: Segment, terms: Sequence[Term], decay: Any, scratch: Sequenc
                 out = ops.zeros_like(num)
             ops.addcdiv_(out, num, den, s)
     else:  # "mul"
-        a, b = list(first[1]), list(first[2])
-        if owned:
-            out = update
-            if not same_tensors(a, update):
-                ops.copy_(out, a)
-            ops.mul_(out, b)
-        else:
-            out = ops.mul(a, b)
+        out = _binary(update, owned, "mul", list(first[1]), list(first[2]))
         if not is_one(s):
             ops.mul_(out, s)
     for term in rest:
         kind, s = term[0], term[-1]
         if kind == "add":
             _add(out, list(term[1]), s)
-        elif kind == "div":
-            if isinstance(s, Tensor):
-                q = ops.div(list(term[1]), _den_read(term[2]))
-                ops.mul_(q, s)
-                ops.add_(out, q)
-            else:
-                ops.addcdiv_(out, list(term[1]), _den_read(term[2]), s)
+            continue
+        a, b = list(term[1]), (_den_read(term[2]) if kind == "div" else list(term[2]))
+        if isinstance(s, Tensor):  # foreach addcdiv/addcmul take Python numbers only
+            q = _BINARY[kind][1](a, b)
+            ops.mul_(q, s)
+            ops.add_(out, q)
         else:
-            if isinstance(s, Tensor):
-                q = ops.mul(list(term[1]), list(term[2]))
-                ops.mul_(q, s)
-                ops.add_(out, q)
-            else:
-                ops.addcmul_(out, list(term[1]), list(term[2]), s)
+            _BINARY[kind][2](out, a, b, s)
     if decays:
         _add(out, seg.params, decay)
     return out
+
+
+_BINARY = {"div": (ops.div_, ops.div, ops.addcdiv_), "mul": (ops.mul_, ops.mul, ops.addcmul_)}
+"""per binary term kind: the in-place op, the out-of-place op and the fused multiply-add"""
+
+
+def _binary(update: list[Tensor], owned: bool, kind: str, a: list[Tensor], b: list[Tensor]) -> list[Tensor]:
+    """``a (op) b``, in the update's tensors when the chain owns them, else in new ones."""
+    inplace, outofplace, _ = _BINARY[kind]
+    if not owned:
+        return outofplace(a, b)
+    if not same_tensors(a, update):
+        ops.copy_(update, a)
+    inplace(update, b)
+    return update
 
 
 def _add(out: list[Tensor], x: list[Tensor], s: Any) -> None:
