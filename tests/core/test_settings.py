@@ -85,8 +85,8 @@ def test_unknown_group_key_is_an_error_naming_modules():
 
 def test_exposed_keys_in_defaults_and_groups():
     opt = tz.Modular(make_params(), tz.m.SGD(momentum=0.8), tz.m.Adam(betas=(0.5, 0.6)), tz.m.LR(0.3))
-    assert opt.defaults == {"lr": 0.3, "betas": (0.5, 0.6), "momentum": 0.8}
-    assert {"lr", "betas", "momentum"} <= set(opt.param_groups[0])
+    assert opt.defaults == {"lr": 0.3, "betas": (0.5, 0.6), "momentum": 0.8, "maximize": False}
+    assert {"lr", "betas", "momentum", "maximize"} <= set(opt.param_groups[0])
     assert all(type(g) is not list for g in opt.param_groups) and all(isinstance(g, dict) for g in opt.param_groups)
 
 

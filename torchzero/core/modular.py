@@ -108,7 +108,7 @@ class Modular(torch.optim.Optimizer):
         self._raw_grad_read_after = {
             id(m): any(later.needs_raw_grad for later in self._leaves[i + 1 :]) for i, m in enumerate(self._leaves)
         }
-        defaults = {key: owner.defaults[key] for key, owner in self._owners.items()}
+        defaults = {key: owner.defaults[key] for key, owner in self._owners.items()} | S.OPTIMIZER_KEYS
         # shown in every group (not in defaults) when no module owns them, like torch's optimizers' weight_decay=0
         self._inert = {key: value for key, value in S.INERT_KEYS.items() if key not in self._owners}
         self._declared = frozenset(k for m in self._leaves for k in m.defaults)
@@ -289,6 +289,8 @@ class Modular(torch.optim.Optimizer):
 
     def _check_uniform_settings(self, layout: Layout | None) -> None:
         """Raise, before anything changes, if a module that needs one set of settings sees several."""
+        if layout is None:  # built or groups changed (a step checks maximize first thing, before the closure)
+            S.closure_negated(self.param_groups, self._root.requires_closure)
         modules = [m for m in self._leaves if m.uniform_settings]
         if not modules:
             return
@@ -378,12 +380,15 @@ class Modular(torch.optim.Optimizer):
             self._init_group()
         self._check_ready(closure)
         needs_loss = self._root.requires_closure
-        wrapped = Closure(closure, self._all_params, none_ok=not needs_loss) if closure is not None else None
+        negate = S.closure_negated(self.param_groups, needs_loss)  # maximize: the chain sees -loss
+        wrapped = (
+            Closure(closure, self._all_params, none_ok=not needs_loss, negate=negate) if closure is not None else None
+        )
         loss = None
         reusable, self._reusable = self._reusable, None
         if wrapped is not None and not self._creates_update:
             if reusable is not None and reusable[0] is closure and self._unchanged_since(reusable[2], reusable[3]):
-                loss = reusable[1]  # the last step ended where it evaluated the loss and gradient
+                loss = wrapped.signed(reusable[1])  # the last step ended where it evaluated the loss and gradient
             else:
                 loss = wrapped(True)
             if loss is not None:
@@ -397,7 +402,7 @@ class Modular(torch.optim.Optimizer):
             ctx = StepContext(self, Layout([]), wrapped, loss)
             for m in self._leaves:
                 m.after_step(ctx)
-            return loss
+            return loss if wrapped is None else wrapped.signed(loss)
 
         self._check_uniform_settings(layout)
         ctx = StepContext(self, layout, wrapped, loss)
@@ -411,11 +416,12 @@ class Modular(torch.optim.Optimizer):
             sink.final_write(ctx)
         for m in self._leaves:
             m.after_step(ctx)
-        if ctx.final_loss is not None and ctx.params_written and self.reuse_evaluation:
+        if ctx.final_loss is not None and ctx.params_written and self.reuse_evaluation and wrapped is not None:
             params = self._all_params()
-            self._reusable = (closure, ctx.final_loss, self._versions(), [p.detach().clone() for p in params])
+            kept = wrapped.signed(ctx.final_loss)  # the user's loss: maximize may change before the next step
+            self._reusable = (closure, kept, self._versions(), [p.detach().clone() for p in params])
         self.last_info = {"closure_calls": 0 if wrapped is None else wrapped.calls, **ctx.info}
-        return ctx.loss
+        return ctx.loss if wrapped is None else wrapped.signed(ctx.loss)  # the closure's loss, not the chain's
 
     # ---------------------------------------------------------------- state
     def _signature(self) -> list[str]:
