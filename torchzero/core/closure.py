@@ -13,6 +13,10 @@ A closure re-evaluates the loss at the current parameters.  Two styles are accep
 Modules that differentiate the loss themselves (Hessians, Jacobian-vector products) call the closure
 through :meth:`Closure.raw`, which keeps the loss's graph and accepts only the first style.
 
+When every param group has ``maximize=True`` the normalised closure returns ``-loss`` (and :meth:`Closure.raw`
+the negated loss with its graph), so the chain minimizes ``-loss``; ``Modular.step`` still returns the loss
+the closure gave.
+
 Every decision a module makes (accepting a line-search trial, curvature checks) uses the value the
 closure returns.  In a distributed run, return a loss that is already averaged over processes
 (``torchzero_accelerate`` and ``torchzero_lightning`` do this for you) and every process takes the
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -72,7 +76,12 @@ class Closure:
     """A user closure with the calling convention normalised to ``evaluate(backward)``."""
 
     def __init__(
-        self, fn: Callable[..., Any], params: Callable[[], Iterable[Tensor]], *, none_ok: bool = False
+        self,
+        fn: Callable[..., Any],
+        params: Callable[[], Iterable[Tensor]],
+        *,
+        none_ok: bool = False,
+        negate: bool = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"closure must be callable, got {type(fn).__name__}")
@@ -84,8 +93,21 @@ class Closure:
         passes such a closure on every ``opt.step()``) when the chain does not need the loss"""
         self.calls = 0
         """how many times the closure was evaluated during this step"""
+        self.negate = negate
+        """the chain maximizes: every evaluation returns ``-loss``"""
+
+    @overload
+    def signed(self, loss: Tensor) -> Tensor: ...
+    @overload
+    def signed(self, loss: None) -> None: ...
+    def signed(self, loss: Tensor | None) -> Tensor | None:
+        """``loss`` with the sign flipped when the closure negates: the user's loss from the chain's, and back."""
+        return -loss if self.negate and loss is not None else loss
 
     def __call__(self, backward: bool = True) -> Tensor:
+        return self.signed(self._call(backward))  # None from a closure that may return it stays None
+
+    def _call(self, backward: bool) -> Tensor:
         self.calls += 1
         if self.takes_backward:
             if backward:
@@ -139,7 +161,10 @@ class Closure:
                 "torch.enable_grad(); do not detach the loss or wrap the forward pass in torch.no_grad() when "
                 "backward is False."
             )
-        return loss
+        if not self.negate:
+            return loss
+        with torch.enable_grad() if grad else torch.no_grad():
+            return -loss  # negated inside the graph, which the module differentiates
 
 
 def check_finite(loss: Tensor, what: str = "loss") -> None:

@@ -243,10 +243,24 @@ class StepContext:
         self._grad = grad
 
     def collect_grad(self) -> list[Tensor]:
-        """Read ``.grad`` of every parameter of the layout (zeros where a parameter got none)."""
+        """Read ``.grad`` of every parameter of the layout (zeros where a parameter got none).
+
+        For the parameters of a group with ``maximize=True`` the gradient is negated, as torch's optimizers do
+        (``grad = -grad``), into new tensors (``.grad`` is never written): the update starts as it, and
+        ``get_grad()`` returns it, so the whole chain minimizes ``-f`` for them.
+        """
         grads = self.layout.grads()
         if any(g is None for g in grads):
             grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, self.params, strict=True)]
+        groups = self.opt.param_groups
+        runs = [r for r in self.layout.runs if groups[r.group].get("maximize", False)]
+        if runs:
+            grads = list(grads)
+            for a, b in self.layout.buckets:  # one foreach negation per (device, dtype) bucket
+                index = [i for r in runs if a <= r.start < b for i in range(r.start, r.stop)]
+                if index:
+                    for i, g in zip(index, ops.neg([grads[i] for i in index]), strict=True):
+                        grads[i] = g
         self._grad_lists.append(grads)  # type: ignore[arg-type]
         self._grad = grads  # type: ignore[assignment]
         return self._grad  # type: ignore[return-value]

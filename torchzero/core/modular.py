@@ -112,6 +112,7 @@ class Modular(torch.optim.Optimizer):
         self._building = False
         self.plan.adopt(self.param_groups, self.plan.given)
         schema.check_groups(self, self.param_groups)
+        S.closure_negated(self.param_groups, self._root.requires_closure)
         self.plan.check_uniform(self.param_groups, self.defaults)
         for m in self._leaves:
             bind = getattr(m, "bind", None)
@@ -126,7 +127,7 @@ class Modular(torch.optim.Optimizer):
         schema.check_new_group(self, param_group, len(self.param_groups))
         given = frozenset(k for k in param_group if k not in S.FRAMEWORK_KEYS)
         super().add_param_group(param_group)
-        for key, value in self.plan.inert.items():
+        for key, value in (self.plan.inert | S.OPTIMIZER_KEYS).items():
             self.param_groups[-1].setdefault(key, value)
         if self._lr_missing_error:
             self.param_groups[-1] = ParamGroup(self.param_groups[-1])
@@ -136,6 +137,7 @@ class Modular(torch.optim.Optimizer):
         old = self.plan.given
         try:
             self.plan.adopt(self.param_groups, [*old, given])
+            S.closure_negated(self.param_groups, self._root.requires_closure)
             self.plan.check_uniform(self.param_groups, self.defaults)
         except ValueError:
             self.param_groups.pop()
@@ -188,13 +190,14 @@ class Modular(torch.optim.Optimizer):
             plan.adopt(known, old)
             raise
         for i, group in enumerate(groups):
-            for key, value in (self.defaults | plan.inert).items():
+            for key, value in (self.defaults | plan.inert | S.OPTIMIZER_KEYS).items():
                 group.setdefault(key, value)
             if "params" in group and not isinstance(group["params"], list):
                 group["params"] = list(group["params"])
             if self._lr_missing_error and not isinstance(group, ParamGroup):
                 groups[i] = ParamGroup(group)
         plan.adopt(groups, given)
+        S.closure_negated(groups, self._root.requires_closure)
         plan.check_uniform(groups, self.defaults)
 
     @property
@@ -283,12 +286,15 @@ class Modular(torch.optim.Optimizer):
             self._init_group()
         self._check_ready(closure)
         needs_loss = self._root.requires_closure
-        wrapped = Closure(closure, self._all_params, none_ok=not needs_loss) if closure is not None else None
+        negate = S.closure_negated(self.param_groups, needs_loss)  # maximize: the chain sees -loss
+        wrapped = (
+            Closure(closure, self._all_params, none_ok=not needs_loss, negate=negate) if closure is not None else None
+        )
         loss = None
         reusable, self._reusable = self._reusable, None
         if wrapped is not None and not self.plan.creates_update:
             if reusable is not None and reusable[0] is closure and self._unchanged_since(reusable[2], reusable[3]):
-                loss = reusable[1]  # the last step ended where it evaluated the loss and gradient
+                loss = wrapped.signed(reusable[1])  # the last step ended where it evaluated the loss and gradient
             else:
                 loss = wrapped(True)
             if loss is not None:
@@ -302,7 +308,7 @@ class Modular(torch.optim.Optimizer):
             ctx = StepContext(self, Layout([]), wrapped, loss)
             for m in self._leaves:
                 m.after_step(ctx)
-            return loss
+            return loss if wrapped is None else wrapped.signed(loss)
 
         self.plan.check_uniform(self.param_groups, self.defaults, layout)
         ctx = StepContext(self, layout, wrapped, loss)
@@ -316,11 +322,12 @@ class Modular(torch.optim.Optimizer):
             sink.final_write(ctx)
         for m in self._leaves:
             m.after_step(ctx)
-        if ctx.final_loss is not None and ctx.params_written and self.reuse_evaluation:
+        if ctx.final_loss is not None and ctx.params_written and self.reuse_evaluation and wrapped is not None:
             params = self._all_params()
-            self._reusable = (closure, ctx.final_loss, self._versions(), [p.detach().clone() for p in params])
+            kept = wrapped.signed(ctx.final_loss)  # the user's loss: maximize may change before the next step
+            self._reusable = (closure, kept, self._versions(), [p.detach().clone() for p in params])
         self.last_info = {"closure_calls": 0 if wrapped is None else wrapped.calls, **ctx.info}
-        return ctx.loss
+        return ctx.loss if wrapped is None else wrapped.signed(ctx.loss)  # the closure's loss, not the chain's
 
     # ---------------------------------------------------------------- state
     def _signature(self) -> list[str]:
@@ -382,7 +389,10 @@ class Modular(torch.optim.Optimizer):
                 k: v
                 for k, v in g.items()
                 if k not in S.FRAMEWORK_KEYS
-                and (k in self.plan.given[i] or not S.same_value(v, self.defaults.get(k, self.plan.inert.get(k))))
+                and (
+                    k in self.plan.given[i]
+                    or not S.same_value(v, (S.OPTIMIZER_KEYS | self.plan.inert | self.defaults).get(k))
+                )
             }
             extra = "".join(f", {k}={v!r}" for k, v in overrides.items())
             lines.append(f"  group {i}: {len(g['params'])} params{extra}")

@@ -289,19 +289,7 @@ def validate(module: Module, values: Mapping[str, Any], where: str = "", rules: 
     ``where`` says where the values came from (``" in param group 1"``).
     """
     cls = type(module).__name__
-    schema: Schema = module.schema
-    out = dict(values)
-    for key, value in values.items():
-        spec = schema.get(key)
-        if spec is None:
-            continue
-        setting = spec if isinstance(spec, Setting) else Setting(spec)
-        found = setting.constraint.problem(key, value)
-        if found is not None:
-            expected, got = found if setting.expected is None else (setting.expected, repr(value))
-            fix = f" {setting.fix}" if setting.fix else ""
-            raise ValueError(f"{cls}: {key}={value!r}{where} is invalid: expected {expected}, got {got}.{fix}")
-        out[key] = setting.constraint.convert(value)
+    out = _check_values(cls, module.schema, values, where)
     for rule in module.cross_checks if rules else ():
         if not all(k in out for k in rule.keys):
             continue
@@ -318,6 +306,28 @@ def validate(module: Module, values: Mapping[str, Any], where: str = "", rules: 
     return out
 
 
+def _check_values(owner: str, schema: Schema, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``values`` converted, after checking each one that ``schema`` declares (``owner`` names it in errors)."""
+    out = dict(values)
+    for key, value in values.items():
+        spec = schema.get(key)
+        if spec is None:
+            continue
+        setting = spec if isinstance(spec, Setting) else Setting(spec)
+        found = setting.constraint.problem(key, value)
+        if found is not None:
+            expected, got = found if setting.expected is None else (setting.expected, repr(value))
+            fix = f" {setting.fix}" if setting.fix else ""
+            raise ValueError(f"{owner}: {key}={value!r}{where} is invalid: expected {expected}, got {got}.{fix}")
+        out[key] = setting.constraint.convert(value)
+    return out
+
+
+def check_optimizer_settings(group: Mapping[str, Any], where: str = "") -> None:
+    """Check the optimizer's own settings in a param group (``maximize``; see ``settings.OPTIMIZER_KEYS``)."""
+    _check_values("tz.Modular", OPTIMIZER_SCHEMA, {k: group[k] for k in OPTIMIZER_SCHEMA if k in group}, where)
+
+
 # ---------------------------------------------------------------------------------------------- optimizer entry points
 def check_new_group(opt: Modular, group: dict[str, Any], index: int) -> None:
     """Check a param group about to be added (the module settings it gives), then store its values converted.
@@ -328,6 +338,7 @@ def check_new_group(opt: Modular, group: dict[str, Any], index: int) -> None:
     """
     from . import settings as S  # settings imports the module base class, which imports this file
 
+    check_optimizer_settings(group, f" in param group {index}")
     given = frozenset(k for k in group if k not in S.FRAMEWORK_KEYS)
     plan = opt.plan
     sig = (-1,) * len(plan.partitioned)
@@ -351,6 +362,7 @@ def check_groups(opt: Modular, groups: Sequence[Mapping[str, Any]], source: str 
     plan = opt.plan
     parts = plan.positions
     for gi, group in enumerate(groups):
+        check_optimizer_settings(group, f" in {source} {gi}")
         sigs = {tuple(part.get((gi, i), -1) for part in parts) for i in range(len(group["params"]))}
         for sig in sorted(sigs or {(-1,) * len(parts)}):
             own = [
@@ -373,3 +385,8 @@ ALPHA = Setting(real(), "alpha multiplies the step; use a number such as 1.0 (an
 MOMENTUM = Setting(at_least(0), "Use a value such as 0.9 (0 disables momentum).")
 DAMPENING = Setting(in_range(0, 1), "Use 0 (no dampening) or a fraction such as 0.1.")
 FLAG = Setting(boolean())
+
+OPTIMIZER_SCHEMA: Schema = {
+    "maximize": Setting(boolean(), "maximize=True ascends the loss (as torch.optim's maximize); the default is False.")
+}
+"""the optimizer's own settings (``settings.OPTIMIZER_KEYS``), checked in every param group"""

@@ -21,6 +21,11 @@ filled in by torch never leaks from one module into another.
 torch's optimizers do, so monitors can read it.  No module uses it, so any other value (given in a group or
 written later by a scheduler or by hand) is refused with an error instead of being silently ignored.
 
+**Optimizer keys.**  ``maximize`` is a setting of the optimizer itself, not of a module: it is in every group
+(``False`` unless given), as in torch's optimizers, may differ per group and change between steps
+(``optimizer.defaults`` keeps only the chain's exposed keys).  The core reads it where it collects the gradient and calls the closure; it never reaches a
+module, even one with a setting of the same name (``Wrap(torch.optim.SGD, maximize=True)`` keeps its own).
+
 **Metadata keys.**  Keys that torch, its schedulers, SWA and hosts keep in groups (``initial_lr``,
 ``swa_lr``, Lightning's ``name``, ...) are accepted and never reach a module; any other key that no module
 declares is a misspelt setting and is refused.
@@ -28,12 +33,13 @@ declares is a misspelt setting and is refused.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
 
 from .module import Module
+from .schema import check_optimizer_settings
 
 EXPOSED_KEYS = ("lr", "betas", "momentum", "weight_decay")
 """keys that ``optimizer.defaults`` and every group carry, for torch schedulers"""
@@ -57,6 +63,10 @@ FRAMEWORK_KEYS = frozenset(
 
 INERT_KEYS: dict[str, Any] = {"weight_decay": 0}  # torch.optim.SGD/Adam default to the int 0
 """exposed keys that every group carries even when no module of the chain uses them, at this (no-op) value"""
+
+
+OPTIMIZER_KEYS: dict[str, Any] = {"maximize": False}
+"""settings of the optimizer itself, in every group (see :func:`closure_negated`)"""
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -92,6 +102,7 @@ def check_group_keys(group: Mapping[str, Any], index: int, leaves: list[Module])
         for k in group
         if k not in declared
         and k not in FRAMEWORK_KEYS
+        and k not in OPTIMIZER_KEYS
         and not (k in INERT_KEYS and same_value(group[k], INERT_KEYS[k]))
     ]
     if not unknown:
@@ -135,7 +146,7 @@ def resolve(
     """Settings of ``module`` for one run of parameters (see the module docstring for the rules)."""
     settings = dict(module.defaults)
     for key in settings:
-        if key in group:
+        if key in group and key not in OPTIMIZER_KEYS:
             owner = owners.get(key)
             if owner is None or owner is module or key in given or not same_value(group[key], defaults[key]):
                 settings[key] = group[key]
@@ -166,3 +177,26 @@ def check_inert_keys(groups: Iterable[Mapping[str, Any]], declared: Iterable[str
                     "ignored. Add tz.m.WeightDecay(...) to the chain, or leave the value at "
                     f"{inert!r}. Nothing was changed."
                 )
+
+
+def closure_negated(groups: Sequence[Mapping[str, Any]], needs_closure: bool) -> bool:
+    """Check every group's ``maximize`` (once per step, before anything changes); True when all maximize.
+
+    The gradient is negated per group (:meth:`StepContext.collect_grad`), but a closure is one objective: the
+    loss it returns is negated only when every group maximizes, and a chain that needs the closure (line
+    searches, L-BFGS, finite differences) refuses groups that disagree.
+    """
+    flags = []
+    for i, group in enumerate(groups):
+        check_optimizer_settings(group, f" in param group {i}")
+        flags.append(group.get("maximize", False))
+    if needs_closure and len(set(flags)) > 1:
+        on = [i for i, f in enumerate(flags) if f]
+        off = [i for i, f in enumerate(flags) if not f]
+        raise ValueError(
+            f"param groups {on} have maximize=True but groups {off} have maximize=False, and this chain calls the "
+            "closure (a line search, L-BFGS, finite differences, ...), whose loss is one objective for all "
+            "parameters: it cannot be maximized for some and minimized for others. Give every group the same "
+            "maximize. Nothing was changed."
+        )
+    return bool(flags) and all(flags)
