@@ -86,15 +86,16 @@ def _run(script: str | Path, args: tuple[str, ...], nproc: int, timeout: float, 
 
 
 def end_process_group() -> None:
-    """End a torchrun worker: free the garbage DDP models, wait for every rank, destroy the process group.
+    """End a torchrun worker: free the garbage models, wait for every rank, destroy the process group.
 
-    Delete the worker's own references to its DDP models first (``del model``).  DDP's C++ ``Reducer`` holds
+    Delete the worker's own references to its DDP and FSDP models first (``del model``, or let the function
+    that trained them return; the collection frees those in reference cycles).  DDP's C++ ``Reducer`` holds
     the process group: freed after ``destroy_process_group`` it drops the group's last reference, and gloo's
     destructor joins its worker threads with the GIL held while a worker may need the GIL to free the last
     collective's tensors: a deadlock at exit in some runs (torch 2.13; docs/guides/distributed.md).
     """
     import torch.distributed as dist
 
-    gc.collect()  # DDP models in reference cycles go now, while the process group is alive
+    gc.collect()  # models in reference cycles (FSDP's are) go now, while the process group is alive
     dist.barrier()
     dist.destroy_process_group()
