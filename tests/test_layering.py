@@ -16,19 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "torchzero"
 MODULES = PACKAGE / "modules"
 
-# Known exceptions, listed so that they stay visible.
-# The LR module is being redesigned separately; any family may import it for now.
-FAMILIES_MAY_IMPORT = ("torchzero.modules.lr",)
+# Known exceptions, listed so that they stay visible (none left: LR is a core concept, presets sit above the
+# families in torchzero/modules/presets.py).
+FAMILIES_MAY_IMPORT: tuple[str, ...] = ()
 # (importing file, imported name)
-FAMILY_EXCEPTIONS = {
-    # the AdamW preset composes Adam, WeightDecay (transforms) and LR: a preset sits above the families
-    ("torchzero/modules/optimizers/adamw.py", "torchzero.modules.transforms.WeightDecay"),
-}
-CORE_EXCEPTIONS = {
-    # local imports of LR in core, being removed separately
-    ("torchzero/core/module.py", "torchzero.modules.lr"),
-    ("torchzero/core/modular.py", "torchzero.modules.lr"),
-}
+FAMILY_EXCEPTIONS: set[tuple[str, str]] = set()
+CORE_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def _module_name(path: Path) -> str:

@@ -7,6 +7,7 @@ from . import (
     grad_approx,
     line_search,
     optimizers,
+    presets,
     quasi_newton,
     routing,
     second_order,
@@ -17,6 +18,7 @@ from .external import *  # noqa: F403
 from .grad_approx import *  # noqa: F403
 from .line_search import *  # noqa: F403
 from .optimizers import *  # noqa: F403
+from .presets import *  # noqa: F403
 from .quasi_newton import *  # noqa: F403
 from .routing import *  # noqa: F403
 from .second_order import *  # noqa: F403
@@ -29,6 +31,7 @@ for _family in (
     grad_approx,
     line_search,
     optimizers,
+    presets,
     quasi_newton,
     routing,
     second_order,

@@ -1,10 +1,17 @@
-"""AdamW as a preset: Adam, decoupled weight decay, learning rate."""
+"""Presets: named chains of modules from several families (a floor above the families).
+
+A preset is just a chain, with no code path of its own (as optax's ``adamw`` is ``chain(scale_by_adam,
+add_decayed_weights, scale_by_learning_rate)``).
+"""
 
 from __future__ import annotations
 
-from ...core.lr import LR
-from ...core.module import Chain
-from .adam import Adam
+from ..core.lr import LR
+from ..core.module import Chain
+from .optimizers.adam import Adam
+from .transforms.weight_decay import WeightDecay
+
+__all__ = ["AdamW"]
 
 
 class AdamW(Chain):
@@ -43,8 +50,4 @@ class AdamW(Chain):
         weight_decay: float = 1e-2,
         amsgrad: bool = False,
     ) -> None:
-        try:
-            from ..transforms import WeightDecay  # type: ignore[attr-defined]
-        except ImportError as e:  # pragma: no cover - only while the transforms package is incomplete
-            raise ImportError("AdamW needs tz.m.WeightDecay, which this installation does not have") from e
         super().__init__(Adam(betas=betas, eps=eps, amsgrad=amsgrad), WeightDecay(weight_decay), LR(lr))
