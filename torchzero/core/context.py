@@ -171,12 +171,12 @@ class StepContext:
 
     Attributes:
         params: real views of the parameters taking part in the step, in the layout's canonical order.
-        update: the current update, initially the gradient (not a copy); modules transform it in place
-            or assign a new list.  ``Modular`` subtracts it from ``params`` at the end.
+        update: the current update, initially the gradient tensors themselves (the chain never writes into
+            them: a module that changes the update in place gets a copy first); modules transform it or hand
+            the write sink a new direction (``seg.emit``).  ``Modular`` subtracts it from ``params`` at the end
+            unless the last stage's sink already wrote them.
         loss: the loss at the current parameters if known (a 0-dim tensor), else None.
         closure: the normalised closure, or None.
-        is_last: True while the running stage is the last one; such a stage may write the parameters
-            itself (and must then call :meth:`mark_params_written`).
     """
 
     def __init__(self, opt: Modular, layout: Layout, closure: Closure | None, loss: Tensor | None) -> None:
@@ -198,7 +198,7 @@ class StepContext:
         self.step_counts: dict[str, list[int]] = {}
         """per module key, each parameter's step count for this step (saved to state when the step ends)"""
         self.final_loss: Tensor | None = None
-        """set by :meth:`set_final_evaluation`"""
+        """set by :meth:`keep_trial_point`: the loss at the parameters the step ended on"""
         self.info: dict[str, Any] = {}
         """free-form per-step information modules may publish (line-search step size, ...)"""
         self.deferred_global_state: list[tuple[Module, str, Any]] = []
