@@ -106,6 +106,7 @@ def _chains(compiled: bool = False) -> dict[str, Callable[[list[torch.Tensor]], 
         "tz Adam,LR": lambda p: tz.Modular(p, tz.m.Adam(), tz.m.LR(1e-3)),
         "tz Adam,LR (foreach)": lambda p: tz.Modular(p, tz.m.Adam(fused=False), tz.m.LR(1e-3)),
         "torch SGD-m foreach": lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9, foreach=True),
+        "torch SGD-m fused": lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9, fused=True),
         "tz SGD-m,LR": lambda p: tz.Modular(p, tz.m.SGD(momentum=0.9), tz.m.LR(1e-3)),
     }
     if hasattr(tz.m, "Cautious") and hasattr(tz.m, "WeightDecay"):

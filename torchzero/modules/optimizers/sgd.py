@@ -8,11 +8,13 @@ import torch
 from torch import Tensor
 
 from ...core.module import Transform
-from ...core.schema import ALPHA, DAMPENING, FLAG, MOMENTUM, Rule
+from ...core.schema import ALPHA, DAMPENING, FLAG, MOMENTUM, Rule, Setting, boolean, optional
 from ...foreach import ops
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
+
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 class SGD(Transform):
@@ -27,6 +29,9 @@ class SGD(Transform):
         dampening: dampening :math:`\tau` for momentum.
         nesterov: use Nesterov momentum.
         alpha: step size multiplier (use :class:`LR` for the learning rate).
+        fused: use torch's fused SGD kernel (the whole rule and the parameter write in one pass) where the
+            device, dtype and settings allow it (``foreach.policy.fused_ok``); None (default) wherever it applies,
+            False never.
 
     Example::
 
@@ -34,7 +39,10 @@ class SGD(Transform):
     """
 
     fuses_lr = True
-    schema = {"momentum": MOMENTUM, "dampening": DAMPENING, "nesterov": FLAG, "alpha": ALPHA}
+    schema = {
+        "momentum": MOMENTUM, "dampening": DAMPENING, "nesterov": FLAG, "alpha": ALPHA,
+        "fused": Setting(optional(boolean()), "None uses the fused kernel where it applies, False never."),
+    }  # fmt: skip
     cross_checks = (
         Rule(
             ("nesterov", "momentum", "dampening"),
@@ -48,9 +56,16 @@ class SGD(Transform):
     modifies_update_inplace = False  # reads the update and emits a new one through the sink
 
     def __init__(
-        self, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False, alpha: float = 1.0
+        self,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        alpha: float = 1.0,
+        fused: bool | None = None,
     ) -> None:
-        super().__init__({"momentum": momentum, "dampening": dampening, "nesterov": nesterov, "alpha": alpha})
+        defaults = {"momentum": momentum, "dampening": dampening, "nesterov": nesterov, "alpha": alpha}
+        super().__init__(defaults, options={"fused": fused})
+        self.fused = fused
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:
         s = seg.settings
@@ -65,6 +80,8 @@ class SGD(Transform):
                 return new[-1]
 
             (buf,) = seg.state("momentum_buffer", init=fresh)
+            if self._fused(seg, scale, buf, new):
+                return
             if new:  # first step of these tensors: the buffer starts at the update (torch.optim.SGD semantics)
                 fresh_ids = {id(t) for t in new}
                 old = [(b, u) for b, u in zip(buf, update, strict=True) if id(b) not in fresh_ids]
@@ -76,7 +93,36 @@ class SGD(Transform):
             else:
                 _momentum_(momentum, s["dampening"], buf, update)
             direction = ops.add(update, buf, alpha=momentum) if s["nesterov"] else buf
+        elif self._fused(seg, scale, [], []):
+            return
         seg.emit(direction, scale)
+
+    def _fused(self, seg: Segment, scale: Any, buf: list[Tensor], new: list[Tensor]) -> bool:
+        """Run torch's fused SGD kernel through the sink when the policy allows it; False to take the foreach path.
+
+        A segment whose buffers are all new starts them at the update (``is_first_step``), as torch does; one
+        mixing new and old buffers (a parameter that joined later) takes the foreach path.
+        """
+        s = seg.settings
+        momentum, dampening = s["momentum"], s["dampening"]
+        if (
+            self.fused is False
+            or isinstance(momentum, Tensor)
+            or isinstance(dampening, Tensor)
+            or (new and len(new) != len(buf))
+            or not seg.fused_ok(scale, _FUSED_DTYPES)
+        ):
+            return False
+        update = seg.update
+
+        def kernel(target: list[Tensor], lr: Any) -> None:
+            torch._fused_sgd_(
+                target, update, buf, weight_decay=0.0, momentum=momentum, lr=lr, dampening=dampening,
+                nesterov=s["nesterov"], maximize=False, is_first_step=bool(new),
+            )  # fmt: skip
+
+        seg.emit_kernel(scale, kernel)
+        return True
 
 
 def _momentum_(momentum: Any, dampening: Any, buf: list[Tensor], update: list[Tensor]) -> None:
