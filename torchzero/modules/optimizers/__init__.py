@@ -13,9 +13,10 @@ from .orthogonalize import Orthogonalize
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
+from .schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from .sgd import SGD
 
 __all__ = [
     "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lion", "Muon", "NAdam",
-    "NesterovMomentum", "Orthogonalize", "RAdam", "RMSprop", "Rprop",
+    "NesterovMomentum", "Orthogonalize", "RAdam", "RMSprop", "Rprop", "ScheduleFreeAdamW", "ScheduleFreeSGD",
 ]  # fmt: skip
