@@ -269,6 +269,10 @@ REGISTRY: list[Entry] = [
     E("ScheduleFreeAdamW", lambda: [m.ScheduleFreeAdamW(warmup_steps=2), m.LR(0.05)],
       ({"betas": (0.9, 0.99)}, {"betas": (0.8, 0.999), "weight_decay": 1e-2, "r": 0.5}), separable=True,
       tensor_lr="equal"),
+    # a group's "alpha" would reach Adam's alpha too (every module declaring it), so the groups differ in k only
+    E("Lookahead", lambda: [m.Adam(), m.LR(0.05), m.Lookahead(k=2, alpha=0.5)], ({"k": 2}, {"k": 3}), separable=True),
+    E("Lookahead", lambda: [m.SGD(momentum=0.9), m.LR(0.05), m.Lookahead(k=3, alpha=0.8)], ({"k": 3}, {"k": 2}),
+      separable=True, variant="sgd"),
 ]  # fmt: skip
 
 
