@@ -273,6 +273,8 @@ REGISTRY: list[Entry] = [
     E("Lookahead", lambda: [m.Adam(), m.LR(0.05), m.Lookahead(k=2, alpha=0.5)], ({"k": 2}, {"k": 3}), separable=True),
     E("Lookahead", lambda: [m.SGD(momentum=0.9), m.LR(0.05), m.Lookahead(k=3, alpha=0.8)], ({"k": 3}, {"k": 2}),
       separable=True, variant="sgd"),
+    E("Sophia", lambda: [m.Sophia(update_period=2), m.LR(0.05)], ({"betas": (0.9, 0.99)}, {"rho": 0.05, "lr": 0.02}),
+      complex="raises:real parameters only", noarg="raises:backward argument"),
 ]  # fmt: skip
 
 
