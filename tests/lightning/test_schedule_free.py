@@ -71,3 +71,25 @@ def test_validation_sees_x_and_training_continues_from_y():
         torch.testing.assert_close(p, q, **TOL)  # after fit: back at y
     opt = t.optimizers[0]
     assert opt.modules[0].global_state["train_mode"] is True
+
+
+def test_checkpoint_resume_continues_exactly(tmp_path):
+    """A checkpoint saved after validation holds y and z (train mode): resuming equals the uninterrupted run."""
+    full = SFModel()
+    trainer(6, val_check_interval=2, limit_val_batches=1, callbacks=[tzl.TrainEvalSwap()]).fit(full, _data(), _data())
+
+    first = SFModel()
+    t = trainer(4, val_check_interval=2, limit_val_batches=1, callbacks=[tzl.TrainEvalSwap()])
+    t.fit(first, _data(), _data())
+    path = str(tmp_path / "sf.ckpt")
+    t.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)
+    modules = ckpt["optimizer_states"][0]["torchzero"]["modules"]
+    assert modules["0"]["train_mode"] is True  # saved after validation, back in train mode
+
+    resumed = SFModel()
+    trainer(6, val_check_interval=2, limit_val_batches=1, callbacks=[tzl.TrainEvalSwap()]).fit(
+        resumed, _data(), _data(), ckpt_path=path, weights_only=True
+    )
+    for p, q in zip(params(resumed.net), params(full.net), strict=True):
+        assert torch.equal(p, q)
