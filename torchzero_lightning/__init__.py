@@ -47,5 +47,6 @@ Why a mixin and not the alternatives:
 """
 
 from .mixin import TorchzeroMixin, check_optimizer_config
+from .schedule_free import TrainEvalSwap
 
-__all__ = ["TorchzeroMixin", "check_optimizer_config"]
+__all__ = ["TorchzeroMixin", "TrainEvalSwap", "check_optimizer_config"]

@@ -260,6 +260,21 @@ REGISTRY: list[Entry] = [
       groups=({},), join="raises:one param_group", noncontiguous=False, deepcopy=False),
     E("WrapClosure", lambda: [m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3), m.LR(0.5)],
       groups=({},), variant="measured", join="raises:one param_group", noncontiguous=False, deepcopy=False),
+    # ------------------------------------------------------------------ algos-c: ScheduleFree, Lookahead, Sophia
+    # tensor_lr: the averaging weights are a running max and a ratio of Python numbers, so a tensor lr is read on
+    # the host (documented); only the result is checked
+    E("ScheduleFreeSGD", lambda: [m.ScheduleFreeSGD(momentum=0.9, warmup_steps=2), m.LR(0.05)],
+      ({"momentum": 0.9}, {"momentum": 0.5, "weight_decay": 1e-2, "lr": 0.02}), separable=True,
+      tensor_lr="equal"),
+    E("ScheduleFreeAdamW", lambda: [m.ScheduleFreeAdamW(warmup_steps=2), m.LR(0.05)],
+      ({"betas": (0.9, 0.99)}, {"betas": (0.8, 0.999), "weight_decay": 1e-2, "r": 0.5}), separable=True,
+      tensor_lr="equal"),
+    # a group's "alpha" would reach Adam's alpha too (every module declaring it), so the groups differ in k only
+    E("Lookahead", lambda: [m.Adam(), m.LR(0.05), m.Lookahead(k=2, alpha=0.5)], ({"k": 2}, {"k": 3}), separable=True),
+    E("Lookahead", lambda: [m.SGD(momentum=0.9), m.LR(0.05), m.Lookahead(k=3, alpha=0.8)], ({"k": 3}, {"k": 2}),
+      separable=True, variant="sgd"),
+    E("Sophia", lambda: [m.Sophia(update_period=2), m.LR(0.05)], ({"betas": (0.9, 0.99)}, {"rho": 0.05, "lr": 0.02}),
+      complex="raises:real parameters only", noarg="raises:backward argument"),
 ]  # fmt: skip
 
 

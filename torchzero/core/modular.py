@@ -329,6 +329,23 @@ class Modular(torch.optim.Optimizer):
         self.last_info = {"closure_calls": 0 if wrapped is None else wrapped.calls, **ctx.info}
         return ctx.loss if wrapped is None else wrapped.signed(ctx.loss)  # the closure's loss, not the chain's
 
+    # ---------------------------------------------------------------- train / eval
+    def train(self, mode: bool = True) -> Modular:
+        """Put the parameters where training steps are taken (``mode=True``) or where the model is evaluated.
+
+        Only modules that keep two points declare ``set_train_mode`` (schedule-free: the parameters hold ``y``
+        in training and ``x`` in evaluation); for every other chain this does nothing.  Returns ``self``.
+        """
+        for m in self._leaves:
+            hook = getattr(m, "set_train_mode", None)
+            if hook is not None:
+                hook(mode)
+        return self
+
+    def eval(self) -> Modular:
+        """``train(False)``: move the parameters to the point meant for evaluation (see :meth:`train`)."""
+        return self.train(False)
+
     # ---------------------------------------------------------------- state
     def _signature(self) -> list[str]:
         return [f"{m.key}:{type(m).__name__}" for m in self._leaves]
