@@ -151,9 +151,10 @@ class Segment:
         """Emit ``scales[i] * direction[i]`` (a step size per tensor)."""
         sink.write_per_tensor(self, direction, scales)
 
-    def fused_ok(self, scale: Any, dtypes: Any) -> bool:
-        """Whether a fused kernel may run on this segment (the one policy: :func:`torchzero.foreach.policy.fused_ok`)."""
-        return policy.fused_ok(self.device, self.dtype, scale, dtypes)
+    def fused_ok(self, scale: Any, dtypes: Any, *, sharded_ok: bool = True) -> bool:
+        """Whether a fused kernel may run on this segment (the one policy: :func:`torchzero.foreach.policy.fused_ok`);
+        ``sharded_ok=False`` for a kernel with no sharding rule for DTensor parameters."""
+        return policy.fused_ok(self.device, self.dtype, scale, dtypes, self.params, sharded_ok)
 
     def emit_kernel(self, scale: Any, kernel: Callable[[list[Tensor], Any], None]) -> None:
         """Emit through a fused kernel ``kernel(target, lr)`` that computes ``target -= lr * direction``."""

@@ -6,17 +6,28 @@ module that has a fused kernel (Adam's ``torch._fused_adam_``) takes it under th
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from . import ops
 
 
-def fused_ok(device: torch.device, dtype: torch.dtype, scale: Any, dtypes: Collection[torch.dtype]) -> bool:
+def fused_ok(
+    device: torch.device,
+    dtype: torch.dtype,
+    scale: Any,
+    dtypes: Collection[torch.dtype],
+    tensors: Sequence[Tensor] = (),
+    sharded_ok: bool = True,
+) -> bool:
     """True when a fused kernel may run for tensors on ``device`` of ``dtype`` with step size ``scale``.
+
+    ``sharded_ok=False`` says the kernel has no sharding rule for DTensors (FSDP2 shards): ``tensors`` holding
+    one then take the foreach path.
 
     Not for a tensor scale (a capturable-style lr takes the foreach path), not in :func:`ops.reference_mode`,
     not with autograd on (differentiable mode: fused kernels have no derivative) and not under torch.compile
@@ -29,4 +40,9 @@ def fused_ok(device: torch.device, dtype: torch.dtype, scale: Any, dtypes: Colle
         and not ops.is_reference_mode()
         and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
+        and (sharded_ok or not any(_is_dtensor(t) for t in tensors))
     )
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    return type(t).__name__ == "DTensor"  # no import of torch.distributed on the step path

@@ -110,7 +110,7 @@ class SGD(Transform):
             or isinstance(momentum, Tensor)
             or isinstance(dampening, Tensor)
             or (new and len(new) != len(buf))
-            or not seg.fused_ok(scale, _FUSED_DTYPES)
+            or not seg.fused_ok(scale, _FUSED_DTYPES, sharded_ok=False)  # torch has no DTensor rule for it
         ):
             return False
         update = seg.update
