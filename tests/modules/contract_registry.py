@@ -260,6 +260,8 @@ REGISTRY: list[Entry] = [
       groups=({},), join="raises:one param_group", noncontiguous=False, deepcopy=False),
     E("WrapClosure", lambda: [m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3), m.LR(0.5)],
       groups=({},), variant="measured", join="raises:one param_group", noncontiguous=False, deepcopy=False),
+    # ------------------------------------------------------------------ ADOPT, AdEMAMix, MARS, Prodigy, DAdaptAdam
+    E("ADOPT", lambda: [m.ADOPT(), m.LR(0.05)], ({"betas": (0.9, 0.999)}, {"eps": 1e-4}), separable=True),
 ]  # fmt: skip
 
 
