@@ -262,6 +262,8 @@ REGISTRY: list[Entry] = [
       groups=({},), variant="measured", join="raises:one param_group", noncontiguous=False, deepcopy=False),
     # ------------------------------------------------------------------ ADOPT, AdEMAMix, MARS, Prodigy, DAdaptAdam
     E("ADOPT", lambda: [m.ADOPT(), m.LR(0.05)], ({"betas": (0.9, 0.999)}, {"eps": 1e-4}), separable=True),
+    E("AdEMAMix", lambda: [m.AdEMAMix(t_alpha_beta3=4), m.LR(0.05)], ({"alpha": 5.0}, {"alpha": 2.0, "t_alpha_beta3": None}),
+      separable=True),
 ]  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
 from .adamw import AdamW
+from .ademamix import AdEMAMix
 from .adopt import ADOPT
 from .lion import Lion
 from .momentum import HeavyBall, NesterovMomentum
@@ -17,6 +18,6 @@ from .rprop import Rprop
 from .sgd import SGD
 
 __all__ = [
-    "ADOPT", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lion", "Muon", "NAdam",
+    "ADOPT", "AdEMAMix", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lion", "Muon", "NAdam",
     "NesterovMomentum", "Orthogonalize", "RAdam", "RMSprop", "Rprop",
 ]  # fmt: skip
