@@ -264,6 +264,8 @@ REGISTRY: list[Entry] = [
     E("ADOPT", lambda: [m.ADOPT(), m.LR(0.05)], ({"betas": (0.9, 0.999)}, {"eps": 1e-4}), separable=True),
     E("AdEMAMix", lambda: [m.AdEMAMix(t_alpha_beta3=4), m.LR(0.05)], ({"alpha": 5.0}, {"alpha": 2.0, "t_alpha_beta3": None}),
       separable=True),
+    E("MARS", lambda: [m.MARS(), m.LR(0.02)], ({"gamma": 0.025}, {"mars_type": "lion", "ams_bound": True}),
+      separable=True),
 ]  # fmt: skip
 
 

@@ -8,6 +8,7 @@ from .adamw import AdamW
 from .ademamix import AdEMAMix
 from .adopt import ADOPT
 from .lion import Lion
+from .mars import MARS
 from .momentum import HeavyBall, NesterovMomentum
 from .muon import Muon
 from .nadam import NAdam
@@ -18,6 +19,6 @@ from .rprop import Rprop
 from .sgd import SGD
 
 __all__ = [
-    "ADOPT", "AdEMAMix", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lion", "Muon", "NAdam",
+    "ADOPT", "MARS", "AdEMAMix", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lion", "Muon", "NAdam",
     "NesterovMomentum", "Orthogonalize", "RAdam", "RMSprop", "Rprop",
 ]  # fmt: skip
