@@ -266,6 +266,8 @@ REGISTRY: list[Entry] = [
       separable=True),
     E("MARS", lambda: [m.MARS(), m.LR(0.02)], ({"gamma": 0.025}, {"mars_type": "lion", "ams_bound": True}),
       separable=True),
+    # one d over all parameters (not separable); lr and weight decay are settings of the rule (no LR module)
+    E("Prodigy", lambda: [m.Prodigy(d0=1e-3)], ({"eps": 1e-8}, {"eps": 1e-6, "weight_decay": 0.01})),
 ]  # fmt: skip
 
 

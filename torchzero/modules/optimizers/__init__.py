@@ -13,12 +13,13 @@ from .momentum import HeavyBall, NesterovMomentum
 from .muon import Muon
 from .nadam import NAdam
 from .orthogonalize import Orthogonalize
+from .prodigy import Prodigy
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
 from .sgd import SGD
 
 __all__ = [
-    "ADOPT", "MARS", "AdEMAMix", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lion", "Muon", "NAdam",
+    "ADOPT", "MARS", "AdEMAMix", "Prodigy", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lion", "Muon", "NAdam",
     "NesterovMomentum", "Orthogonalize", "RAdam", "RMSprop", "Rprop",
 ]  # fmt: skip
