@@ -268,6 +268,9 @@ REGISTRY: list[Entry] = [
       separable=True),
     # one d over all parameters (not separable); lr and weight decay are settings of the rule (no LR module)
     E("Prodigy", lambda: [m.Prodigy(d0=1e-3)], ({"eps": 1e-8}, {"eps": 1e-6, "weight_decay": 0.01})),
+    E("DAdaptAdam", lambda: [m.DAdaptAdam(d0=1e-3)], ({"layer_scale": 1.0}, {"layer_scale": 0.5, "weight_decay": 0.01})),
+    E("DAdaptAdam", lambda: [m.DAdaptAdam(d0=1e-3, decouple=True)], ({"eps": 1e-8}, {"weight_decay": 0.01}),
+      variant="decoupled"),
 ]  # fmt: skip
 
 

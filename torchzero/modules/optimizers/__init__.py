@@ -7,6 +7,7 @@ from .adamax import Adamax
 from .adamw import AdamW
 from .ademamix import AdEMAMix
 from .adopt import ADOPT
+from .dadapt_adam import DAdaptAdam
 from .lion import Lion
 from .mars import MARS
 from .momentum import HeavyBall, NesterovMomentum
@@ -20,6 +21,6 @@ from .rprop import Rprop
 from .sgd import SGD
 
 __all__ = [
-    "ADOPT", "MARS", "AdEMAMix", "Prodigy", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lion", "Muon", "NAdam",
+    "ADOPT", "MARS", "AdEMAMix", "DAdaptAdam", "Prodigy", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lion", "Muon", "NAdam",
     "NesterovMomentum", "Orthogonalize", "RAdam", "RMSprop", "Rprop",
 ]  # fmt: skip
