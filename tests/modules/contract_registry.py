@@ -275,6 +275,17 @@ REGISTRY: list[Entry] = [
       separable=True, variant="sgd"),
     E("Sophia", lambda: [m.Sophia(update_period=2), m.LR(0.05)], ({"betas": (0.9, 0.99)}, {"rho": 0.05, "lr": 0.02}),
       complex="raises:real parameters only", noarg="raises:backward argument"),
+    # ------------------------------------------------------------------ ADOPT, AdEMAMix, MARS, Prodigy, DAdaptAdam
+    E("ADOPT", lambda: [m.ADOPT(), m.LR(0.05)], ({"betas": (0.9, 0.999)}, {"eps": 1e-4}), separable=True),
+    E("AdEMAMix", lambda: [m.AdEMAMix(t_alpha_beta3=4), m.LR(0.05)], ({"alpha": 5.0}, {"alpha": 2.0, "t_alpha_beta3": None}),
+      separable=True),
+    E("MARS", lambda: [m.MARS(), m.LR(0.02)], ({"gamma": 0.025}, {"mars_type": "lion", "ams_bound": True}),
+      separable=True),
+    # one d over all parameters (not separable); lr and weight decay are settings of the rule (no LR module)
+    E("Prodigy", lambda: [m.Prodigy(d0=1e-3)], ({"eps": 1e-8}, {"eps": 1e-6, "weight_decay": 0.01})),
+    E("DAdaptAdam", lambda: [m.DAdaptAdam(d0=1e-3)], ({"layer_scale": 1.0}, {"layer_scale": 0.5, "weight_decay": 0.01})),
+    E("DAdaptAdam", lambda: [m.DAdaptAdam(d0=1e-3, decouple=True)], ({"eps": 1e-8}, {"weight_decay": 0.01}),
+      variant="decoupled"),
 ]  # fmt: skip
 
 

@@ -4,12 +4,17 @@ from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
+from .ademamix import AdEMAMix
+from .adopt import ADOPT
+from .dadapt_adam import DAdaptAdam
 from .lion import Lion
 from .lookahead import Lookahead
+from .mars import MARS
 from .momentum import HeavyBall, NesterovMomentum
 from .muon import Muon
 from .nadam import NAdam
 from .orthogonalize import Orthogonalize
+from .prodigy import Prodigy
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
@@ -17,6 +22,7 @@ from .schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from .sgd import SGD
 
 __all__ = [
-    "SGD", "Adadelta", "Adagrad", "Adam", "Adamax", "HeavyBall", "Lion", "Lookahead", "Muon", "NAdam",
-    "NesterovMomentum", "Orthogonalize", "RAdam", "RMSprop", "Rprop", "ScheduleFreeAdamW", "ScheduleFreeSGD",
+    "ADOPT", "MARS", "SGD", "AdEMAMix", "Adadelta", "Adagrad", "Adam", "Adamax", "DAdaptAdam", "HeavyBall", "Lion",
+    "Lookahead", "Muon", "NAdam", "NesterovMomentum", "Orthogonalize", "Prodigy", "RAdam", "RMSprop", "Rprop",
+    "ScheduleFreeAdamW", "ScheduleFreeSGD",
 ]  # fmt: skip

@@ -1,0 +1,115 @@
+"""Shared machinery of the distance-estimating rules (:class:`Prodigy`, :class:`DAdaptAdam`).
+
+Both estimate one step size :math:`d` for the whole optimizer from reductions over every parameter (dot
+products and l1 norms), as their references do over all param groups.  The estimate must stay on the device
+(no host sync), so it is a 0-dim tensor, kept in the state of every parameter of the step (a copy each, in
+the parameter's dtype, as torch casts state on load: the state then moves, casts and saves with the
+parameters, and a parameter that joins later starts from the current value).  Each step reads the copy of
+the widest dtype and computes in float64 (float32 on MPS, which has no float64), as the references' Python
+floats; so with float32 parameters the estimate is rounded to float32 between steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ...core.settings import same_value
+from ...foreach import ops
+
+if TYPE_CHECKING:
+    from ...core.context import Segment, StepContext
+    from ...core.module import Module
+
+
+def scalar_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def check_uniform(module: Module, segs: Sequence[Segment], keys: Sequence[str]) -> dict[str, Any]:
+    """The settings ``keys`` of the first segment; raises if another param group resolves them differently."""
+    first = segs[0].settings
+    for seg in segs[1:]:
+        diff = [k for k in keys if not same_value(first[k], seg.settings[k])]
+        if diff:
+            raise ValueError(
+                f"{type(module).__name__} estimates one step size for all parameters, so {diff} must be the same "
+                f"in every param group (group {segs[0].groups[0]} vs group {seg.groups[0]}); only "
+                f"{sorted(set(first) - set(keys))} may differ. Set them on the module instead of per group."
+            )
+    return first
+
+
+def shared_scalars(
+    ctx: StepContext, module: Module, segs: Sequence[Segment], init: dict[str, float]
+) -> tuple[dict[str, Tensor], list[list[list[Tensor]]]]:
+    """The current values of the shared scalars (on the first segment's device) and each segment's copies.
+
+    A parameter without them yet gets a copy of the values another parameter holds (``init`` when none does).
+    """
+    names = tuple(init)
+    key = module.key
+    source: dict[str, Any] | None = None
+    width = 0
+    for p in ctx.layout.originals:  # bookkeeping only: the widest parameter that already holds the scalars
+        held = ctx.opt.state[p].get(key) if p in ctx.opt.state else None
+        if held is not None and names[0] in held and held[names[0]].element_size() > width:
+            source, width = held, held[names[0]].element_size()
+    device = segs[0].device
+    dtype = scalar_dtype(device)
+    current = {n: torch.tensor(v, dtype=dtype, device=device) if source is None else source[n] for n, v in init.items()}
+
+    def copier(name: str) -> Callable[[Tensor], Tensor]:
+        return lambda v: current[name].to(v.device, v.dtype, copy=True)
+
+    inits = {n: copier(n) for n in names}
+    copies = [seg.state(*names, init=inits) for seg in segs]
+    values = {n: current[n].to(device, dtype) for n in names}
+    return values, copies
+
+
+def store(copies: list[list[list[Tensor]]], names: Sequence[str], values: dict[str, Tensor]) -> None:
+    """Write the new values into every parameter's copy."""
+    for lists in copies:
+        for name, tensors in zip(names, lists, strict=True):
+            if tensors:
+                ops.copy_(tensors, [values[name].to(tensors[0].device)] * len(tensors))
+
+
+def dot(xs: Sequence[Tensor], ys: Sequence[Tensor], device: torch.device) -> Tensor:
+    """``sum_i <x_i, y_i>``: each tensor's dot product in its dtype, added in the scalar dtype on ``device``.
+
+    Detached: in differentiable mode the estimate is a constant of each step (the parameters it would save for
+    the backward pass are written in place by the step).
+    """
+    if not xs:
+        return torch.zeros((), dtype=scalar_dtype(device), device=device)
+    sums = torch.stack([p.sum() for p in ops.mul(xs, ys)])
+    return sums.detach().to(device, scalar_dtype(device)).sum()
+
+
+def l1(xs: Sequence[Tensor], device: torch.device) -> Tensor:
+    """``sum_i |x_i|_1``: each tensor's l1 norm in its dtype, added in the scalar dtype on ``device``."""
+    if not xs:
+        return torch.zeros((), dtype=scalar_dtype(device), device=device)
+    return torch.stack(ops.norm(xs, 1)).detach().to(device, scalar_dtype(device)).sum()
+
+
+def on(value: Tensor, seg: Segment) -> Tensor:
+    """A shared scalar cast to the segment's device and dtype (for foreach ops and the sink)."""
+    return value.to(seg.device, seg.dtype)
+
+
+def add_(xs: Sequence[Tensor], value: Tensor) -> None:
+    """``x += value`` for a 0-dim tensor ``value`` (foreach ``add_`` with one tensor reads it on the host)."""
+    ops.add_(xs, [value] * len(xs))
+
+
+def as_scalar(value: Any, like: Tensor) -> Tensor:
+    """A setting (a number, or a 0-dim tensor lr) as a 0-dim tensor like ``like``."""
+    if isinstance(value, Tensor):
+        return value.to(like.device, like.dtype)
+    return torch.tensor(value, dtype=like.dtype, device=like.device)
