@@ -260,6 +260,8 @@ REGISTRY: list[Entry] = [
       groups=({},), join="raises:one param_group", noncontiguous=False, deepcopy=False),
     E("WrapClosure", lambda: [m.WrapClosure(torch.optim.LBFGS, history_size=3, max_iter=3), m.LR(0.5)],
       groups=({},), variant="measured", join="raises:one param_group", noncontiguous=False, deepcopy=False),
+    # ------------------------------------------------------------------ issue 13: ASGD, Adafactor, Lamb, LARS
+    E("ASGD", lambda: [m.ASGD(t0=1.0), m.LR(0.05)], ({"lambd": 1e-2}, {"power": 0.5, "t0": 2.0}), separable=True),
 ]  # fmt: skip
 
 
