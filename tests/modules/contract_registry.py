@@ -262,6 +262,10 @@ REGISTRY: list[Entry] = [
       groups=({},), variant="measured", join="raises:one param_group", noncontiguous=False, deepcopy=False),
     # ------------------------------------------------------------------ issue 13: ASGD, Adafactor, Lamb, LARS
     E("ASGD", lambda: [m.ASGD(t0=1.0), m.LR(0.05)], ({"lambd": 1e-2}, {"power": 0.5, "t0": 2.0}), separable=True),
+    E("Adafactor", lambda: [m.Adafactor(), m.LR(0.05)], ({"d": 1.0}, {"beta2_decay": -0.5, "eps": (None, 1e-2)}),
+      separable=True, complex="raises:real parameters only"),
+    E("Adafactor", lambda: [m.Adafactor(), m.WeightDecay(0.1), m.LR(0.05)], ({"weight_decay": 0.1}, {"d": 2.0}),
+      separable=True, complex="raises:real parameters only", variant="weight_decay"),
 ]  # fmt: skip
 
 

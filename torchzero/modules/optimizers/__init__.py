@@ -1,6 +1,7 @@
 """Update rules of first-order optimizers (the learning rate is left to ``LR``)."""
 
 from .adadelta import Adadelta
+from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
@@ -17,6 +18,6 @@ from .rprop import Rprop
 from .sgd import SGD
 
 __all__ = [
-    "ASGD", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lion", "Muon", "NAdam",
+    "ASGD", "SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lion", "Muon", "NAdam",
     "NesterovMomentum", "Orthogonalize", "RAdam", "RMSprop", "Rprop",
 ]  # fmt: skip
