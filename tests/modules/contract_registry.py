@@ -266,6 +266,10 @@ REGISTRY: list[Entry] = [
       separable=True, complex="raises:real parameters only"),
     E("Adafactor", lambda: [m.Adafactor(), m.WeightDecay(0.1), m.LR(0.05)], ({"weight_decay": 0.1}, {"d": 2.0}),
       separable=True, complex="raises:real parameters only", variant="weight_decay"),
+    E("Lamb", lambda: [m.Lamb(weight_decay=0.1), m.LR(0.05)], ({"weight_decay": 0.1}, {"betas": (0.8, 0.99)}),
+      separable=True),
+    E("Lamb", lambda: [m.Lamb(weight_decouple=False, fixed_decay=True), m.LR(0.05)],
+      ({"weight_decay": 0.1}, {"weight_decouple": True, "weight_decay": 0.05}), separable=True, variant="options"),
 ]  # fmt: skip
 
 

@@ -7,6 +7,7 @@ from .adam import Adam
 from .adamax import Adamax
 from .adamw import AdamW
 from .asgd import ASGD
+from .lamb import Lamb
 from .lion import Lion
 from .momentum import HeavyBall, NesterovMomentum
 from .muon import Muon
@@ -18,6 +19,6 @@ from .rprop import Rprop
 from .sgd import SGD
 
 __all__ = [
-    "ASGD", "SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lion", "Muon", "NAdam",
+    "ASGD", "SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lamb", "Lion", "Muon", "NAdam",
     "NesterovMomentum", "Orthogonalize", "RAdam", "RMSprop", "Rprop",
 ]  # fmt: skip
