@@ -270,6 +270,9 @@ REGISTRY: list[Entry] = [
       separable=True),
     E("Lamb", lambda: [m.Lamb(weight_decouple=False, fixed_decay=True), m.LR(0.05)],
       ({"weight_decay": 0.1}, {"weight_decouple": True, "weight_decay": 0.05}), separable=True, variant="options"),
+    # complex: the trust ratio is for parameters of two or more dimensions, a complex vector's real view is a matrix
+    E("LARS", lambda: [m.LARS(weight_decay=0.01, trust_coefficient=0.1), m.LR(0.05)],
+      ({"momentum": 0.9}, {"nesterov": True, "weight_decay": 0.1}), separable=True, complex="finite"),
 ]  # fmt: skip
 
 
