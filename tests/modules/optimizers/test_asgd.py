@@ -124,3 +124,31 @@ def test_bad_arguments_are_refused():
         tz.m.ASGD(lambd=-1.0)
     with pytest.raises(ValueError, match="t0 >= 0"):
         tz.m.ASGD(t0=-1.0)
+
+
+@pytest.mark.parametrize("branch", ["true", "false"])
+def test_rules_read_the_lr_that_follows_them_in_their_own_branch(branch):
+    """In a Split, a rule that needs the lr (ASGD, Adafactor, Lamb) reads its own branch's LR, not the first LR."""
+    from pytorch_optimizer import Lamb
+
+    pairs = [
+        (lambda: tz.m.ASGD(lambd=1e-2), lambda ps: torch.optim.ASGD(ps, lr=0.3, lambd=1e-2)),
+        (lambda: tz.m.Adafactor(), lambda ps: torch.optim.Adafactor(ps, lr=0.3)),
+        (lambda: tz.m.Lamb(weight_decay=0.1), lambda ps: Lamb(ps, lr=0.3, weight_decay=0.1)),
+    ]
+    for rule, reference in pairs:
+        torch.manual_seed(0)
+        w, b = torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(4))
+        w2, b2 = torch.nn.Parameter(w.detach().clone()), torch.nn.Parameter(b.detach().clone())
+        mine, other = [rule(), tz.m.LR(0.3)], [tz.m.SGD(), tz.m.LR(0.01)]
+        true, false = (mine, other) if branch == "true" else (other, mine)
+        opt = tz.Modular([w, b], tz.m.Split(lambda p: p.ndim >= 2, true=true, false=false))
+        target, target2 = (w, w2) if branch == "true" else (b, b2)
+        ref = reference([target2])
+        for step in range(4):
+            g = torch.randn(3, 4) if branch == "true" else torch.randn(4)
+            w.grad, b.grad = torch.zeros_like(w), torch.zeros_like(b)
+            target.grad, target2.grad = g.clone(), g.clone()
+            opt.step()
+            ref.step()
+            torch.testing.assert_close(target, target2, msg=lambda m, s=step, r=rule: f"{r()}: step {s + 1}: {m}")

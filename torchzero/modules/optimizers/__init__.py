@@ -20,6 +20,6 @@ from .rprop import Rprop
 from .sgd import SGD
 
 __all__ = [
-    "ASGD", "LARS", "SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lamb", "Lion", "Muon", "NAdam",
-    "NesterovMomentum", "Orthogonalize", "RAdam", "RMSprop", "Rprop",
+    "ASGD", "LARS", "SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "HeavyBall", "Lamb", "Lion",
+    "Muon", "NAdam", "NesterovMomentum", "Orthogonalize", "RAdam", "RMSprop", "Rprop",
 ]  # fmt: skip

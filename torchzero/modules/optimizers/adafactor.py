@@ -11,7 +11,7 @@ from torch import Tensor
 from ...core.module import Transform
 from ...core.schema import ALPHA, Number, Setting, at_least, optional, pair_of
 from ...foreach import ops
-from .asgd import chain_lr_module
+from ._chain_lr import following_lr
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -23,9 +23,9 @@ def _safe(t: Tensor) -> Tensor:
 
 
 class Adafactor(Transform):
-    r"""The update rule of ``torch.optim.Adafactor``, with the learning rate read from the chain's :class:`LR`.
+    r"""The update rule of ``torch.optim.Adafactor``, with the learning rate read from the :class:`LR` after it.
 
-    With :math:`\eta = \alpha \cdot \mathrm{lr}` (``alpha`` times the learning rate of the chain's ``LR``),
+    With :math:`\eta = \alpha \cdot \mathrm{lr}` (``alpha`` times the learning rate of the ``LR`` after it),
     :math:`t` the parameter's step count and :math:`\hat\beta_{2,t} = 1 - t^{\tau}`:
 
     .. math::
@@ -44,7 +44,7 @@ class Adafactor(Transform):
     The rule hands on :math:`(a_t / \eta)\, \alpha\, U_t / \max(1, \mathrm{RMS}(U_t)/d)`, and ``LR`` multiplies it
     by the learning rate, so ``tz.Modular(p, tz.m.Adafactor(), tz.m.LR(1e-2))`` equals
     ``torch.optim.Adafactor(p, lr=1e-2)``: the relative step :math:`\rho_t` needs the learning rate itself, so the
-    rule reads the lr of the chain's first ``LR`` (per param group; a chain without ``LR`` uses
+    rule reads the lr of the ``LR`` that follows it (per param group; with no ``LR`` after it,
     :math:`\eta = \alpha`, and ``alpha=1`` then gives the paper's pure relative step :math:`1/\sqrt t` capped at 1).
     torch's ``weight_decay`` is decoupled and scaled by the lr (:math:`\theta \leftarrow \theta (1 - \eta
     \lambda)`), which is :class:`WeightDecay` between the rule and ``LR``:
@@ -93,8 +93,8 @@ class Adafactor(Transform):
         originals = ctx.layout.originals
         if any(originals[i].is_complex() for seg in ctx.segments(self) for i in range(seg.start, seg.stop)):
             raise TypeError("Adafactor supports real parameters only (as torch.optim.Adafactor); nothing was changed")
-        # seg.scale is the learning rate of the chain's LR, which the relative step needs (LR applies it afterwards)
-        lr_module = chain_lr_module(ctx)
+        # seg.scale is the learning rate of the LR after this rule, which the relative step needs (LR applies it afterwards)
+        lr_module = following_lr(ctx, self)
         for seg in ctx.segments(self, scale_from=lr_module):
             self.apply(ctx, seg)
 

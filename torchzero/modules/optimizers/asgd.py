@@ -10,24 +10,17 @@ from torch import Tensor
 from ...core.module import Transform
 from ...core.schema import ALPHA, Setting, at_least, real
 from ...foreach import ops
+from ._chain_lr import following_lr
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
     from ...core.modular import Modular
 
 
-def chain_lr_module(ctx: StepContext) -> Any:
-    """The chain's ``LR`` module (the first one), or None when the chain has none."""
-    try:
-        return ctx.opt.get_lr_module()
-    except ValueError:
-        return None
-
-
 class ASGD(Transform):
     r"""The update rule of ``torch.optim.ASGD``, with its decaying step size and the averaged parameters.
 
-    With :math:`\eta = \alpha \cdot \mathrm{lr}` (``alpha`` times the learning rate of the chain's :class:`LR`)
+    With :math:`\eta = \alpha \cdot \mathrm{lr}` (``alpha`` times the learning rate of the :class:`LR` after it)
     and :math:`t` the parameter's step count:
 
     .. math::
@@ -39,7 +32,7 @@ class ASGD(Transform):
     The rule hands on :math:`\alpha (1 + \lambda \eta (t-1))^{-p}\,(g_t + \lambda \theta)`, and ``LR`` multiplies
     it by the learning rate, so ``tz.Modular(p, tz.m.ASGD(), tz.m.LR(1e-2))`` equals
     ``torch.optim.ASGD(p, lr=1e-2)``.  Since the schedule depends on the learning rate itself, the rule reads the
-    lr of the chain's first ``LR`` (per param group; a chain without ``LR`` uses :math:`\eta = \alpha`).  torch's
+    lr of the ``LR`` that follows it (per param group; with no ``LR`` after it, :math:`\eta = \alpha`).  torch's
     ``weight_decay`` (an L2 term) is :class:`WeightDecay` placed before the rule.
 
     **Averaged parameters.**  :math:`\bar\theta` (torch's ``ax``) is kept in the optimizer's state, under
@@ -84,8 +77,8 @@ class ASGD(Transform):
         self._pending: tuple[Any, list[tuple[int, int, float, list[Tensor]]]] | None = None
 
     def step(self, ctx: StepContext) -> None:
-        # seg.scale is the learning rate of the chain's LR, which the schedule needs (LR applies it afterwards)
-        lr_module = chain_lr_module(ctx)
+        # seg.scale is the learning rate of the LR after this rule, which the schedule needs (LR applies it afterwards)
+        lr_module = following_lr(ctx, self)
         for seg in ctx.segments(self, scale_from=lr_module):
             self.apply(ctx, seg)
 

@@ -10,7 +10,7 @@ from torch import Tensor
 from ...core.module import Transform
 from ...core.schema import ALPHA, BETAS, EPS, FLAG, Setting, at_least
 from ...foreach import ops
-from .asgd import chain_lr_module
+from ._chain_lr import following_lr
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -20,9 +20,9 @@ CLAMP = 10.0
 
 
 class Lamb(Transform):
-    r"""The update rule of ``pytorch_optimizer.Lamb`` (4.1.0), with the learning rate read from the chain's :class:`LR`.
+    r"""The update rule of ``pytorch_optimizer.Lamb`` (4.1.0), with the learning rate read from the :class:`LR` after it.
 
-    With :math:`\eta = \alpha \cdot \mathrm{lr}` (``alpha`` times the learning rate of the chain's ``LR``),
+    With :math:`\eta = \alpha \cdot \mathrm{lr}` (``alpha`` times the learning rate of the ``LR`` after it),
     :math:`\beta_3 = 1-\beta_1` (``grad_averaging``, else 1) and :math:`c` the decoupled decay
     (:math:`\lambda\eta`, or :math:`\lambda` with ``fixed_decay``; 0 when coupled):
 
@@ -34,8 +34,8 @@ class Lamb(Transform):
         \theta \leftarrow (1-c)\,\theta - \frac{\eta}{1-\beta_1^t}\, r\, u
 
     per parameter tensor (``adam=True``: :math:`r = 1`).  The trust ratio depends on the decayed parameters and the
-    decay on the learning rate, so the rule takes the weight decay itself and reads the lr of the chain's first
-    ``LR`` (per param group; a chain without ``LR`` uses :math:`\eta = \alpha`).  It hands on
+    decay on the learning rate, so the rule takes the weight decay itself and reads the lr of the ``LR`` that
+    follows it (per param group; with no ``LR`` after it, :math:`\eta = \alpha`).  It hands on
     :math:`\alpha r u / (1-\beta_1^t) + (c/\mathrm{lr})\,\theta`, which ``LR`` multiplies by the learning rate:
     ``tz.Modular(p, tz.m.Lamb(weight_decay=0.01), tz.m.LR(1e-3))`` equals
     ``pytorch_optimizer.Lamb(p, lr=1e-3, weight_decay=0.01)``.  With ``fixed_decay=True`` the term is
@@ -90,8 +90,8 @@ class Lamb(Transform):
         )  # fmt: skip
 
     def step(self, ctx: StepContext) -> None:
-        # seg.scale is the learning rate of the chain's LR, which the decay needs (LR applies it afterwards)
-        lr_module = chain_lr_module(ctx)
+        # seg.scale is the learning rate of the LR after this rule, which the decay needs (LR applies it afterwards)
+        lr_module = following_lr(ctx, self)
         for seg in ctx.segments(self, scale_from=lr_module):
             self.apply(ctx, seg)
 
