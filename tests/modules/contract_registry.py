@@ -286,6 +286,19 @@ REGISTRY: list[Entry] = [
     E("DAdaptAdam", lambda: [m.DAdaptAdam(d0=1e-3)], ({"layer_scale": 1.0}, {"layer_scale": 0.5, "weight_decay": 0.01})),
     E("DAdaptAdam", lambda: [m.DAdaptAdam(d0=1e-3, decouple=True)], ({"eps": 1e-8}, {"weight_decay": 0.01}),
       variant="decoupled"),
+    # ------------------------------------------------------------------ issue 13: ASGD, Adafactor, Lamb, LARS
+    E("ASGD", lambda: [m.ASGD(t0=1.0), m.LR(0.05)], ({"lambd": 1e-2}, {"power": 0.5, "t0": 2.0}), separable=True),
+    E("Adafactor", lambda: [m.Adafactor(), m.LR(0.05)], ({"d": 1.0}, {"beta2_decay": -0.5, "eps": (None, 1e-2)}),
+      separable=True, complex="raises:real parameters only"),
+    E("Adafactor", lambda: [m.Adafactor(), m.WeightDecay(0.1), m.LR(0.05)], ({"weight_decay": 0.1}, {"d": 2.0}),
+      separable=True, complex="raises:real parameters only", variant="weight_decay"),
+    E("Lamb", lambda: [m.Lamb(weight_decay=0.1), m.LR(0.05)], ({"weight_decay": 0.1}, {"betas": (0.8, 0.99)}),
+      separable=True),
+    E("Lamb", lambda: [m.Lamb(weight_decouple=False, fixed_decay=True), m.LR(0.05)],
+      ({"weight_decay": 0.1}, {"weight_decouple": True, "weight_decay": 0.05}), separable=True, variant="options"),
+    # complex: the trust ratio is for parameters of two or more dimensions, a complex vector's real view is a matrix
+    E("LARS", lambda: [m.LARS(weight_decay=0.01, trust_coefficient=0.1), m.LR(0.05)],
+      ({"momentum": 0.9}, {"nesterov": True, "weight_decay": 0.1}), separable=True, complex="finite"),
 ]  # fmt: skip
 
 

@@ -1,12 +1,16 @@
 """Update rules of first-order optimizers (the learning rate is left to ``LR``)."""
 
 from .adadelta import Adadelta
+from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
 from .ademamix import AdEMAMix
 from .adopt import ADOPT
+from .asgd import ASGD
 from .dadapt_adam import DAdaptAdam
+from .lamb import Lamb
+from .lars import LARS
 from .lion import Lion
 from .lookahead import Lookahead
 from .mars import MARS
@@ -22,7 +26,7 @@ from .schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from .sgd import SGD
 
 __all__ = [
-    "ADOPT", "MARS", "SGD", "AdEMAMix", "Adadelta", "Adagrad", "Adam", "Adamax", "DAdaptAdam", "HeavyBall", "Lion",
-    "Lookahead", "Muon", "NAdam", "NesterovMomentum", "Orthogonalize", "Prodigy", "RAdam", "RMSprop", "Rprop",
-    "ScheduleFreeAdamW", "ScheduleFreeSGD",
+    "ADOPT", "ASGD", "LARS", "MARS", "SGD", "AdEMAMix", "Adadelta", "Adafactor", "Adagrad", "Adam", "Adamax",
+    "DAdaptAdam", "HeavyBall", "Lamb", "Lion", "Lookahead", "Muon", "NAdam", "NesterovMomentum", "Orthogonalize",
+    "Prodigy", "RAdam", "RMSprop", "Rprop", "ScheduleFreeAdamW", "ScheduleFreeSGD",
 ]  # fmt: skip
