@@ -96,7 +96,7 @@ class Modular(torch.optim.Optimizer):
         self.grad_as_scratch = grad_as_scratch
         self._reusable: tuple[Any, Tensor, list[tuple[int, int | None]], list[Tensor]] | None = None
         self._leaves = _bind(root, fuse)
-        self.plan = Plan(self._leaves)
+        self.plan = Plan(self._leaves, root)
         """what each step needs from the chain and the groups (see :mod:`torchzero.core.plan`)"""
         for m in self._leaves:
             if m.own_groups is not None:

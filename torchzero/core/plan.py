@@ -35,7 +35,7 @@ Groups = Sequence[dict[str, Any]]
 class Plan:
     """The chain's and the groups' facts for stepping (see the module docstring)."""
 
-    def __init__(self, leaves: list[Module]) -> None:
+    def __init__(self, leaves: list[Module], root: Module | None = None) -> None:
         self.leaves = leaves
         """the modules in execution order (nested chains flattened)"""
         self.owners = S.find_owners(leaves)
@@ -51,6 +51,7 @@ class Plan:
         self.creates_update = leaves[0].creates_update
         self._raw_after = {id(m): any(later.needs_raw_grad for later in leaves[i + 1 :]) for i, m in enumerate(leaves)}
         self.uniform = [m for m in leaves if m.uniform_settings]
+        self._lr_after = {id(m): _search(root, m)[1] for m in leaves} if root is not None else {}
         self._branched = {m.key: m.branches for m in leaves if m.branches}
         # group facts
         self.given: list[frozenset[str]] = []
@@ -64,6 +65,17 @@ class Plan:
         self._layouts: dict[tuple[bool, ...] | None, Layout] = {}
 
     # ---------------------------------------------------------------- chain facts
+    def lr_after(self, module: Module) -> Module | None:
+        """The ``LR`` (a ``fusable_scale`` module) that multiplies ``module``'s output: the first one after it in
+        the chain that runs it, then in the chains around it, or None.
+
+        For rules whose math needs the lr itself (ASGD's schedule, Adafactor's relative step, Lamb's decay,
+        schedule-free's weights): they read it with ``ctx.segments(self, scale_from=plan.lr_after(self))`` and
+        hand on an lr-free update that this ``LR`` then scales.  Inside a ``Split`` branch the search stays in
+        that branch and continues after the ``Split``.  Found once, when the optimizer is built.
+        """
+        return self._lr_after.get(id(module))
+
     def raw_grad_read_after(self, module: Module) -> bool:
         """True when a module after ``module`` reads the raw gradient."""
         return self._raw_after.get(id(module), True)
@@ -287,3 +299,29 @@ def _pieces(start: int, stop: int, counts: list[int] | None) -> list[tuple[int, 
             begin = i
     pieces.append((begin, stop, counts[begin]))
     return pieces
+
+
+def _search(node: Module, target: Module) -> tuple[bool, Module | None]:
+    """``(found, lr)``: whether ``target`` is under ``node``, and the first ``fusable_scale`` module after it."""
+    from .module import Chain
+
+    if node is target:
+        return True, None
+    children = node.children()
+    for i, child in enumerate(children):
+        found, lr = _search(child, target)
+        if not found:
+            continue
+        if lr is None and isinstance(node, Chain):  # sequential: the modules after the child come next
+            lr = next((m for c in children[i + 1 :] for m in _sequential(c) if m.fusable_scale), None)
+        return True, lr
+    return False, None
+
+
+def _sequential(node: Module) -> list[Module]:
+    """The modules of ``node`` that every parameter goes through (not the branches of a ``Split``)."""
+    from .module import Chain
+
+    if isinstance(node, Chain):
+        return [m for c in node.children() for m in _sequential(c)]
+    return [node] if not node.children() else []

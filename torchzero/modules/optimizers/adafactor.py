@@ -11,7 +11,6 @@ from torch import Tensor
 from ...core.module import Transform
 from ...core.schema import ALPHA, Number, Setting, at_least, optional, pair_of
 from ...foreach import ops
-from ._chain_lr import following_lr
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -94,7 +93,7 @@ class Adafactor(Transform):
         if any(originals[i].is_complex() for seg in ctx.segments(self) for i in range(seg.start, seg.stop)):
             raise TypeError("Adafactor supports real parameters only (as torch.optim.Adafactor); nothing was changed")
         # seg.scale is the learning rate of the LR after this rule, which the relative step needs (LR applies it afterwards)
-        lr_module = following_lr(ctx, self)
+        lr_module = ctx.opt.plan.lr_after(self)
         for seg in ctx.segments(self, scale_from=lr_module):
             self.apply(ctx, seg)
 

@@ -10,7 +10,6 @@ from torch import Tensor
 from ...core.module import Transform
 from ...core.schema import ALPHA, Setting, at_least, real
 from ...foreach import ops
-from ._chain_lr import following_lr
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -78,7 +77,7 @@ class ASGD(Transform):
 
     def step(self, ctx: StepContext) -> None:
         # seg.scale is the learning rate of the LR after this rule, which the schedule needs (LR applies it afterwards)
-        lr_module = following_lr(ctx, self)
+        lr_module = ctx.opt.plan.lr_after(self)
         for seg in ctx.segments(self, scale_from=lr_module):
             self.apply(ctx, seg)
 

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ...core.lr import LR
 from ...core.module import Module, Transform
 from ...core.schema import BETAS, EPS, Setting, at_least, in_range, integer
 
@@ -39,16 +38,16 @@ class _ScheduleFree(Transform):
     # ------------------------------------------------------------------ binding
     def bind(self, opt: Modular) -> None:
         leaves = opt.modules
-        lrs = [m for m in leaves if isinstance(m, LR)]
+        lr = opt.plan.lr_after(self)
         i = leaves.index(self)
-        if lrs and (i + 1 >= len(leaves) or leaves[i + 1] is not lrs[0]):
+        if lr is not None and (i + 1 >= len(leaves) or leaves[i + 1] is not lr):
             raise ValueError(
                 f"{type(self).__name__} uses the learning rate inside its averaging weights, so the chain's "
                 "tz.m.LR must come right after it (tz.Modular(params, ..., "
                 f"tz.m.{type(self).__name__}(), tz.m.LR(lr))); without any LR the lr is 1."
             )
         self._opt = opt
-        self._lr = lrs[0] if lrs else None
+        self._lr = lr
 
     def _momentum(self, settings: dict[str, Any]) -> float:
         raise NotImplementedError
