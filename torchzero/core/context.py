@@ -361,7 +361,8 @@ class StepContext:
         """
         if scale_from is None and self.fused_owner is module:
             scale_from = self.fused
-        return self.opt._segments(self, module, scale_from)
+        opt = self.opt
+        return opt.plan.segments(self, module, scale_from, opt.param_groups, opt.defaults)
 
     def settings(self, module: Module) -> dict[str, Any]:
         """Settings of a module that works on all parameters at once (one history, one line search).

@@ -12,7 +12,7 @@ from ..foreach import Layout, ops
 from . import schema, sink
 from . import settings as S
 from .closure import Closure, check_finite
-from .context import Segment, StepContext
+from .context import StepContext
 from .lr import LR
 from .module import Chain, Module
 from .plan import Plan
@@ -227,10 +227,6 @@ class Modular(torch.optim.Optimizer):
     # ---------------------------------------------------------------- step
     def _layout(self, include_fn: Callable[[Tensor], bool]) -> Layout | None:
         return self.plan.layout(self.param_groups, include_fn)
-
-    def _segments(self, ctx: StepContext, module: Module, fused: Module | None) -> list[Segment]:
-        """The segments of ``module``; ``fused`` is the module whose ``lr`` becomes ``seg.scale``."""
-        return self.plan.segments(ctx, module, fused, self.param_groups, self.defaults)
 
     def _unchanged_since(self, versions: list[tuple[int, int | None]], copies: list[Tensor]) -> bool:
         """True if no parameter or ``.grad`` was written since (``.data`` writes skip the version counters)."""
