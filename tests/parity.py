@@ -144,6 +144,29 @@ def save_load(state: dict[str, Any]) -> dict[str, Any]:
     return torch.load(buf, weights_only=True)
 
 
+def assert_resume_is_bit_exact(
+    build: Callable[[list[list[Tensor]]], tz.Modular], dtype: torch.dtype = torch.float32, steps: int = 10, at: int = 4
+) -> tuple[tz.Modular, tz.Modular]:
+    """Two runs of ``build(groups)`` on the same gradients, the second saved, reloaded into a fresh optimizer and
+    continued after step ``at``: the parameters must be bit-identical (``torch.equal``) at the end.  Returns the
+    two final optimizers (for checks of module-specific state)."""
+    groups = make_params(dtype)
+    twin_groups = clone_params(groups)
+    flat, twin = [p for ps in groups for p in ps], [p for ps in twin_groups for p in ps]
+    o1, o2 = build(groups), build(twin_groups)
+    for t in range(steps):
+        set_grads(t, 0.5, flat, twin)
+        o1.step()
+        o2.step()
+        if t == at:
+            fresh = build(twin_groups)
+            fresh.load_state_dict(save_load(o2.state_dict()))
+            o2 = fresh
+    for p, q in zip(flat, twin, strict=True):
+        assert torch.equal(p, q), "the reloaded run left the uninterrupted one"
+    return o1, o2
+
+
 def build_tz(case: Case, groups: list[list[Tensor]], fuse: bool = True) -> tz.Modular:
     return tz.Modular(
         [{"params": ps, **s} for ps, s in zip(groups, case.groups, strict=True)], *case.modules(), fuse=fuse

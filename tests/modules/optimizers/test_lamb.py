@@ -13,7 +13,15 @@ import torch
 from pytorch_optimizer import Lamb
 
 import torchzero as tz
-from tests.parity import DTYPES, Case, clone_params, make_params, run_parity, save_load, set_grads
+from tests.parity import (
+    DTYPES,
+    Case,
+    assert_resume_is_bit_exact,
+    clone_params,
+    make_params,
+    run_parity,
+    set_grads,
+)
 
 GROUPS = ({"lr": 1e-2, "weight_decay": 0.1}, {"lr": 3e-2, "betas": (0.8, 0.99), "eps": 1e-8})
 
@@ -70,24 +78,11 @@ def test_pre_norm_is_clip_norm_before_the_rule():
 
 
 def test_mid_run_state_dict_resumes_bit_exactly():
-    groups = make_params(torch.float32)
-    twin_groups = clone_params(groups)
-    flat, twin = [p for ps in groups for p in ps], [p for ps in twin_groups for p in ps]
-
-    def build(gs):
-        return tz.Modular([{"params": ps, **s} for ps, s in zip(gs, GROUPS, strict=True)], tz.m.Lamb(), tz.m.LR(1e-2))
-
-    o1, o2 = build(groups), build(twin_groups)
-    for t in range(10):
-        set_grads(t, 0.5, flat, twin)
-        o1.step()
-        o2.step()
-        if t == 4:
-            fresh = build(twin_groups)
-            fresh.load_state_dict(save_load(o2.state_dict()))
-            o2 = fresh
-    for p, q in zip(flat, twin, strict=True):
-        assert torch.equal(p, q)
+    assert_resume_is_bit_exact(
+        lambda gs: tz.Modular(
+            [{"params": ps, **s} for ps, s in zip(gs, GROUPS, strict=True)], tz.m.Lamb(), tz.m.LR(1e-2)
+        )
+    )
 
 
 def test_bad_arguments_are_refused():

@@ -11,7 +11,12 @@ import torch
 from pytorch_optimizer import LARS
 
 import torchzero as tz
-from tests.parity import DTYPES, Case, clone_params, make_params, run_parity, save_load, set_grads
+from tests.parity import (
+    DTYPES,
+    Case,
+    assert_resume_is_bit_exact,
+    run_parity,
+)
 
 GROUPS = (
     {"lr": 0.1, "weight_decay": 0.1},
@@ -51,24 +56,11 @@ def test_lars_unfused_equals_pytorch_optimizer(case):
 
 
 def test_mid_run_state_dict_resumes_bit_exactly():
-    groups = make_params(torch.float32)
-    twin_groups = clone_params(groups)
-    flat, twin = [p for ps in groups for p in ps], [p for ps in twin_groups for p in ps]
-
-    def build(gs):
-        return tz.Modular([{"params": ps, **s} for ps, s in zip(gs, GROUPS, strict=True)], tz.m.LARS(), tz.m.LR(0.1))
-
-    o1, o2 = build(groups), build(twin_groups)
-    for t in range(10):
-        set_grads(t, 0.5, flat, twin)
-        o1.step()
-        o2.step()
-        if t == 4:
-            fresh = build(twin_groups)
-            fresh.load_state_dict(save_load(o2.state_dict()))
-            o2 = fresh
-    for p, q in zip(flat, twin, strict=True):
-        assert torch.equal(p, q)
+    assert_resume_is_bit_exact(
+        lambda gs: tz.Modular(
+            [{"params": ps, **s} for ps, s in zip(gs, GROUPS, strict=True)], tz.m.LARS(), tz.m.LR(0.1)
+        )
+    )
 
 
 def test_bad_arguments_are_refused():
