@@ -42,6 +42,9 @@ CASES = [
     _case("coupled_decay_before_rule", lambda: [tz.m.WeightDecay(0.1), tz.m.Shampoo(), tz.m.LR(1e-2)],
           lambda g: Shampoo(g, lr=1e-2, weight_decay=0.1), groups=({}, {"matrix_eps": 1e-4}),
           ref_groups=({}, {"matrix_eps": 1e-4})),
+    # maximize is the param group's; the reference negates the gradient first (without momentum: the same rule)
+    _case("maximize", lambda: [tz.m.Shampoo(), tz.m.LR(1e-2)], lambda g: Shampoo(g, lr=1e-2, maximize=True),
+          groups=({"maximize": True}, {"maximize": True, "matrix_eps": 1e-4}), ref_groups=({}, {"matrix_eps": 1e-4})),
     _case("alpha_times_lr", lambda: [tz.m.Shampoo(alpha=2.0), tz.m.LR(5e-3)], lambda g: Shampoo(g, lr=1e-2),
           groups=({}, {})),
 ]  # fmt: skip
@@ -62,11 +65,11 @@ ONE_PASS_DECAY = ("decoupled_decay", "fixed_decay")
 """the sink decays and steps in one pass, the reference in two: an ulp apart"""
 
 
-def _run(modules, reference, dtype, steps=20):
+def _run(modules, reference, dtype, settings, steps=20):
     groups = make_params(dtype, SHAPES)
     ref_groups = clone_params(groups)
     flat, ref_flat = [p for ps in groups for p in ps], [p for ps in ref_groups for p in ps]
-    opt, ref = tz.Modular(flat, *modules), reference(ref_flat)
+    opt, ref = tz.Modular([{"params": flat, **settings}], *modules), reference(ref_flat)
     for t in range(steps):
         set_grads(t, 0.5, flat, ref_flat)
         opt.step()
@@ -78,7 +81,10 @@ def _run(modules, reference, dtype, steps=20):
 @pytest.mark.parametrize("case", [c for c in CASES if c.name not in ONE_PASS_DECAY], ids=lambda c: c.name)
 def test_bit_exact_on_cpu(case, dtype):
     """The same operations in the same order: equal bit for bit (one group with the case's first settings)."""
-    flat, ref_flat = _run(case.modules(), lambda ps: case.reference([{"params": ps, **case.groups[0]}]), dtype)
+    ref_settings = (case.groups if case.ref_groups is None else case.ref_groups)[0]
+    flat, ref_flat = _run(
+        case.modules(), lambda ps: case.reference([{"params": ps, **ref_settings}]), dtype, case.groups[0]
+    )
     for p, q in zip(flat, ref_flat, strict=True):
         assert torch.equal(p, q)
 
