@@ -299,6 +299,12 @@ REGISTRY: list[Entry] = [
     # complex: the trust ratio is for parameters of two or more dimensions, a complex vector's real view is a matrix
     E("LARS", lambda: [m.LARS(weight_decay=0.01, trust_coefficient=0.1), m.LR(0.05)],
       ({"momentum": 0.9}, {"nesterov": True, "weight_decay": 0.1}), separable=True, complex="finite"),
+    # ------------------------------------------------------------------ issue 13: Shampoo
+    E("Shampoo", lambda: [m.Shampoo(), m.LR(0.05)], ({"matrix_eps": 1e-6}, {"momentum": 0.5, "weight_decay": 0.01}),
+      separable=True, complex="raises:real parameters only"),
+    E("Shampoo", lambda: [m.Shampoo(momentum=0.9, preconditioning_compute_steps=2), m.LR(0.05)],
+      ({"matrix_eps": 1e-4}, {"preconditioning_compute_steps": 1}), separable=True,
+      complex="raises:real parameters only", variant="momentum_every_2"),
 ]  # fmt: skip
 
 
