@@ -49,9 +49,11 @@ class Plan:
         self.inert = {key: value for key, value in S.INERT_KEYS.items() if key not in self.owners}
         """exposed keys no module owns, shown in every group at their no-op value"""
         self.creates_update = leaves[0].creates_update
-        self._raw_after = {id(m): any(later.needs_raw_grad for later in leaves[i + 1 :]) for i, m in enumerate(leaves)}
+        # keyed by the module's place in the chain (``module.key``), not ``id()``: a deepcopy of the optimizer
+        # copies the modules, and the copies must find their entries
+        self._raw_after = {m.key: any(later.needs_raw_grad for later in leaves[i + 1 :]) for i, m in enumerate(leaves)}
         self.uniform = [m for m in leaves if m.uniform_settings]
-        self._lr_after = {id(m): _search(root, m)[1] for m in leaves} if root is not None else {}
+        self._lr_after = {m.key: _search(root, m)[1] for m in leaves} if root is not None else {}
         self._branched = {m.key: m.branches for m in leaves if m.branches}
         # group facts
         self.given: list[frozenset[str]] = []
@@ -74,11 +76,11 @@ class Plan:
         hand on an lr-free update that this ``LR`` then scales.  Inside a ``Split`` branch the search stays in
         that branch and continues after the ``Split``.  Found once, when the optimizer is built.
         """
-        return self._lr_after.get(id(module))
+        return self._lr_after.get(module.key)
 
     def raw_grad_read_after(self, module: Module) -> bool:
         """True when a module after ``module`` reads the raw gradient."""
-        return self._raw_after.get(id(module), True)
+        return self._raw_after.get(module.key, True)
 
     # ---------------------------------------------------------------- group facts
     def adopt(self, groups: Groups, given: list[frozenset[str]]) -> None:
