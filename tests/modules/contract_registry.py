@@ -299,6 +299,15 @@ REGISTRY: list[Entry] = [
     # complex: the trust ratio is for parameters of two or more dimensions, a complex vector's real view is a matrix
     E("LARS", lambda: [m.LARS(weight_decay=0.01, trust_coefficient=0.1), m.LR(0.05)],
       ({"momentum": 0.9}, {"nesterov": True, "weight_decay": 0.1}), separable=True, complex="finite"),
+    # ------------------------------------------------------------------ SOAP
+    E("SOAP", lambda: [m.SOAP(precondition_frequency=2), m.LR(0.05)],
+      ({"precondition_1d": True}, {"betas": (0.9, 0.99), "weight_decay": 0.0, "max_precondition_dim": 2}),
+      separable=True, complex="raises:real parameters only",
+      xfail={"deepcopy": "Plan.lr_after is keyed by id(module), which copy.deepcopy changes (Adafactor too)"}),
+    E("SOAP", lambda: [m.SOAP(merge_dims=True, max_precondition_dim=4, normalize_gradient=True), m.LR(0.05)],
+      ({"precondition_frequency": 1}, {"shampoo_beta": 0.5, "correct_bias": False}), separable=True,
+      complex="raises:real parameters only", variant="options",
+      xfail={"deepcopy": "Plan.lr_after is keyed by id(module), which copy.deepcopy changes (Adafactor too)"}),
 ]  # fmt: skip
 
 
