@@ -232,6 +232,8 @@ class SOAP(Transform):
 
     def _refresh(self, factors: list[Any], exp_avg_sq: Tensor, s: dict[str, Any]) -> None:
         """One power iteration and QR per basis; the second moment is permuted like the basis' columns."""
+        if all(f is None for f in factors):
+            return  # Adam in the parameter's own basis: nothing to refresh
         v = self._merge(exp_avg_sq, s) if s["merge_dims"] else exp_avg_sq
         for d, f in enumerate(factors):
             if f is None:
