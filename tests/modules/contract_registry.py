@@ -305,6 +305,13 @@ REGISTRY: list[Entry] = [
     E("Shampoo", lambda: [m.Shampoo(momentum=0.9, preconditioning_compute_steps=2), m.LR(0.05)],
       ({"matrix_eps": 1e-4}, {"preconditioning_compute_steps": 1}), separable=True,
       complex="raises:real parameters only", variant="momentum_every_2"),
+    # ------------------------------------------------------------------ SOAP
+    E("SOAP", lambda: [m.SOAP(precondition_frequency=2), m.LR(0.05)],
+      ({"precondition_1d": True}, {"betas": (0.9, 0.99), "weight_decay": 0.0, "max_precondition_dim": 2}),
+      separable=True, complex="raises:real parameters only"),
+    E("SOAP", lambda: [m.SOAP(merge_dims=True, max_precondition_dim=4, normalize_gradient=True), m.LR(0.05)],
+      ({"precondition_frequency": 1}, {"shampoo_beta": 0.5, "correct_bias": False}), separable=True,
+      complex="raises:real parameters only", variant="options"),
 ]  # fmt: skip
 
 

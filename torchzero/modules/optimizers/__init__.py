@@ -25,9 +25,10 @@ from .rprop import Rprop
 from .schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from .sgd import SGD
 from .shampoo import Shampoo
+from .soap import SOAP
 
 __all__ = [
-    "ADOPT", "ASGD", "LARS", "MARS", "SGD", "AdEMAMix", "Adadelta", "Adafactor", "Adagrad", "Adam", "Adamax",
+    "ADOPT", "ASGD", "LARS", "MARS", "SGD", "SOAP", "AdEMAMix", "Adadelta", "Adafactor", "Adagrad", "Adam", "Adamax",
     "DAdaptAdam", "HeavyBall", "Lamb", "Lion", "Lookahead", "Muon", "NAdam", "NesterovMomentum", "Orthogonalize",
     "Prodigy", "RAdam", "RMSprop", "Rprop", "ScheduleFreeAdamW", "ScheduleFreeSGD", "Shampoo",
 ]  # fmt: skip
