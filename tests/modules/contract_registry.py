@@ -299,6 +299,12 @@ REGISTRY: list[Entry] = [
     # complex: the trust ratio is for parameters of two or more dimensions, a complex vector's real view is a matrix
     E("LARS", lambda: [m.LARS(weight_decay=0.01, trust_coefficient=0.1), m.LR(0.05)],
       ({"momentum": 0.9}, {"nesterov": True, "weight_decay": 0.1}), separable=True, complex="finite"),
+    # ------------------------------------------------------------------ issue 13: PSGDKron
+    # not separable: one update decision per step, noise seeded by the tensor's index; seed=0 (torch's global
+    # generator otherwise differs between the compared runs); a float probability keeps the decision off tensors
+    E("PSGDKron", lambda: [m.PSGDKron(preconditioner_update_probability=0.5, seed=0), m.LR(0.05)],
+      ({"beta": 0.9}, {"beta": 0.8, "weight_decay": 0.1, "memory_save_mode": "all_diag"}),
+      complex="raises:real parameters only"),
 ]  # fmt: skip
 
 

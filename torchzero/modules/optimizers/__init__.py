@@ -19,6 +19,7 @@ from .muon import Muon
 from .nadam import NAdam
 from .orthogonalize import Orthogonalize
 from .prodigy import Prodigy
+from .psgd_kron import PSGDKron
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
@@ -28,5 +29,5 @@ from .sgd import SGD
 __all__ = [
     "ADOPT", "ASGD", "LARS", "MARS", "SGD", "AdEMAMix", "Adadelta", "Adafactor", "Adagrad", "Adam", "Adamax",
     "DAdaptAdam", "HeavyBall", "Lamb", "Lion", "Lookahead", "Muon", "NAdam", "NesterovMomentum", "Orthogonalize",
-    "Prodigy", "RAdam", "RMSprop", "Rprop", "ScheduleFreeAdamW", "ScheduleFreeSGD",
+    "PSGDKron", "Prodigy", "RAdam", "RMSprop", "Rprop", "ScheduleFreeAdamW", "ScheduleFreeSGD",
 ]  # fmt: skip
