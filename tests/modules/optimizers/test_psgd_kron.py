@@ -108,6 +108,29 @@ def test_equals_kron_torch(case: str, dtype: torch.dtype) -> None:
             assert torch.equal(p, q), f"step {t}, parameter {i} {tuple(p.shape)}: max diff {(p - q).abs().max()}"
 
 
+def test_two_param_groups_equal_kron_torch() -> None:
+    """Per-group settings (the update decision and its probability are the first group's in both)."""
+    ps, qs = make(torch.float32)
+    opt = tz.Modular(
+        [{"params": ps[:2], "beta": 0.8, "weight_decay": 0.1}, {"params": ps[2:], "memory_save_mode": "one_diag"}],
+        tz.m.PSGDKron(preconditioner_update_probability=0.5),
+        tz.m.LR(0.01),
+    )
+    ref = kron_torch.Kron(
+        [{"params": qs[:2], "b1": 0.8, "weight_decay": 0.1}, {"params": qs[2:], "memory_save_mode": "one_diag"}],
+        lr=0.01,
+        preconditioner_update_probability=0.5,
+    )
+    for t in range(8):
+        set_grads(t, ps, qs)
+        torch.manual_seed(t)
+        quiet_step(ref)
+        torch.manual_seed(t)
+        opt.step()
+        for p, q in zip(ps, qs, strict=True):
+            assert torch.equal(p, q)
+
+
 def test_scalar_parameter_is_a_one_element_vector() -> None:
     """kron_torch fails on 0-dim parameters; the rule treats them as 1-element vectors."""
     (p,), (q,) = make(torch.float32, ((),))

@@ -189,7 +189,8 @@ class PSGDKron(Transform):
     larger than ``max_size_triangular``, for tensors of fewer than ``min_ndim_triangular`` dimensions (so 1-D
     parameters are diagonal by default) or as ``memory_save_mode`` asks.  On update steps, with
     :math:`v \sim \mathcal N(0, I)` and :math:`h = \hat m_t + \sqrt{\epsilon_{32}}\,\mathrm{mean}|\hat m_t|\, v`
-    (:math:`h` replaces :math:`\hat m_t` in the step below),
+    (:math:`h` replaces :math:`\hat m_t` in the step below; :math:`g_t` replaces both in :math:`h` without
+    ``momentum_into_precond_update``),
     :math:`A = Q h` and :math:`B = Q^{-T} v` (per dimension), each factor moves by
 
     .. math::
@@ -240,6 +241,10 @@ class PSGDKron(Transform):
     Example::
 
         opt = tz.Modular(model.parameters(), tz.m.PSGDKron(), tz.m.LR(3e-4))  # == kron_torch.Kron(lr=3e-4)
+
+    The equality is with kron_torch's helpers run eagerly (it wraps them in ``torch.compile``, whose fused
+    kernels round differently and draw from another generator).  A 0-dim parameter, which kron_torch cannot
+    step, is a 1-element vector here.
 
     Reference: Li, "Preconditioned Stochastic Gradient Descent", IEEE TNNLS 2018 (arXiv:1512.04202); Li,
     "Black box Lie group preconditioners for SGD", 2022; https://github.com/evanatyourservice/kron_torch
