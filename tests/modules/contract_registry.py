@@ -312,6 +312,12 @@ REGISTRY: list[Entry] = [
     E("SOAP", lambda: [m.SOAP(merge_dims=True, max_precondition_dim=4, normalize_gradient=True), m.LR(0.05)],
       ({"precondition_frequency": 1}, {"shampoo_beta": 0.5, "correct_bias": False}), separable=True,
       complex="raises:real parameters only", variant="options"),
+    # ------------------------------------------------------------------ issue 13: PSGDKron
+    # not separable: one update decision per step, noise seeded by the tensor's index; seed=0 (torch's global
+    # generator otherwise differs between the compared runs); a float probability keeps the decision off tensors
+    E("PSGDKron", lambda: [m.PSGDKron(preconditioner_update_probability=0.5, seed=0), m.LR(0.05)],
+      ({"beta": 0.9}, {"beta": 0.8, "weight_decay": 0.1, "memory_save_mode": "all_diag"}),
+      complex="raises:real parameters only"),
 ]  # fmt: skip
 
 

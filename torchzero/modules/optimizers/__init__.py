@@ -19,6 +19,7 @@ from .muon import Muon
 from .nadam import NAdam
 from .orthogonalize import Orthogonalize
 from .prodigy import Prodigy
+from .psgd_kron import PSGDKron
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
@@ -30,5 +31,5 @@ from .soap import SOAP
 __all__ = [
     "ADOPT", "ASGD", "LARS", "MARS", "SGD", "SOAP", "AdEMAMix", "Adadelta", "Adafactor", "Adagrad", "Adam", "Adamax",
     "DAdaptAdam", "HeavyBall", "Lamb", "Lion", "Lookahead", "Muon", "NAdam", "NesterovMomentum", "Orthogonalize",
-    "Prodigy", "RAdam", "RMSprop", "Rprop", "ScheduleFreeAdamW", "ScheduleFreeSGD", "Shampoo",
+    "PSGDKron", "Prodigy", "RAdam", "RMSprop", "Rprop", "ScheduleFreeAdamW", "ScheduleFreeSGD", "Shampoo",
 ]  # fmt: skip
