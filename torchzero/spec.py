@@ -27,6 +27,7 @@ import ast
 import difflib
 import inspect
 import math
+import re
 from typing import Any
 
 from . import modules as m
@@ -94,7 +95,8 @@ def from_spec(spec: str) -> list[Module]:
     try:
         tree = ast.parse(f"(\n{spec}\n)", mode="eval")
     except SyntaxError as e:
-        raise SpecError(f"this is not a chain spec: {e.msg}", spec, _syntax_position(spec, e)) from None
+        message = re.sub(r" on line \d+", "", e.msg)  # the lines of the parsed text, not of the spec
+        raise SpecError(f"this is not a chain spec: {message}", spec, _syntax_position(spec, e)) from None
     except (ValueError, RecursionError, MemoryError) as e:  # a null byte; nesting too deep for the parser
         raise SpecError(f"this is not a chain spec: {e}", spec, 0) from None
     body = tree.body
@@ -121,9 +123,31 @@ def _syntax_position(spec: str, e: SyntaxError) -> int:
     line = (e.lineno or 2) - 2
     if line < 0:  # the parenthesis around the spec was left open: one in the spec was not closed
         return len(spec.rstrip())
-    if line >= len(lines):
-        return len(spec)
+    if line >= len(lines):  # the parenthesis around the spec was closed early: the spec has an extra ')'
+        return _extra_closing(spec)
     return sum(len(x) + 1 for x in lines[:line]) + min(max((e.offset or 1) - 1, 0), len(lines[line]))
+
+
+def _extra_closing(spec: str) -> int:
+    """The position of the first bracket in ``spec`` that closes more than it opened (strings skipped)."""
+    depth, quote, i = 0, "", 0
+    while i < len(spec):
+        c = spec[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = ""
+        elif c in "'\"":
+            quote = c
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            if depth < 0:
+                return i
+        i += 1
+    return len(spec)
 
 
 def _build(node: ast.expr, spec: str, names: dict[str, type[Module]]) -> Module:
