@@ -52,6 +52,16 @@ def _chain_list(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _chain_spec(text: str) -> str:
+    from .demo.chains import spec_chain
+
+    try:
+        spec_chain(text)
+    except ValueError as e:  # SpecError, or the chain's own check (a module that must come first, ...)
+        raise argparse.ArgumentTypeError(f"{e}") from None
+    return text
+
+
 def _plot_path(text: str) -> Path:
     path = Path(text)
     if path.suffix.lower() not in (".png", ".pdf", ".svg"):
@@ -97,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated chain names (default: " + ",".join(DEFAULT_CHAINS) + ")",
     )
     demo.add_argument(
+        "--chain",
+        type=_chain_spec,
+        action="append",
+        default=None,
+        metavar="SPEC",
+        help="your own chain as a spec, e.g. --chain 'adam(betas=(0.9, 0.95)), cautious, lr(1e-2)' (repeatable); "
+        "it runs instead of the default chains, or beside those named with --chains",
+    )
+    demo.add_argument(
         "--trainer", choices=list(TRAINERS), default="plain", help="training loop to run the chains in (default plain)"
     )
     demo.add_argument(
@@ -132,10 +151,19 @@ def _console() -> Any:
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .demo import resolve_chains
+    from .demo import resolve_chains, spec_chain
 
     console = _console()
-    specs = resolve_chains(args.chains)
+    texts = args.chain or []
+    # user chains replace the default chains; with --chains they run beside the named ones
+    specs = [] if texts and args.chains is None else resolve_chains(args.chains)
+    taken = {s.name for s in specs}
+    for i, text in enumerate(texts, 1):
+        name = "custom" if len(texts) == 1 else f"custom-{i}"
+        while name in taken:
+            name += "'"
+        taken.add(name)
+        specs.append(spec_chain(text, name))
     # the model is tiny: one thread is fastest, and steadier when other work shares the cores
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -46,7 +46,8 @@ Why a mixin and not the alternatives:
   ``on_train_batch_start``) and works with whatever precision and strategy the Trainer was given.
 """
 
+from .config import ChainOptimizer
 from .mixin import TorchzeroMixin, check_optimizer_config
 from .schedule_free import TrainEvalSwap
 
-__all__ = ["TorchzeroMixin", "TrainEvalSwap", "check_optimizer_config"]
+__all__ = ["ChainOptimizer", "TorchzeroMixin", "TrainEvalSwap", "check_optimizer_config"]

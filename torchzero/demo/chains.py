@@ -15,6 +15,7 @@ from torch import nn
 
 from .. import m
 from ..core import Modular
+from ..spec import from_spec
 
 
 class UnavailableChain(RuntimeError):
@@ -124,6 +125,24 @@ CHAINS: dict[str, ChainSpec] = {
 
 DEFAULT_CHAINS = ("adam", "cautious", "sgd-onecycle", "lbfgs", "fdm-adam", "muon")
 """the chains ``torchzero demo`` runs without ``--chains``"""
+
+
+def spec_chain(text: str, name: str = "custom") -> ChainSpec:
+    """A demo chain from a spec string (``torchzero demo --chain "adam, cautious, lr(1e-2)"``).
+
+    The spec is checked here, by building it once on a stand-in parameter, so that a mistake (an unknown module, a
+    wrong setting, a module that must come first) is a :class:`~torchzero.SpecError` or ``ValueError`` before any
+    training starts; every run then builds the modules anew.
+    """
+    modules = from_spec(text)
+    Modular([torch.zeros(2, 2, requires_grad=True)], *modules)
+    label = " ".join(text.split())
+
+    def build(model: nn.Module, steps: int) -> Modular:
+        return Modular(model.parameters(), *from_spec(text))
+
+    names = tuple(dict.fromkeys(type(x).__name__ for x in modules))
+    return ChainSpec(name, label, names, build, "your chain (--chain)")
 
 
 def resolve_chains(names: Sequence[str] | None) -> list[ChainSpec]:
