@@ -10,6 +10,7 @@ Also reported: bytes allocated by out-of-place ops during one step, in units of 
     python benchmarks/step_time.py --device cuda --threads 1
     python benchmarks/step_time.py --upstream /tmp/upstream_site   # also the upstream torchzero release
     python benchmarks/step_time.py --compiled           # also torch.compile(opt.step) rows (Inductor)
+    python benchmarks/step_time.py --modern --threads 1  # the newer modules beside their reference optimizers
 
 For ``--upstream``, install the release into its own folder first (it has the same import name):
 ``pip install --target /tmp/upstream_site torchzero==0.4.4 scipy numpy``.  It runs in a child process beside
@@ -120,6 +121,68 @@ def _chains(compiled: bool = False) -> dict[str, Callable[[list[torch.Tensor]], 
     return chains
 
 
+def _modern_pairs() -> dict[str, tuple[str, Callable[[list[torch.Tensor]], Any], Callable[[list[torch.Tensor]], Any]]]:
+    """``module: (reference name, make reference, make tz chain)``, set up as the parity tests set them up.
+
+    The reference packages are optional: a pair whose package is missing is left out with a note.
+    """
+    pairs: dict[str, tuple[str, Callable[[list[torch.Tensor]], Any], Callable[[list[torch.Tensor]], Any]]] = {
+        "ASGD": ("torch.optim.ASGD", lambda p: torch.optim.ASGD(p, lr=1e-2),
+                 lambda p: tz.Modular(p, tz.m.ASGD(), tz.m.LR(1e-2))),
+        "Adafactor": ("torch.optim.Adafactor", lambda p: torch.optim.Adafactor(p, lr=1e-2),
+                      lambda p: tz.Modular(p, tz.m.Adafactor(), tz.m.LR(1e-2))),
+    }  # fmt: skip
+    try:
+        import pytorch_optimizer as po
+    except ImportError:
+        print("  skip Lamb, LARS, ADOPT, AdEMAMix, MARS: pytorch_optimizer is not installed", file=sys.stderr)
+    else:
+        pairs.update({
+            "Lamb": ("pytorch_optimizer.Lamb", lambda p: po.Lamb(p, lr=1e-2),
+                     lambda p: tz.Modular(p, tz.m.Lamb(), tz.m.LR(1e-2))),
+            "LARS": ("pytorch_optimizer.LARS", lambda p: po.LARS(p, lr=0.1),
+                     lambda p: tz.Modular(p, tz.m.LARS(), tz.m.LR(0.1))),
+            "ADOPT": ("pytorch_optimizer.ADOPT", lambda p: po.ADOPT(p, lr=1e-2),
+                      lambda p: tz.Modular(p, tz.m.ADOPT(), tz.m.LR(1e-2))),
+            "AdEMAMix": ("pytorch_optimizer.AdEMAMix", lambda p: po.AdEMAMix(p, lr=1e-2),
+                         lambda p: tz.Modular(p, tz.m.AdEMAMix(), tz.m.LR(1e-2))),
+            "MARS": ("pytorch_optimizer.MARS", lambda p: po.MARS(p, lr=1e-2, optimize_1d=True),
+                     lambda p: tz.Modular(p, tz.m.MARS(), tz.m.LR(1e-2))),
+        })  # fmt: skip
+    try:
+        import schedulefree
+    except ImportError:
+        print("  skip ScheduleFreeAdamW: schedulefree is not installed", file=sys.stderr)
+    else:
+        # the reference refuses to step until it is put in training mode
+        pairs["ScheduleFreeAdamW"] = (
+            "schedulefree.AdamWScheduleFree", lambda p: _train_mode(schedulefree.AdamWScheduleFree(p, lr=2.5e-3)),
+            lambda p: tz.Modular(p, tz.m.ScheduleFreeAdamW(), tz.m.LR(2.5e-3)),
+        )  # fmt: skip
+    try:
+        import prodigyopt
+    except ImportError:
+        print("  skip Prodigy: prodigyopt is not installed", file=sys.stderr)
+    else:
+        pairs["Prodigy"] = ("prodigyopt.Prodigy", prodigyopt.Prodigy, lambda p: tz.Modular(p, tz.m.Prodigy()))
+    try:
+        import dadaptation
+    except ImportError:
+        print("  skip DAdaptAdam: dadaptation is not installed", file=sys.stderr)
+    else:
+        pairs["DAdaptAdam"] = (
+            "dadaptation.DAdaptAdam",
+            dadaptation.DAdaptAdam,
+            lambda p: tz.Modular(p, tz.m.DAdaptAdam()),
+        )
+    return pairs
+
+
+def _train_mode(opt: Any) -> Any:
+    opt.train()
+    return opt
+
+
 # ----------------------------------------------------------------------------- measurement
 
 
@@ -151,6 +214,27 @@ def _make(shapes: list[torch.Size], device: str) -> list[torch.Tensor]:
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def state_bytes(opt: Any) -> int:
+    """Bytes of the tensors in ``opt.state`` (nested dicts and lists included), each storage counted once."""
+    opt = opt.opt if isinstance(opt, _Compiled) else opt
+    seen: dict[int, int] = {}
+
+    def visit(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            storage = x.untyped_storage()
+            seen[storage.data_ptr() or id(storage)] = storage.nbytes()
+        elif isinstance(x, dict):
+            for v in x.values():
+                visit(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                visit(v)
+
+    for v in opt.state.values():
+        visit(v)
+    return sum(seen.values())
 
 
 def bench(workload: str, steps: int, device: str, chains: dict) -> list[dict]:
@@ -185,6 +269,7 @@ def bench(workload: str, steps: int, device: str, chains: dict) -> list[dict]:
             "optimizer": name,
             "median_ms": 1e3 * statistics.median(times[name]),
             "alloc_x_params": float("nan") if isinstance(opt, _Compiled) else counter.bytes / param_bytes,
+            "state_bytes_per_param": state_bytes(opt) / (param_bytes // 4),
         }
         if device.startswith("cuda"):
             gc.collect()
@@ -201,7 +286,36 @@ def bench(workload: str, steps: int, device: str, chains: dict) -> list[dict]:
     return rows
 
 
-def render(rows: list[dict], title: str) -> None:
+def bench_modern(workload: str, steps: int, device: str) -> list[dict]:
+    """Each newer module's chain beside its reference optimizer: the two take turns step by step (:func:`bench`),
+    one pair at a time so that only two copies of the workload live at once."""
+    rows = []
+    for module, (ref_name, make_ref, make_tz) in _modern_pairs().items():
+        got = {r["optimizer"]: r for r in bench(workload, steps, device, {"ref": make_ref, "tz": make_tz})}
+        if set(got) != {"ref", "tz"}:
+            continue  # bench said why on stderr
+        ref, ours = got["ref"], got["tz"]
+        rows.append({
+            "workload": workload, "module": module, "reference": ref_name,
+            "ref_ms": ref["median_ms"], "tz_ms": ours["median_ms"], "tz_over_ref": ours["median_ms"] / ref["median_ms"],
+            "ref_state_B_per_param": ref["state_bytes_per_param"], "tz_state_B_per_param": ours["state_bytes_per_param"],
+            "ref_alloc_x_params": ref["alloc_x_params"], "tz_alloc_x_params": ours["alloc_x_params"],
+        })  # fmt: skip
+    return rows
+
+
+MODERN_COLUMNS = {
+    "workload": "workload", "module": "module", "reference": "reference", "ref_ms": "ref ms", "tz_ms": "tz ms",
+    "tz_over_ref": "tz/ref", "ref_state_B_per_param": "ref state B/param", "tz_state_B_per_param": "tz state B/param",
+    "ref_alloc_x_params": "ref alloc", "tz_alloc_x_params": "tz alloc",
+}  # fmt: skip
+"""the modern table's columns (row keys) and their headers"""
+DEFAULT_COLUMNS = {
+    c: c for c in ("workload", "optimizer", "median_ms", "vs_adam_foreach", "alloc_x_params", "state_bytes_per_param")
+}
+
+
+def render(rows: list[dict], title: str, columns: dict[str, str] = DEFAULT_COLUMNS) -> None:
     try:
         from rich.console import Console
         from rich.table import Table
@@ -211,11 +325,14 @@ def render(rows: list[dict], title: str) -> None:
             print(r)
         return
     table = Table(title=title)
-    cols = ["workload", "optimizer", "median_ms", "vs_adam_foreach", "alloc_x_params"]
+    headers = dict(columns)
     if any("peak_extra_x_params" in r for r in rows):
-        cols.append("peak_extra_x_params")
+        headers["peak_extra_x_params"] = "peak_extra_x_params"
+    cols = list(headers)
     for c in cols:
-        table.add_column(c, justify="left" if c in ("workload", "optimizer") else "right")
+        table.add_column(
+            headers[c], justify="left" if c in ("workload", "optimizer", "module", "reference") else "right"
+        )
     for r in rows:
         table.add_row(*[f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols])
     Console(width=160).print(table)
@@ -230,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="few steps, small workloads only (smoke test)")
     ap.add_argument("--json", type=Path, help="also write the rows to this file")
     ap.add_argument("--compiled", action="store_true", help="add torch.compile(opt.step) rows (slow to start)")
+    ap.add_argument(
+        "--modern",
+        action="store_true",
+        help="time the newer modules (ASGD, Adafactor, Lamb, LARS, ADOPT, AdEMAMix, MARS, ScheduleFreeAdamW, Prodigy, "
+        "DAdaptAdam) beside their reference optimizers instead of the default chains",
+    )
     ap.add_argument("--upstream", type=Path, help="folder with the upstream torchzero release installed (--target)")
     ap.add_argument("--impl", choices=["ours", "upstream"], default="ours", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -240,6 +363,17 @@ def main(argv: list[str] | None = None) -> int:
     for threads in args.threads:
         torch.set_num_threads(threads)
         rows = []
+        if args.modern:
+            for w in args.workloads:
+                rows += bench_modern(w, args.steps, args.device)
+            for r in rows:
+                r["threads"] = threads
+            render(
+                rows, f"newer modules against their references, {args.device}, {threads} thread(s), median of "
+                f"{args.steps} steps (state: bytes of opt.state per parameter)", MODERN_COLUMNS,
+            )  # fmt: skip
+            all_rows += rows
+            continue
         for w in args.workloads:
             rows += bench(w, args.steps, args.device, _chains(args.compiled))
             if args.upstream is not None:

@@ -76,7 +76,7 @@ def _plot_path(text: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .demo.chains import CHAINS, DEFAULT_CHAINS
+    from .demo.chains import CHAINS, DEFAULT_CHAINS, SUITES
     from .demo.runner import TRAINERS
 
     parser = argparse.ArgumentParser(
@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an MLP on a two-spirals task (made on the fly) with several optimizer chains, "
         "then compare final loss, accuracy, steps, closure evaluations and wall time.",
         epilog="chains (* = run by default): "
-        + "; ".join(f"{s.name}{'*' if s.name in DEFAULT_CHAINS else ''} = {s.label}" for s in CHAINS.values()),
+        + "; ".join(f"{s.name}{'*' if s.name in DEFAULT_CHAINS else ''} = {s.label}" for s in CHAINS.values())
+        + ". suites: "
+        + "; ".join(f"{name} = {','.join(chains)}" for name, chains in SUITES.items()),
     )
     demo.add_argument(
         "--steps",
@@ -100,11 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"optimizer steps per chain (default {DEFAULT_STEPS})",
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the initial weights (default 0)")
-    demo.add_argument(
+    pick = demo.add_mutually_exclusive_group()
+    pick.add_argument(
         "--chains",
         type=_chain_list,
         default=None,
-        help="comma-separated chain names (default: " + ",".join(DEFAULT_CHAINS) + ")",
+        help="comma-separated chain names (default: the suite's chains)",
+    )
+    pick.add_argument(
+        "--suite",
+        choices=list(SUITES),
+        default="default",
+        help="a named set of chains: default ("
+        + ",".join(DEFAULT_CHAINS)
+        + ") or modern ("
+        + ",".join(SUITES["modern"])
+        + ")",
     )
     demo.add_argument(
         "--chain",
@@ -156,7 +169,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console = _console()
     texts = args.chain or []
     # user chains replace the default chains; with --chains they run beside the named ones
-    specs = [] if texts and args.chains is None else resolve_chains(args.chains)
+    specs = [] if texts and args.chains is None else resolve_chains(args.chains, args.suite)
     taken = {s.name for s in specs}
     for i, text in enumerate(texts, 1):
         name = "custom" if len(texts) == 1 else f"custom-{i}"
@@ -218,7 +231,8 @@ def _demo(args: argparse.Namespace, console: Any, specs: list[Any]) -> int:
             if r.status != "ok":
                 progress.update(tasks[r.chain], loss=f"[yellow]{r.status}[/yellow]")
 
-    table = Table(title=f"{args.steps} steps per chain, trainer {args.trainer}")
+    suite = "" if args.chains is not None or args.suite == "default" else f", suite {args.suite}"
+    table = Table(title=f"{args.steps} steps per chain, trainer {args.trainer}{suite}")
     for name, justify in (
         ("chain", "left"), ("final loss", "right"), ("train acc", "right"),
         ("test acc", "right"), ("steps", "right"), ("closure evals", "right"), ("wall time", "right"),

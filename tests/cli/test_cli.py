@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 import torchzero as tz
 from torchzero import cli
-from torchzero.demo import CHAINS, ChainSpec, make_model, make_task, run_chain, run_side_by_side
-from torchzero.demo.chains import DEFAULT_CHAINS
+from torchzero.demo import CHAINS, ChainSpec, make_model, make_task, resolve_chains, run_chain, run_side_by_side
+from torchzero.demo.chains import DEFAULT_CHAINS, MODERN_CHAINS
+from torchzero.demo.runner import RunResult, evaluate
 
 
 @pytest.fixture(autouse=True)
@@ -59,11 +60,55 @@ def test_every_chain_trains():
         result = run_chain(spec, task, steps=3)
         assert result.status == "ok", f"{name}: {result.status} {result.message}"
         assert result.steps == 3 and result.closure_calls >= 3, (name, result.steps, result.closure_calls)
+        # schedule-free is evaluated at its average x, which lags the training point y in the first steps
+        last = result.losses[-1] if name == "sf-adamw" else result.final_loss
         if name != "fdm-adam":  # a random-direction estimate need not descend within 3 steps
-            assert result.final_loss < result.losses[0], (
-                f"{name}: loss went from {result.losses[0]} to {result.final_loss}"
-            )
+            assert last < result.losses[0], f"{name}: loss went from {result.losses[0]} to {last}"
         assert math.isfinite(result.final_loss), name
+
+
+def test_demo_modern_suite(capsys):
+    code, out, _ = run(capsys, "demo", "--suite", "modern", "--steps", "3", "--samples", "32")
+    assert code == 0
+    assert "suite modern" in out
+    for name in MODERN_CHAINS:
+        assert f"│ {name} " in out, f"no row for {name} in:\n{out}"
+    for name in set(DEFAULT_CHAINS) - set(MODERN_CHAINS):
+        assert f"│ {name} " not in out, f"{name} is not in the modern suite"
+
+
+def test_modern_suite_trains_and_repeats_with_the_same_seed():
+    task = make_task(64, 32, seed=0)
+    specs = resolve_chains(None, "modern")
+    assert [s.name for s in specs] == list(MODERN_CHAINS)
+    a, b, c = (run_side_by_side(specs, task, steps=4, seed=s) for s in (0, 0, 1))
+    for ra, rb, rc in zip(a, b, c, strict=True):
+        assert ra.status == rb.status == rc.status == "ok", (ra.chain, ra.message, rc.message)
+        assert ra.steps == 4 and ra.closure_calls == 4 and math.isfinite(ra.final_loss), ra
+        assert ra.losses == rb.losses and (ra.final_loss, ra.test_acc) == (rb.final_loss, rb.test_acc), ra.chain
+        assert ra.losses != rc.losses, f"{ra.chain}: another seed should give another run"
+
+
+def test_schedule_free_chain_is_evaluated_at_its_averaged_weights():
+    task = make_task(64, 32, seed=0)
+    model = make_model(seed=0)
+    opt = CHAINS["sf-adamw"].build(model, 10)
+    for _ in range(10):
+        opt.zero_grad()
+        F.cross_entropy(model(task.x_train), task.y_train).backward()
+        opt.step()
+    y = [p.detach().clone() for p in model.parameters()]
+    result = RunResult("sf-adamw", "")
+    evaluate(model, task, result, opt)
+    for p, before in zip(model.parameters(), y, strict=True):
+        torch.testing.assert_close(p.detach(), before)  # opt.train() put y back (up to rounding)
+    opt.eval()
+    with torch.no_grad():
+        at_x = float(F.cross_entropy(model(task.x_train), task.y_train))
+    opt.train()
+    with torch.no_grad():
+        at_y = float(F.cross_entropy(model(task.x_train), task.y_train))
+    assert result.final_loss == at_x != at_y
 
 
 def test_fdm_chain_trains_without_any_backward_pass(monkeypatch):
@@ -130,6 +175,8 @@ def test_demo_plot_writes_a_png(capsys, tmp_path):
         (["demo", "--plot", "losses.txt"], ".png, .pdf or .svg"),
         (["demo", "--plot", "/no/such/folder/x.png"], "does not exist"),
         (["demoo"], "invalid choice: 'demoo'"),
+        (["demo", "--suite", "newest"], "invalid choice: 'newest'"),
+        (["demo", "--suite", "modern", "--chains", "adam"], "not allowed with argument"),
     ],
 )
 def test_bad_flags_say_what_is_wrong(capsys, argv, message):
@@ -301,6 +348,42 @@ def test_bench_runs_the_real_benchmark_quickly(capfd, which):
     assert cli.main(["bench", *which, "--", "--quick"]) == 0
     out = capfd.readouterr().out
     assert ("torch Adam foreach" in out) if not which else ("LBFGS" in out), out[-2000:]
+
+
+def _step_time_module():
+    import importlib.util
+
+    path = cli.find_benchmark()
+    assert path is not None
+    spec = importlib.util.spec_from_file_location("_step_time_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_modern_rows():
+    # the --modern rows on the smallest workload, two timed steps: each module beside its reference
+    step_time = _step_time_module()
+    rows = step_time.bench_modern("300 one-element", 2, "cpu")
+    modules = {r["module"] for r in rows}
+    assert {"ASGD", "Adafactor"} <= modules, modules  # references in torch itself
+    expected = set(step_time._modern_pairs())
+    assert modules == expected, f"missing rows: {expected - modules}"
+    for r in rows:
+        assert math.isfinite(r["tz_over_ref"]) and r["tz_over_ref"] > 0, r
+        assert r["tz_state_B_per_param"] > 0 and r["ref_state_B_per_param"] > 0, r
+    params = step_time._make([torch.Size([3, 4])], "cpu")
+    opt = torch.optim.Adam(params, lr=1e-3, foreach=True)
+    opt.step()  # exp_avg, exp_avg_sq (4 bytes per element each) and a 0-dim float32 step
+    assert step_time.state_bytes(opt) == 2 * 12 * 4 + 4
+
+
+@pytest.mark.slow
+def test_bench_modern_quick_through_the_cli(capfd):
+    assert cli.main(["bench", "--", "--modern", "--quick"]) == 0
+    out = capfd.readouterr().out
+    assert "newer modules against their references" in out and "DAdaptAdam" in out, out[-2000:]
 
 
 def test_python_dash_m_torchzero():

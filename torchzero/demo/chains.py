@@ -89,6 +89,30 @@ def _bfgs(model: nn.Module, steps: int) -> Modular:
     return Modular(model.parameters(), m.BFGS(), m.StrongWolfe())
 
 
+def _is_matrix(p: torch.Tensor) -> bool:
+    return p.ndim >= 2
+
+
+def _muon_adam(model: nn.Module, steps: int) -> Modular:
+    return Modular(
+        model.parameters(),
+        m.Split(_is_matrix, true=[m.Muon(), m.LR(5e-2)], false=[m.Adam(), m.LR(1e-2)]),
+    )
+
+
+def _sf_adamw(model: nn.Module, steps: int) -> Modular:
+    # evaluate with opt.eval() (the averaged point x) and go back with opt.train(); the runner does both
+    return Modular(model.parameters(), m.ScheduleFreeAdamW(warmup_steps=max(1, steps // 20)), m.LR(5e-2))
+
+
+def _prodigy(model: nn.Module, steps: int) -> Modular:
+    return Modular(model.parameters(), m.Prodigy())
+
+
+def _soap(model: nn.Module, steps: int) -> Modular:
+    return Modular(model.parameters(), m.SOAP(), m.LR(1e-2))
+
+
 CHAINS: dict[str, ChainSpec] = {
     spec.name: spec
     for spec in (
@@ -119,12 +143,26 @@ CHAINS: dict[str, ChainSpec] = {
             "bfgs", "BFGS, StrongWolfe", ("BFGS", "StrongWolfe"), _bfgs,
             "dense quasi-Newton: fine for this small model",
         ),
+        # the modern suite (with adam)
+        ChainSpec(
+            "muon-adam", "Split(ndim >= 2: Muon, LR(5e-2); else: Adam, LR(1e-2))", ("Split", "Muon", "Adam", "LR"),
+            _muon_adam, "Muon on the weight matrices, Adam on the biases",
+        ),
+        ChainSpec(
+            "sf-adamw", "ScheduleFreeAdamW(warmup 5%), LR(5e-2)", ("ScheduleFreeAdamW", "LR"), _sf_adamw,
+            "no lr schedule; evaluated at the averaged weights, via opt.eval()",
+        ),
+        ChainSpec("prodigy", "Prodigy", ("Prodigy",), _prodigy, "learns its own step size (no lr to tune)"),
+        ChainSpec("soap", "SOAP, LR(1e-2)", ("SOAP", "LR"), _soap, "Adam in Shampoo's eigenbasis"),
     )
 }  # fmt: skip
 """every chain the demo knows, by command-line name"""
 
 DEFAULT_CHAINS = ("adam", "cautious", "sgd-onecycle", "lbfgs", "fdm-adam", "muon")
 """the chains ``torchzero demo`` runs without ``--chains``"""
+
+MODERN_CHAINS = ("adam", "muon-adam", "sf-adamw", "prodigy", "soap")
+"""``torchzero demo --suite modern``: Adam beside newer optimizers"""
 
 
 def spec_chain(text: str, name: str = "custom") -> ChainSpec:
@@ -145,10 +183,17 @@ def spec_chain(text: str, name: str = "custom") -> ChainSpec:
     return ChainSpec(name, label, names, build, "your chain (--chain)")
 
 
-def resolve_chains(names: Sequence[str] | None) -> list[ChainSpec]:
-    """The specs for ``names`` (all chains when None); unknown names raise ``ValueError`` listing the known ones."""
+SUITES: dict[str, tuple[str, ...]] = {"default": DEFAULT_CHAINS, "modern": MODERN_CHAINS}
+"""the named sets of chains, for ``--suite``"""
+
+
+def resolve_chains(names: Sequence[str] | None, suite: str = "default") -> list[ChainSpec]:
+    """The specs for ``names``, or for the chains of ``suite`` when ``names`` is None; unknown names raise
+    ``ValueError`` listing the known ones."""
     if names is None:
-        return [CHAINS[n] for n in DEFAULT_CHAINS]
+        if suite not in SUITES:
+            raise ValueError(f"unknown suite {suite!r}; choose from: {', '.join(SUITES)}")
+        return [CHAINS[n] for n in SUITES[suite]]
     unknown = [n for n in names if n not in CHAINS]
     if unknown:
         raise ValueError(f"unknown chain(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(CHAINS)}")

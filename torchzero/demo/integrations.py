@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .chains import ChainSpec, build_chain
 from .models import make_model
 
 if TYPE_CHECKING:
     from .data import Task
-    from .runner import OnStep, RunResult
+    from .runner import OnStep, RunResult, Trained
 
 
 def _need(package: str, extra: str) -> None:
@@ -36,7 +35,7 @@ def _need(package: str, extra: str) -> None:
 # ---------------------------------------------------------------------------------------------- Lightning
 def train_with_lightning(
     spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult
-) -> nn.Module:
+) -> Trained:
     _need("lightning", "lightning")
     import lightning as L
 
@@ -73,13 +72,13 @@ def train_with_lightning(
             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[Report()],
         )  # fmt: skip
         trainer.fit(module, train_dataloaders=data)
-    return module.model
+    return module.model, trainer.optimizers[0]
 
 
 # ---------------------------------------------------------------------------------------------- Accelerate
 def train_with_accelerate(
     spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult
-) -> nn.Module:
+) -> Trained:
     _need("accelerate", "accelerate")
     from accelerate import Accelerator
 
@@ -98,7 +97,7 @@ def train_with_accelerate(
         assert closure.loss is not None
         result.losses.append(float(closure.loss))
         on_step(i + 1, result.losses[-1])
-    return accelerator.unwrap_model(model)
+    return accelerator.unwrap_model(model), opt
 
 
 class _quiet:

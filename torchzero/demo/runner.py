@@ -25,6 +25,9 @@ from .models import make_model
 OnStep = Callable[[int, float], None]
 """``on_step(step, loss)``: called after every optimizer step (step counts from 1)"""
 
+Trained = tuple[nn.Module, Any]
+"""what a trainer returns: the model and its optimizer (for ``opt.eval()`` around the evaluation)"""
+
 
 @dataclass
 class RunResult:
@@ -45,19 +48,30 @@ class RunResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, result: RunResult) -> None:
-    """Fill in the final training loss and the train/test accuracy."""
-    logits = model(task.x_train)
-    result.final_loss = float(F.cross_entropy(logits, task.y_train))
-    result.train_acc = float((logits.argmax(1) == task.y_train).float().mean())
-    result.test_acc = float((model(task.x_test).argmax(1) == task.y_test).float().mean())
+def evaluate(model: nn.Module, task: Task, result: RunResult, opt: Any = None) -> None:
+    """Fill in the final training loss and the train/test accuracy.
+
+    With ``opt``, the parameters are moved to the optimizer's evaluation point first (``opt.eval()``: schedule-free
+    chains evaluate the averaged weights, others do not move) and back with ``opt.train()`` afterwards.
+    """
+    swap = callable(getattr(opt, "eval", None)) and callable(getattr(opt, "train", None))
+    if swap:
+        opt.eval()
+    try:
+        logits = model(task.x_train)
+        result.final_loss = float(F.cross_entropy(logits, task.y_train))
+        result.train_acc = float((logits.argmax(1) == task.y_train).float().mean())
+        result.test_acc = float((model(task.x_test).argmax(1) == task.y_test).float().mean())
+    finally:
+        if swap:
+            opt.train()
 
 
 # ---------------------------------------------------------------------------------------------- plain
 def plain_steps(
     spec: ChainSpec, task: Task, steps: int, seed: int, result: RunResult
-) -> Generator[float, None, nn.Module]:
-    """A plain PyTorch loop, ``loss = opt.step(closure)``, one step per ``next()``; returns the model."""
+) -> Generator[float, None, Trained]:
+    """A plain PyTorch loop, ``loss = opt.step(closure)``, one step per ``next()``; returns the model and opt."""
     model = make_model(task.n_features, task.n_classes, seed=seed)
     opt = build_chain(spec, model, steps)
     x, y = task.x_train, task.y_train
@@ -76,10 +90,10 @@ def plain_steps(
         assert loss is not None  # a closure was given
         result.losses.append(float(loss))
         yield result.losses[-1]
-    return model
+    return model, opt
 
 
-def train_plain(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult) -> nn.Module:
+def train_plain(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult) -> Trained:
     """A plain PyTorch loop: ``loss = opt.step(closure)``."""
     run = plain_steps(spec, task, steps, seed, result)
     while True:
@@ -91,9 +105,7 @@ def train_plain(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnS
 
 
 # ---------------------------------------------------------------------------------------------- lightning
-def train_lightning(
-    spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult
-) -> nn.Module:
+def train_lightning(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult) -> Trained:
     """Lightning's automatic optimization; the chain is returned from ``configure_optimizers``."""
     from .integrations import train_with_lightning
 
@@ -101,16 +113,14 @@ def train_lightning(
 
 
 # ---------------------------------------------------------------------------------------------- accelerate
-def train_accelerate(
-    spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult
-) -> nn.Module:
+def train_accelerate(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult) -> Trained:
     """``accelerator.prepare(model, opt)`` and torchzero_accelerate's closure helper."""
     from .integrations import train_with_accelerate
 
     return train_with_accelerate(spec, task, steps, seed, on_step, result)
 
 
-TRAINERS: dict[str, Callable[..., nn.Module]] = {
+TRAINERS: dict[str, Callable[..., Trained]] = {
     "plain": train_plain,
     "lightning": train_lightning,
     "accelerate": train_accelerate,
@@ -141,16 +151,17 @@ def run_chain(
         result.status, result.message = "unavailable", f"needs tz.m.{', tz.m.'.join(missing)}"
         return result
     start = time.perf_counter()
-    model = None
+    trained = None
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = TRAINERS[trainer](spec, task, steps, seed, on_step or (lambda i, loss: None), result)
+            trained = TRAINERS[trainer](spec, task, steps, seed, on_step or (lambda i, loss: None), result)
     except Exception as e:
         _record_failure(result, e)
     result.wall_time = time.perf_counter() - start
-    if model is not None:
-        evaluate(model, task, result)
+    if trained is not None:
+        model, opt = trained
+        evaluate(model, task, result, opt)
     return result
 
 
@@ -174,7 +185,7 @@ def run_side_by_side(
         torch.manual_seed(seed)
         seeded = torch.get_rng_state()
     results: list[RunResult] = []
-    runs: list[list[Any]] = []  # [result, step generator, rng state, trained model]
+    runs: list[list[Any]] = []  # [result, step generator, rng state, (trained model, opt)]
     for spec in specs:
         result = RunResult(spec.name, spec.label)
         results.append(result)
@@ -203,9 +214,10 @@ def run_side_by_side(
                 run[2] = torch.get_rng_state()
             if loss is not None and on_step is not None:
                 on_step(result.chain, result.steps, loss)
-    for result, _, _, model in runs:
-        if model is not None:
-            evaluate(model, task, result)
+    for result, _, _, trained in runs:
+        if trained is not None:
+            model, opt = trained
+            evaluate(model, task, result, opt)
     return results
 
 
