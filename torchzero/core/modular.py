@@ -94,7 +94,6 @@ class Modular(torch.optim.Optimizer):
         self.differentiable = differentiable
         self.reuse_evaluation = reuse_evaluation
         self.grad_as_scratch = grad_as_scratch
-        self._reusable: tuple[Any, Tensor, list[tuple[int, int | None]], list[Tensor]] | None = None
         self._leaves = _bind(root, fuse)
         self.plan = Plan(self._leaves, root)
         """what each step needs from the chain and the groups (see :mod:`torchzero.core.plan`)"""
@@ -287,7 +286,7 @@ class Modular(torch.optim.Optimizer):
             Closure(closure, self._all_params, none_ok=not needs_loss, negate=negate) if closure is not None else None
         )
         loss = None
-        reusable, self._reusable = self._reusable, None
+        reusable, self.plan.reusable = self.plan.reusable, None
         if wrapped is not None and not self.plan.creates_update:
             if reusable is not None and reusable[0] is closure and self._unchanged_since(reusable[2], reusable[3]):
                 loss = wrapped.signed(reusable[1])  # the last step ended where it evaluated the loss and gradient
@@ -321,7 +320,7 @@ class Modular(torch.optim.Optimizer):
         if ctx.final_loss is not None and ctx.params_written and self.reuse_evaluation and wrapped is not None:
             params = self._all_params()
             kept = wrapped.signed(ctx.final_loss)  # the user's loss: maximize may change before the next step
-            self._reusable = (closure, kept, self._versions(), [p.detach().clone() for p in params])
+            self.plan.reusable = (closure, kept, self._versions(), [p.detach().clone() for p in params])
         self.last_info = {"closure_calls": 0 if wrapped is None else wrapped.calls, **ctx.info}
         return ctx.loss if wrapped is None else wrapped.signed(ctx.loss)  # the closure's loss, not the chain's
 
@@ -388,7 +387,7 @@ class Modular(torch.optim.Optimizer):
             if on_load is not None:
                 on_load()
         self.plan.adopt(self.param_groups, self.plan.given)  # a new layout at the next step
-        self._reusable = None
+        self.plan.reusable = None
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__.copy()

@@ -62,6 +62,9 @@ class Plan:
         """per partitioning module, ``(group, index) -> partition`` of each parameter it places"""
         self.known_groups: list[dict[str, Any]] = []
         self._scratch: dict[tuple[Any, ...], list[Tensor]] = {}
+        self.reusable: tuple[Any, Tensor, list[tuple[int, int | None]], list[Tensor]] | None = None
+        """``Modular(reuse_evaluation=True)``: the closure, loss, version counters and parameter copy of the last
+        step's final evaluation, which the next step may reuse (only with that closure and nothing changed)"""
         self._layout_params: list[Tensor] = []
         self._layout_meta: list[tuple[torch.device, torch.dtype]] = []
         self._layouts: dict[tuple[bool, ...] | None, Layout] = {}
@@ -90,6 +93,7 @@ class Plan:
         self.known_groups = list(groups)
         self._layout_params = []  # the next step builds a new layout
         self._scratch = {}
+        self.reusable = None  # other groups, other parameters: nothing to reuse
 
     def unchanged(self, groups: Groups) -> bool:
         """True when ``groups`` are the very dicts the plan was built for."""
