@@ -52,7 +52,8 @@ class OptimizerMonitor(L.Callback):
                 logger.log_metrics(metrics, step=trainer.global_step)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self.logging_interval == "step" and trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+        every = max(int(getattr(trainer, "log_every_n_steps", 1)), 1)  # set by Trainer.__init__, not typed
+        if self.logging_interval == "step" and trainer.global_step % every == 0:
             self._log(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
