@@ -24,5 +24,6 @@ guide says why: otherwise the exit can deadlock).
 """
 
 from .closure import AcceleratedClosure, check_closure_support, step
+from .metrics import log_metrics, unwrap
 
-__all__ = ["AcceleratedClosure", "check_closure_support", "step"]
+__all__ = ["AcceleratedClosure", "check_closure_support", "log_metrics", "step", "unwrap"]

@@ -48,6 +48,7 @@ Why a mixin and not the alternatives:
 
 from .config import ChainOptimizer
 from .mixin import TorchzeroMixin, check_optimizer_config
+from .monitor import OptimizerMonitor
 from .schedule_free import TrainEvalSwap
 
-__all__ = ["ChainOptimizer", "TorchzeroMixin", "TrainEvalSwap", "check_optimizer_config"]
+__all__ = ["ChainOptimizer", "OptimizerMonitor", "TorchzeroMixin", "TrainEvalSwap", "check_optimizer_config"]

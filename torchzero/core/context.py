@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 StateInit = Callable[[Tensor], Tensor]
 
 
+def metric_label(module: Module) -> str:
+    """How a module is named in ``opt.metrics()``: its key in the chain and its class, e.g. ``"0.LBFGS"``."""
+    return f"{module.key}.{type(module).__name__}"
+
+
 class Segment:
     """A contiguous slice of the step's tensors: one device, one dtype, one set of settings.
 
@@ -111,6 +116,11 @@ class Segment:
                 entries.append([t, value])
         return value
 
+    def report(self, name: str, value: Any) -> None:
+        """Report a per-group metric (:meth:`StepContext.report`) for each param group of this segment."""
+        for group in self.groups:
+            self.ctx.report(self.module, name, value, group)
+
     def scratch(self, name: str = "scratch") -> list[Tensor]:
         """Buffers shaped like the segment's update, with undefined contents, for temporaries of this step.
 
@@ -201,7 +211,9 @@ class StepContext:
         self.final_loss: Tensor | None = None
         """set by :meth:`keep_trial_point`: the loss at the parameters the step ended on"""
         self.info: dict[str, Any] = {}
-        """free-form per-step information modules may publish (line-search step size, ...)"""
+        """free-form per-step information (legacy: prefer :meth:`report`, whose values ``opt.last_info`` also shows)"""
+        self.reports: dict[str, Any] = {}
+        """this step's metrics, ``"<group>/<module>/<name>" -> value`` (see :meth:`report`)"""
         self.deferred_global_state: list[tuple[Module, str, Any]] = []
         self.pending_scalars: dict[tuple[Module, str, str], list[list[Any]]] = {}
         """``Segment.scalar`` values of this step, stored in the modules' global state when the step ends"""
@@ -346,6 +358,18 @@ class StepContext:
             return self.update
         finally:
             self.update, self.is_last = main, last
+
+    def report(self, module: Module, name: str, value: Any, group: int | None = None) -> None:
+        """Report a named scalar of this step: ``opt.metrics()`` returns it as ``"<group>/<key>.<Class>/<name>"``.
+
+        ``value`` is a Python number or a 0-dim tensor, kept as it is (no host sync while stepping:
+        ``opt.metrics()`` reads tensors to floats only when called).  ``group`` is the index of the param
+        group the value belongs to, or None (``"all"``) for a value of the whole step.  The reports of a step
+        replace those of the previous step once the step succeeded.
+        """
+        if isinstance(value, Tensor) and value.requires_grad:  # differentiable mode: keep no graph alive
+            value = value.detach()
+        self.reports[f"{'all' if group is None else group}/{metric_label(module)}/{name}"] = value
 
     def set_global_state_at_end(self, module: Module, key: str, value: Any) -> None:
         """Set ``module.global_state[key] = value`` once the whole chain has succeeded, like the per-parameter

@@ -303,6 +303,7 @@ class Modular(torch.optim.Optimizer):
             ctx = StepContext(self, Layout([]), wrapped, loss)
             for m in self._leaves:
                 m.after_step(ctx)
+            self._finish_reports(ctx, wrapped)
             return loss if wrapped is None else wrapped.signed(loss)
 
         self.plan.check_uniform(self.param_groups, self.defaults, layout)
@@ -321,8 +322,39 @@ class Modular(torch.optim.Optimizer):
             params = self._all_params()
             kept = wrapped.signed(ctx.final_loss)  # the user's loss: maximize may change before the next step
             self.plan.reusable = (closure, kept, self._versions(), [p.detach().clone() for p in params])
-        self.last_info = {"closure_calls": 0 if wrapped is None else wrapped.calls, **ctx.info}
+        self._finish_reports(ctx, wrapped)
         return ctx.loss if wrapped is None else wrapped.signed(ctx.loss)  # the closure's loss, not the chain's
+
+    # ---------------------------------------------------------------- metrics
+    def _finish_reports(self, ctx: StepContext, wrapped: Closure | None) -> None:
+        """Keep the reports of the step that just succeeded (read by ``metrics`` and ``last_info``)."""
+        self._reports = (ctx.reports, ctx.info, 0 if wrapped is None else wrapped.calls)
+
+    @property
+    def last_info(self) -> dict[str, Any]:
+        """The last step's reports by their short name (``step_size``, ``line_search_evals``, ...) and
+        ``closure_calls``, the closure evaluations of the step; values as reported (see :meth:`metrics`)."""
+        reports, extra, calls = getattr(self, "_reports", ({}, {}, 0))
+        info: dict[str, Any] = {"closure_calls": calls}
+        for key, value in reports.items():
+            info.setdefault(key.rsplit("/", 1)[1], value)
+        return {**info, **extra}
+
+    def metrics(self, sync: bool = True) -> dict[str, Any]:
+        """The named scalars the modules reported about the last step, keyed ``"<group>/<module>/<name>"``.
+
+        ``<group>`` is a param group's index for a per-group value, else ``all``; ``<module>`` is the module's
+        key in the chain and its class (``0.LBFGS``, ``1.0.Adam`` inside a nested chain); the optimizer itself
+        reports ``all/Modular/closure_calls``.  With ``sync=True`` every value is a Python float (tensors are
+        read here, one host sync each); ``sync=False`` returns the reported tensors and numbers unchanged,
+        without a sync.  Empty before the first step.
+        """
+        if not hasattr(self, "_reports"):
+            return {}
+        reports = {**self._reports[0], "all/Modular/closure_calls": self._reports[2]}
+        if not sync:
+            return reports
+        return {k: float(v.item()) if isinstance(v, Tensor) else float(v) for k, v in reports.items()}
 
     # ---------------------------------------------------------------- train / eval
     def train(self, mode: bool = True) -> Modular:

@@ -69,7 +69,7 @@ class LineSearch(Module):
     ``ArmijoTrials``) leave no gradient to reuse and gain nothing.  It is off by default because a closure
     that reads the next minibatch through a variable is the same object at every step.
 
-    Subclasses implement :meth:`search`.  They publish the step size as ``opt.last_info["step_size"]``
+    Subclasses implement :meth:`search`.  They report the step size (``opt.metrics()`` and ``opt.last_info["step_size"]``)
     and keep the last accepted one in ``global_state["step_size"]`` (saved in ``state_dict``).
 
     Example (a search that tries 1, then 0.1, and keeps the better)::
@@ -119,8 +119,9 @@ class LineSearch(Module):
             else:
                 ops.mul_(direction[a:b], t)
         ctx.update = direction
-        ctx.info["step_size"] = t
-        ctx.info["line_search_evals"] = line.evals
+        ctx.report(self, "step_size", t)
+        ctx.report(self, "line_search_evals", line.evals)
+        ctx.report(self, "accepted", float(t != 0.0))
 
     def search(self, line: Line, loss0: float, slope0: float, settings: dict[str, Any]) -> float:
         """Return the accepted step size (0.0 for no step) using ``line(t)`` evaluations."""

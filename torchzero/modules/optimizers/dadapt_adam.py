@@ -116,6 +116,8 @@ class DAdaptAdam(Module):
         d = scalars["d"]
         device = d.device
         dlr = d * D.as_scalar(s["lr"], d) * bias_correction
+        ctx.report(self, "d", d)
+        ctx.report(self, "d_lr", dlr)  # this step's d * lr (times the bias correction, if used)
 
         # pass 1: the numerator with the previous s and v, then the moments and s, over every segment
         acc = d.new_zeros(())

@@ -120,6 +120,8 @@ class Prodigy(Module):
         d, d_max = scalars["d"], scalars["d_max"]
         device = d.device
         dlr = d * D.as_scalar(s["lr"], d) * bias_correction
+        ctx.report(self, "d", d)
+        ctx.report(self, "d_lr", dlr)  # this step's d * lr (times the bias correction, if used)
         ratio = d / d0
         s_coef = ratio * (d if s["safeguard_warmup"] else dlr)
 

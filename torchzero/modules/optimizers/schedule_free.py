@@ -75,6 +75,7 @@ class _ScheduleFree(Transform):
         # the weights take a running max and a ratio of Python numbers: a tensor lr is read on the host here
         base = float(seg.scale) if isinstance(seg.scale, torch.Tensor) else seg.scale
         lr = base * (t / warmup if t - 1 < warmup else 1.0)
+        seg.report("lr", lr)  # with warmup
         lr_max = seg.scalar("lr_max", lambda previous: max(lr, previous), -1.0)
         weight = (t ** s["r"]) * lr_max ** s["weight_lr_power"]
         weight_sum = seg.scalar("weight_sum", lambda previous: previous + weight, 0.0)

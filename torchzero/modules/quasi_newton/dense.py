@@ -31,7 +31,10 @@ class DenseQuasiNewton(Module):
     def __init__(self, defaults: dict[str, Any]) -> None:
         super().__init__(defaults)
 
-    def update_inverse(self, h: Tensor, s: Tensor, y: Tensor, first: bool, settings: dict[str, Any]) -> Tensor:
+    def update_inverse(
+        self, h: Tensor, s: Tensor, y: Tensor, first: bool, settings: dict[str, Any]
+    ) -> tuple[Tensor, Tensor]:
+        """The new inverse Hessian and whether the pair was kept (a bool 0-dim tensor: no host sync)."""
         raise NotImplementedError
 
     def direction(self, h: Tensor, g: Tensor, settings: dict[str, Any]) -> Tensor:
@@ -92,7 +95,11 @@ class DenseQuasiNewton(Module):
         if step == 1:  # fresh, or after reset(): the matrix may hold an earlier run's estimate
             h.copy_(torch.eye(n, dtype=h.dtype, device=h.device))
         else:
-            h.copy_(self.update_inverse(h, x - prev_x, g - prev_g, step == 2, settings))
+            new, accept = self.update_inverse(h, x - prev_x, g - prev_g, step == 2, settings)
+            h.copy_(new)
+            kept = accept.to(h.dtype)
+            ctx.report(self, "pairs_kept", kept)
+            ctx.report(self, "pairs_skipped", 1 - kept)
         if step == 1 and settings["scale_first"]:
             u = g * torch.clamp(1.0 / g.abs().sum(), max=1.0)
         else:
@@ -138,7 +145,9 @@ class BFGS(DenseQuasiNewton):
     def __init__(self, tol_curvature: float = 1e-10, scale_init: bool = True, scale_first: bool = True) -> None:
         super().__init__({"tol_curvature": tol_curvature, "scale_init": scale_init, "scale_first": scale_first})
 
-    def update_inverse(self, h: Tensor, s: Tensor, y: Tensor, first: bool, settings: dict[str, Any]) -> Tensor:
+    def update_inverse(
+        self, h: Tensor, s: Tensor, y: Tensor, first: bool, settings: dict[str, Any]
+    ) -> tuple[Tensor, Tensor]:
         ys = y @ s
         accept = ys > settings["tol_curvature"]
         if first and settings["scale_init"]:
@@ -147,7 +156,7 @@ class BFGS(DenseQuasiNewton):
         hy = h @ y
         # (I - rho s y')H(I - rho y s') + rho s s', expanded
         new = h + (rho * rho * (y @ hy) + rho) * torch.outer(s, s) - rho * (torch.outer(hy, s) + torch.outer(s, hy))
-        return torch.where(accept, new, h)
+        return torch.where(accept, new, h), accept
 
 
 class SR1(DenseQuasiNewton):
@@ -176,12 +185,14 @@ class SR1(DenseQuasiNewton):
     def __init__(self, r: float = 1e-8, scale_first: bool = True) -> None:
         super().__init__({"r": r, "scale_first": scale_first})
 
-    def update_inverse(self, h: Tensor, s: Tensor, y: Tensor, first: bool, settings: dict[str, Any]) -> Tensor:
+    def update_inverse(
+        self, h: Tensor, s: Tensor, y: Tensor, first: bool, settings: dict[str, Any]
+    ) -> tuple[Tensor, Tensor]:
         v = s - h @ y
         vy = v @ y
         accept = vy.abs() > settings["r"] * torch.linalg.vector_norm(v) * torch.linalg.vector_norm(y)
         safe = torch.where(accept, vy, torch.ones_like(vy))
-        return torch.where(accept, h + torch.outer(v, v) / safe, h)
+        return torch.where(accept, h + torch.outer(v, v) / safe, h), accept
 
     def direction(self, h: Tensor, g: Tensor, settings: dict[str, Any]) -> Tensor:
         u = h @ g

@@ -151,6 +151,9 @@ class LBFGS(Module):
             ops.copy_([h[slot] for h in s_hist], sk)
             ops.copy_([h[slot] for h in y_hist], yk)
             rho_t[slot] = torch.where(accept, 1.0 / ys, torch.zeros_like(ys))
+            kept = accept.to(ys.dtype)
+            ctx.report(self, "pairs_kept", kept)
+            ctx.report(self, "pairs_skipped", 1 - kept)
             if s["scale_init"]:
                 gamma_t.copy_(torch.where(accept, ys / yy, gamma_t.to(ys.dtype)))
         if functional:

@@ -193,6 +193,6 @@ class NewtonCG(Module):
                 ops.mul_(p[a:b], rr_next / rr)
                 ops.add_(p[a:b], r[a:b])
             rr = rr_next
-        ctx.info["cg_iters"] = iters
+        ctx.report(self, "cg_iters", iters)
         ctx.set_grad(g)
         ctx.update = u

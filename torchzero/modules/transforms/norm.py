@@ -47,6 +47,7 @@ class _NormScale(Transform):
                 ops.mul_(seg.update, norms)
             return
         total = ops.global_norm(ctx.update, self.ord)
+        ctx.report(self, "norm", total)  # before scaling: ClipNorm's norm before clipping
         cache: dict[tuple[Any, ...], Tensor] = {}
         for seg in segments:
             key = (*seg.settings.values(), seg.device)
