@@ -145,12 +145,16 @@ def save_load(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def assert_resume_is_bit_exact(
-    build: Callable[[list[list[Tensor]]], tz.Modular], dtype: torch.dtype = torch.float32, steps: int = 10, at: int = 4
+    build: Callable[[list[list[Tensor]]], tz.Modular],
+    dtype: torch.dtype = torch.float32,
+    steps: int = 10,
+    at: int = 4,
+    shapes: Shapes = SHAPES,
 ) -> tuple[tz.Modular, tz.Modular]:
     """Two runs of ``build(groups)`` on the same gradients, the second saved, reloaded into a fresh optimizer and
     continued after step ``at``: the parameters must be bit-identical (``torch.equal``) at the end.  Returns the
     two final optimizers (for checks of module-specific state)."""
-    groups = make_params(dtype)
+    groups = make_params(dtype, shapes)
     twin_groups = clone_params(groups)
     flat, twin = [p for ps in groups for p in ps], [p for ps in twin_groups for p in ps]
     o1, o2 = build(groups), build(twin_groups)

@@ -16,7 +16,7 @@ import torch
 from pytorch_optimizer import Shampoo
 
 import torchzero as tz
-from tests.parity import Case, clone_params, make_params, run_parity, save_load, set_grads
+from tests.parity import Case, assert_resume_is_bit_exact, clone_params, make_params, run_parity, set_grads
 
 SHAPES = (((4, 3), (5,), ()), ((3, 6), (2, 2, 3)))
 """a matrix, a vector and a scalar in one group; a matrix and a 3-D tensor in the other"""
@@ -101,28 +101,16 @@ def test_first_steps_wait_for_the_roots():
 
 
 def test_mid_run_state_dict_resumes_bit_exactly():
-    groups = make_params(torch.float32, SHAPES)
-    twin_groups = clone_params(groups)
-    flat, twin = [p for ps in groups for p in ps], [p for ps in twin_groups for p in ps]
-
-    def build(gs):
-        return tz.Modular(
+    assert_resume_is_bit_exact(
+        lambda gs: tz.Modular(
             [{"params": ps, **s} for ps, s in zip(gs, GROUPS, strict=True)],
             tz.m.Shampoo(momentum=0.9, preconditioning_compute_steps=2),
             tz.m.LR(1e-2),
-        )
-
-    o1, o2 = build(groups), build(twin_groups)
-    for t in range(10):
-        set_grads(t, 0.5, flat, twin)
-        o1.step()
-        o2.step()
-        if t == 4:
-            fresh = build(twin_groups)
-            fresh.load_state_dict(save_load(o2.state_dict()))
-            o2 = fresh
-    for p, q in zip(flat, twin, strict=True):
-        assert torch.equal(p, q)
+        ),
+        steps=10,
+        at=4,
+        shapes=SHAPES,
+    )
 
 
 def test_complex_parameters_are_refused():

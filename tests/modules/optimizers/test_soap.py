@@ -21,7 +21,15 @@ import torch
 from pytorch_optimizer import SOAP as RefSOAP
 
 import torchzero as tz
-from tests.parity import DTYPES, Case, clone_params, make_params, run_parity, save_load, set_grads
+from tests.parity import (
+    DTYPES,
+    Case,
+    assert_resume_is_bit_exact,
+    clone_params,
+    make_params,
+    run_parity,
+    set_grads,
+)
 from torchzero.modules.optimizers.soap import merged_shape
 
 F64 = {"f64": {"rtol": 1e-12, "atol": 1e-12}}
@@ -96,28 +104,16 @@ def test_first_step_leaves_the_parameters_and_state_matches_the_reference():
 
 
 def test_mid_run_state_dict_resumes_bit_exactly():
-    groups = make_params(torch.float32, SHAPES)
-    twin_groups = clone_params(groups)
-    flat, twin = [p for ps in groups for p in ps], [p for ps in twin_groups for p in ps]
-
-    def build(gs):
-        return tz.Modular(
+    assert_resume_is_bit_exact(
+        lambda gs: tz.Modular(
             [{"params": ps, **s} for ps, s in zip(gs, GROUPS, strict=True)],
             tz.m.SOAP(precondition_frequency=3, precondition_1d=True),
             tz.m.LR(1e-2),
-        )
-
-    o1, o2 = build(groups), build(twin_groups)
-    for t in range(14):
-        set_grads(t, 0.5, flat, twin)
-        o1.step()
-        o2.step()
-        if t == 5:
-            fresh = build(twin_groups)
-            fresh.load_state_dict(save_load(o2.state_dict()))
-            o2 = fresh
-    for p, q in zip(flat, twin, strict=True):
-        assert torch.equal(p, q)
+        ),
+        steps=14,
+        at=5,
+        shapes=SHAPES,
+    )
 
 
 def test_merged_shape_keeps_a_single_merged_dimension():
