@@ -12,19 +12,18 @@ is killed.  The output of every run that hung or failed is kept in ``--log-dir``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil  # installed with accelerate
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.distributed import _signal_tree as signal_tree  # noqa: E402 - the test helper's own process handling
+from tests.distributed import free_port  # noqa: E402
 
 # name -> (script, arguments); "{tmp}" is replaced by a fresh directory for each run
 SCRIPTS: dict[str, tuple[str, list[str]]] = {
@@ -35,23 +34,6 @@ SCRIPTS: dict[str, tuple[str, list[str]]] = {
     "lightning_ddp": ("tests/lightning/_ddp_worker.py", ["{tmp}"]),
     "fsdp_worker": ("tests/core/_fsdp_worker.py", []),
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def signal_tree(pid: int, sig: int, *, root: bool = True) -> None:
-    """Send ``sig`` to every descendant of ``pid``, and to ``pid`` itself if ``root``."""
-    procs = []
-    with contextlib.suppress(psutil.NoSuchProcess):
-        parent = psutil.Process(pid)
-        procs = parent.children(recursive=True) + ([parent] if root else [])
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.send_signal(sig)
 
 
 def run_once(script: str, args: list[str], timeout: float) -> tuple[str, str, float]:
