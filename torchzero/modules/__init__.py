@@ -25,17 +25,6 @@ from .second_order import *  # noqa: F403
 from .smoothing import *  # noqa: F403
 from .transforms import *  # noqa: F403
 
-__all__ = ["LR", "Chain", "Module", "Transform"]
-for _family in (
-    external,
-    grad_approx,
-    line_search,
-    optimizers,
-    presets,
-    quasi_newton,
-    routing,
-    second_order,
-    smoothing,
-    transforms,
-):
-    __all__ += _family.__all__
+_FAMILIES = (external, grad_approx, line_search, optimizers, presets, quasi_newton, routing, second_order, smoothing,
+             transforms)  # fmt: skip
+__all__ = ["LR", "Chain", "Module", "Transform"] + [name for family in _FAMILIES for name in family.__all__]
