@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,8 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.distributed import _signal_tree as signal_tree  # noqa: E402 - the test helper's own process handling
-from tests.distributed import free_port  # noqa: E402
+from tests.distributed import dump_stacks_and_kill, free_port  # noqa: E402 - the test helper's process handling
 
 # name -> (script, arguments); "{tmp}" is replaced by a fresh directory for each run
 SCRIPTS: dict[str, tuple[str, list[str]]] = {
@@ -54,10 +52,7 @@ def run_once(script: str, args: list[str], timeout: float) -> tuple[str, str, fl
             out, _ = proc.communicate(timeout=timeout)
             result = "passed" if proc.returncode == 0 else "failure"
         except subprocess.TimeoutExpired:
-            # SIGABRT to the ranks first: faulthandler prints the stack of each of their threads
-            signal_tree(proc.pid, signal.SIGABRT, root=False)
-            time.sleep(3)
-            signal_tree(proc.pid, signal.SIGKILL)
+            dump_stacks_and_kill(proc.pid)  # each rank prints its threads' stacks, then all go
             out, _ = proc.communicate()
             result = "hang"
         return result, out, time.monotonic() - start

@@ -24,21 +24,41 @@ ROOT = Path(__file__).resolve().parents[1]
 EXIT_GUARD = ROOT / "tests" / "_exit_guard.py"
 
 
+def dump_stacks_and_kill(pid: int) -> None:
+    """End a hung torchrun (``pid``, started in its own session): every rank prints its threads' stacks, then all go.
+
+    torchrun is paused first (SIGSTOP), so it cannot tear the other ranks down when the first one aborts; the
+    ranks then get SIGABRT one after another (faulthandler prints each one's stacks whole, not interleaved with
+    another's on the shared output), and finally the whole tree gets SIGKILL.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGSTOP)
+    _signal_tree(pid, signal.SIGABRT, root=False, stagger=0.3)
+    time.sleep(2)
+    _signal_tree(pid, signal.SIGKILL)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _signal_tree(pid: int, sig: int, *, root: bool = True) -> None:
-    """Send ``sig`` to every descendant of ``pid`` (torchrun's ranks), and to ``pid`` itself if ``root``."""
+def _signal_tree(pid: int, sig: int, *, root: bool = True, stagger: float = 0.0) -> None:
+    """Send ``sig`` to every descendant of ``pid`` (torchrun's ranks), and to ``pid`` itself if ``root``.
+
+    ``stagger`` seconds pass between two processes, so that what each prints on the signal (faulthandler's stacks
+    on SIGABRT) is not interleaved with the others' on the shared output.
+    """
     import psutil  # installed with accelerate
 
     procs = []
     with contextlib.suppress(psutil.NoSuchProcess):
         parent = psutil.Process(pid)
         procs = parent.children(recursive=True) + ([parent] if root else [])
-    for p in procs:
+    for i, p in enumerate(procs):
+        if i and stagger:
+            time.sleep(stagger)
         with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(sig)
 
@@ -73,9 +93,7 @@ def _run(script: str | Path, args: tuple[str, ...], nproc: int, timeout: float, 
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _signal_tree(proc.pid, signal.SIGABRT, root=False)  # the ranks print their stacks...
-        time.sleep(3)
-        _signal_tree(proc.pid, signal.SIGKILL)  # ...then torchrun and every rank go
+        dump_stacks_and_kill(proc.pid)
         out, _ = proc.communicate()
         pytest.fail(
             f"torchrun hung: killed after {timeout}s. Either the ranks fell out of lockstep (one waits in a "
