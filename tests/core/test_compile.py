@@ -136,3 +136,28 @@ def test_state_becomes_static_addresses_like_torch_optimizers():
     assert len(tensors(opt)) == len(tensors(eager)) == 2 * len(params)  # exp_avg, exp_avg_sq
     assert all(getattr(t, "_dynamo_static_input_type", None) == "guarded" for t in tensors(opt))
     assert not any(hasattr(t, "_dynamo_static_input_type") for t in tensors(eager))
+
+
+def test_a_compiled_step_reports_its_metrics_as_the_eager_step() -> None:
+    # opt.metrics() reads what the step kept on the optimizer: a compiled step must keep it too
+    def run(compiled: bool) -> dict[str, float]:
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        ps = [torch.randn(4, 3, requires_grad=True), torch.randn(3, dtype=torch.float64, requires_grad=True)]
+        opt = tz.Modular(ps, tz.m.ClipNorm(1.0), tz.m.Adam(), tz.m.LR(1e-2), update_rms=True)
+        step = torch.compile(opt.step, backend=CompileCounter()) if compiled else opt.step
+        for _ in range(2):
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            step()
+        return opt.metrics()
+
+    eager, compiled = run(False), run(True)
+    torch._dynamo.reset()
+    assert set(eager) == {
+        "all/0.ClipNorm/norm",
+        "0/1.Adam.float32/update_rms",
+        "0/1.Adam.float64/update_rms",
+        "all/Modular/closure_calls",
+    }
+    assert compiled == pytest.approx(eager, rel=1e-6)

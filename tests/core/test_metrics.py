@@ -166,3 +166,140 @@ def test_a_failed_step_keeps_the_previous_reports() -> None:
     with pytest.raises(RuntimeError, match="data loader"):
         opt.step(bad)
     assert opt.metrics() == before
+
+
+# ---------------------------------------------------------------- a group seen as several segments
+def test_each_segment_of_a_group_keeps_its_own_report() -> None:
+    a = torch.ones(2, requires_grad=True)
+    b = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    c = torch.ones(2, requires_grad=True)
+    warmup = 4
+    opt = tz.Modular(
+        [{"params": [a, b], "lr": 0.1}, {"params": [c], "lr": 0.3}],
+        tz.m.ScheduleFreeSGD(warmup_steps=warmup),
+        tz.m.LR(1.0),
+    )
+    for _ in range(2):
+        opt.zero_grad()
+        (a.sum() + b.sum() + c.sum()).backward()
+        opt.step()
+    m = opt.metrics()
+    # group 0 holds a float32 and a float64 segment: one key each, named by the dtype; group 1 keeps the plain key
+    assert m["0/0.ScheduleFreeSGD.float32/lr"] == pytest.approx(0.1 * 2 / warmup)
+    assert m["0/0.ScheduleFreeSGD.float64/lr"] == pytest.approx(0.1 * 2 / warmup)
+    assert m["1/0.ScheduleFreeSGD/lr"] == pytest.approx(0.3 * 2 / warmup)
+    assert "0/0.ScheduleFreeSGD/lr" not in m and len(m) == 4  # and closure_calls
+
+
+def test_a_parameter_that_joined_later_reports_under_its_step_count() -> None:
+    a, b = torch.ones(2, requires_grad=True), torch.ones(3, requires_grad=True)
+    opt = tz.Modular([a, b], tz.m.ScheduleFreeSGD(warmup_steps=10), tz.m.LR(1.0))
+    a.grad = torch.ones(2)
+    opt.step()
+    assert opt.metrics()["0/0.ScheduleFreeSGD/lr"] == pytest.approx(0.1)
+    a.grad, b.grad = torch.ones(2), torch.ones(3)
+    opt.step()
+    m = opt.metrics()
+    assert m["0/0.ScheduleFreeSGD.step2/lr"] == pytest.approx(0.2)  # a's second step
+    assert m["0/0.ScheduleFreeSGD.step1/lr"] == pytest.approx(0.1)  # b's first
+
+
+# ---------------------------------------------------------------- per-tensor norms
+@pytest.mark.parametrize("make", [lambda: tz.m.ClipNorm(0.1, per_tensor=True), lambda: tz.m.Normalize(per_tensor=True)])
+def test_per_tensor_norm_reports_the_largest_tensor_norm_of_each_group(make) -> None:
+    torch.manual_seed(0)
+    a, b, c = (
+        torch.randn(4, requires_grad=True),
+        torch.randn(2, 3, requires_grad=True),
+        torch.randn(5, requires_grad=True),
+    )
+    opt = tz.Modular([{"params": [a, b]}, {"params": [c]}], make(), tz.m.LR(1e-2))
+    for _ in range(2):
+        opt.zero_grad()
+        ((a * 3).sum() + (b**2).sum() + (c**3).sum()).backward()
+        want = [max(float(a.grad.norm()), float(b.grad.norm())), float(c.grad.norm())]  # type: ignore[union-attr]
+        opt.step()
+        m = opt.metrics()
+        label = type(opt._leaves[0]).__name__
+        assert m[f"0/0.{label}/largest_tensor_norm"] == pytest.approx(want[0], rel=1e-6)
+        assert m[f"1/0.{label}/largest_tensor_norm"] == pytest.approx(want[1], rel=1e-6)
+
+
+# ---------------------------------------------------------------- update RMS, when asked
+def _rms_against_the_step(chain, shapes, lrs=(0.1, 0.1), steps: int = 3, rel: float = 1e-9, **kw) -> None:
+    """The reported update_rms of each group equals the RMS of (params before - params after) / lr."""
+    torch.manual_seed(0)
+    params = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes]
+    half = len(params) // 2
+    groups = [{"params": params[:half], "lr": lrs[0]}, {"params": params[half:], "lr": lrs[1]}]
+    opt = tz.Modular(groups, *chain(), update_rms=True, **kw)
+    for _ in range(steps):
+        opt.zero_grad()
+        sum((p**2).sum() * (i + 1) for i, p in enumerate(params)).backward()
+        before = [p.detach().clone() for p in params]
+        opt.step()
+        raw = opt.metrics(sync=False)
+        keys = [k for k in raw if k.endswith("/update_rms")]
+        assert len(keys) == 2 and all(isinstance(raw[k], torch.Tensor) and raw[k].ndim == 0 for k in keys)
+        m = opt.metrics()
+        for g, (lo, hi) in enumerate([(0, half), (half, len(params))]):
+            moved = (
+                torch.cat([(x0 - p.detach()).flatten() for x0, p in zip(before[lo:hi], params[lo:hi], strict=True)])
+                / lrs[g]
+            )
+            want = float(moved.square().mean().sqrt())
+            (key,) = [k for k in keys if k.startswith(f"{g}/")]
+            # float64 parameters: the step read back from them is exact to ~1e-15 relative to the parameters,
+            # ~1e-13 relative to a step of lr * u
+            assert m[key] == pytest.approx(want, rel=rel), key
+
+
+@pytest.mark.parametrize(
+    "chain",
+    [
+        pytest.param(lambda: [tz.m.Adam(fused=False), tz.m.LR(1.0)], id="adam-foreach"),
+        pytest.param(lambda: [tz.m.Adam(), tz.m.LR(1.0)], id="adam-fused-kernel"),
+        pytest.param(lambda: [tz.m.NAdam(), tz.m.LR(1.0)], id="nadam-two-terms"),
+        pytest.param(lambda: [tz.m.Lion(), tz.m.LR(1.0)], id="lion"),
+        pytest.param(lambda: [tz.m.SGD(momentum=0.9), tz.m.LR(1.0)], id="sgd"),
+    ],
+)
+def test_update_rms_is_the_rms_of_the_step_over_lr(chain) -> None:
+    # the lr lives in the param groups: the LR module's own 1.0 is overridden per group
+    _rms_against_the_step(chain, [(4, 3), (5,), (3, 2), (2,)], lrs=(0.1, 0.05))
+
+
+def test_update_rms_of_groups_that_share_a_segment() -> None:
+    # equal settings: both groups run as one segment, and each still gets the RMS of its own parameters
+    _rms_against_the_step(lambda: [tz.m.Adam(), tz.m.LR(1.0)], [(4, 3), (5,), (3, 2), (2,)], lrs=(0.1, 0.1))
+
+
+def test_update_rms_of_a_per_tensor_rule() -> None:
+    # Muon orthogonalizes in bfloat16: its direction's norm is taken in float32 (rel. error ~1e-7 per tensor)
+    _rms_against_the_step(lambda: [tz.m.Muon(), tz.m.LR(1.0)], [(4, 3), (3, 5)], lrs=(0.02, 0.01), rel=1e-6)
+
+
+def test_update_rms_does_not_depend_on_fusing_the_lr() -> None:
+    def run(fuse: bool) -> dict[str, float]:
+        torch.manual_seed(0)
+        x = torch.randn(6, requires_grad=True)
+        opt = tz.Modular([x], tz.m.Adam(), tz.m.LR(1e-2), update_rms=True, fuse=fuse)
+        for _ in range(3):
+            opt.zero_grad()
+            (x**2).sum().backward()
+            opt.step()
+        return opt.metrics()
+
+    fused, unfused = run(True), run(False)
+    assert fused["0/0.Adam/update_rms"] == pytest.approx(unfused["0/0.Adam/update_rms"], rel=1e-6)
+    assert not any(k.endswith("update_rms") and "LR" in k for k in unfused)  # the LR scales in place: no report
+
+
+def test_update_rms_is_reported_only_when_asked() -> None:
+    x = torch.ones(3, requires_grad=True)
+    opt = tz.Modular([x], tz.m.Adam(), tz.m.LR(1e-2))
+    x.sum().backward()
+    opt.step()
+    assert not any(k.endswith("update_rms") for k in opt.metrics())
+    with pytest.raises(TypeError, match="update_rms"):
+        tz.Modular([x], tz.m.Adam(), update_rms="yes")  # type: ignore[arg-type]

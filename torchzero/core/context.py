@@ -25,6 +25,15 @@ def metric_label(module: Module) -> str:
     return f"{module.key}.{type(module).__name__}"
 
 
+def _tags(whats: list[tuple[Any, ...]], fields: list[int]) -> list[str]:
+    """Names for segments ``(device, dtype, step, start)`` made of the ``fields`` (0-2) that differ between them."""
+    out = []
+    for device, dtype, step, _ in whats:
+        parts = (device.replace(":", ""), dtype, f"step{step}")
+        out.append(".".join(parts[i] for i in fields))
+    return out
+
+
 class Segment:
     """A contiguous slice of the step's tensors: one device, one dtype, one set of settings.
 
@@ -117,9 +126,30 @@ class Segment:
         return value
 
     def report(self, name: str, value: Any) -> None:
-        """Report a per-group metric (:meth:`StepContext.report`) for each param group of this segment."""
+        """Report a per-group metric (:meth:`StepContext.report`) for each param group of this segment.
+
+        A group whose parameters the module saw as several segments (dtypes, devices, step counts) keeps one
+        value per segment: ``opt.metrics()`` then names the module with what tells them apart, e.g.
+        ``"0/1.Adam.float32/update_rms"`` and ``"0/1.Adam.bfloat16/update_rms"`` (see :meth:`StepContext.metrics`).
+        """
         for group in self.groups:
-            self.ctx.report(self.module, name, value, group)
+            self.ctx.report_segment(self, group, name, value)
+
+    def group_slices(self) -> list[tuple[int, int, int]]:
+        """``(group, start, stop)`` for each param group of the segment, positions relative to the segment (a
+        segment may span groups whose settings agree)."""
+        if len(self.groups) == 1:
+            return [(self.groups[0], 0, len(self))]
+        out: list[tuple[int, int, int]] = []
+        for run in self.ctx.layout.runs:
+            a, b = max(run.start, self.start), min(run.stop, self.stop)
+            if a >= b:
+                continue
+            if out and out[-1][0] == run.group and out[-1][2] == a - self.start:
+                out[-1] = (run.group, out[-1][1], b - self.start)
+            else:
+                out.append((run.group, a - self.start, b - self.start))
+        return out
 
     def scratch(self, name: str = "scratch") -> list[Tensor]:
         """Buffers shaped like the segment's update, with undefined contents, for temporaries of this step.
@@ -213,7 +243,9 @@ class StepContext:
         self.info: dict[str, Any] = {}
         """free-form per-step information (legacy: prefer :meth:`report`, whose values ``opt.last_info`` also shows)"""
         self.reports: dict[str, Any] = {}
-        """this step's metrics, ``"<group>/<module>/<name>" -> value`` (see :meth:`report`)"""
+        """this step's whole-step and per-group metrics, ``"<group>/<module>/<name>" -> value`` (see :meth:`report`)"""
+        self.segment_reports: dict[tuple[int, Module, str], dict[tuple[Any, ...], Any]] = {}
+        """this step's per-segment metrics (``Segment.report``): ``(group, module, name) -> {segment: value}``"""
         self.deferred_global_state: list[tuple[Module, str, Any]] = []
         self.pending_scalars: dict[tuple[Module, str, str], list[list[Any]]] = {}
         """``Segment.scalar`` values of this step, stored in the modules' global state when the step ends"""
@@ -370,6 +402,36 @@ class StepContext:
         if isinstance(value, Tensor) and value.requires_grad:  # differentiable mode: keep no graph alive
             value = value.detach()
         self.reports[f"{'all' if group is None else group}/{metric_label(module)}/{name}"] = value
+
+    def report_segment(self, seg: Segment, group: int, name: str, value: Any) -> None:
+        """Report a value of param group ``group`` measured on segment ``seg`` (:meth:`Segment.report`)."""
+        if isinstance(value, Tensor) and value.requires_grad:
+            value = value.detach()
+        what = (str(seg.device), str(seg.dtype).removeprefix("torch."), seg._step, seg.start)
+        self.segment_reports.setdefault((group, seg.module, name), {})[what] = value
+
+    def metrics(self) -> dict[str, Any]:
+        """This step's reports, ``"<group>/<module>/<name>" -> value``.
+
+        A per-segment report keeps the plain key when its group reported it from one segment.  From several
+        segments, each value keeps a key of its own: the module's label gets what tells the segments apart,
+        among the device (``cuda0``), the dtype (``float32``), the step count (``step3``, for parameters that
+        joined later) and, when those agree, the segment's first position in the step (``at12``), e.g.
+        ``"0/1.Adam.float32/update_rms"``.  Only dots are added, so every logger accepts the names.
+        """
+        out = dict(self.reports)
+        for (group, module, name), values in self.segment_reports.items():
+            label = metric_label(module)
+            if len(values) == 1:
+                out[f"{group}/{label}/{name}"] = next(iter(values.values()))
+                continue
+            whats = list(values)
+            tags = _tags(whats, [i for i in range(3) if len({w[i] for w in whats}) > 1])
+            if len(set(tags)) < len(tags):  # same device, dtype and step count: the position tells them apart
+                tags = [f"{t}.at{w[3]}" if t else f"at{w[3]}" for t, w in zip(tags, whats, strict=True)]
+            for tag, value in zip(tags, values.values(), strict=True):
+                out[f"{group}/{label}.{tag}/{name}"] = value
+        return out
 
     def set_global_state_at_end(self, module: Module, key: str, value: Any) -> None:
         """Set ``module.global_state[key] = value`` once the whole chain has succeeded, like the per-parameter

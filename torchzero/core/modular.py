@@ -58,6 +58,12 @@ class Modular(torch.optim.Optimizer):
             gradient (``Cautious`` builds its mask there), which saves an allocation per step but leaves that scratch
             in ``.grad`` after the step.  Off by default: then ``.grad`` after a step is what backward left, as with
             torch.optim (hooks, SWA's extra epoch and gradient logging read it).
+        update_rms: every update rule (a module that emits a new update through the write sink: ``Adam``,
+            ``SGD``, ``Lion``, ``Prodigy``, ...) reports ``update_rms``, the root mean square of its output per
+            param group, without the learning rate of a fused ``LR``: :math:`\sqrt{\tfrac1n\sum_i u_i^2}`,
+            e.g. ``opt.metrics()["0/0.Adam/update_rms"]``.  It is kept as a 0-dim tensor (no host sync) and
+            costs one norm per tensor a step, plus an update-sized buffer for a fused kernel, which then writes
+            the parameters in a second pass.  Off by default.
         differentiable: run the step with autograd enabled so the new parameters are differentiable with
             respect to the old ones, the gradients and the settings given as tensors (meta-learning), like
             torch's ``differentiable=True``. Parameters must then be non-leaf tensors (or not require grad);
@@ -71,6 +77,10 @@ class Modular(torch.optim.Optimizer):
         opt.zero_grad()
     """
 
+    update_rms: bool = False
+    """report each update rule's RMS (see the ``update_rms`` argument); a class default for optimizers unpickled
+    from before the setting existed"""
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -79,6 +89,7 @@ class Modular(torch.optim.Optimizer):
         reuse_evaluation: bool = False,
         grad_as_scratch: bool = False,
         differentiable: bool = False,
+        update_rms: bool = False,
     ) -> None:
         if isinstance(params, (set, frozenset)):
             raise TypeError(
@@ -94,6 +105,11 @@ class Modular(torch.optim.Optimizer):
         self.differentiable = differentiable
         self.reuse_evaluation = reuse_evaluation
         self.grad_as_scratch = grad_as_scratch
+        self._last_reports: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {}
+        """``"step"`` -> the reports, free-form info and closure calls of the last step (``metrics``, ``last_info``)"""
+        if not isinstance(update_rms, bool):
+            raise TypeError(f"update_rms is True or False (report each update rule's RMS or not), got {update_rms!r}")
+        self.update_rms = update_rms
         self._leaves = _bind(root, fuse)
         self.plan = Plan(self._leaves, root)
         """what each step needs from the chain and the groups (see :mod:`torchzero.core.plan`)"""
@@ -328,13 +344,15 @@ class Modular(torch.optim.Optimizer):
     # ---------------------------------------------------------------- metrics
     def _finish_reports(self, ctx: StepContext, wrapped: Closure | None) -> None:
         """Keep the reports of the step that just succeeded (read by ``metrics`` and ``last_info``)."""
-        self._reports = (ctx.reports, ctx.info, 0 if wrapped is None else wrapped.calls)
+        # kept in a dict made by __init__: torch.compile drops a new attribute set on the optimizer in a compiled
+        # step, but keeps a mutation of an existing dict
+        self._last_reports["step"] = (ctx.metrics(), ctx.info, 0 if wrapped is None else wrapped.calls)
 
     @property
     def last_info(self) -> dict[str, Any]:
         """The last step's reports by their short name (``step_size``, ``line_search_evals``, ...) and
         ``closure_calls``, the closure evaluations of the step; values as reported (see :meth:`metrics`)."""
-        reports, extra, calls = getattr(self, "_reports", ({}, {}, 0))
+        reports, extra, calls = self.__dict__.get("_last_reports", {}).get("step", ({}, {}, 0))
         info: dict[str, Any] = {"closure_calls": calls}
         for key, value in reports.items():
             info.setdefault(key.rsplit("/", 1)[1], value)
@@ -349,9 +367,10 @@ class Modular(torch.optim.Optimizer):
         read here, one host sync each); ``sync=False`` returns the reported tensors and numbers unchanged,
         without a sync.  Empty before the first step.
         """
-        if not hasattr(self, "_reports"):
+        last = self.__dict__.get("_last_reports", {}).get("step")
+        if last is None:
             return {}
-        reports = {**self._reports[0], "all/Modular/closure_calls": self._reports[2]}
+        reports = {**last[0], "all/Modular/closure_calls": last[2]}
         if not sync:
             return reports
         return {k: float(v.item()) if isinstance(v, Tensor) else float(v) for k, v in reports.items()}
@@ -423,6 +442,10 @@ class Modular(torch.optim.Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_last_reports", {})  # pickled before the reports were kept
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__}("]

@@ -55,6 +55,8 @@ def write(seg: Segment, terms: Sequence[Term], decay: Any = 0.0, scratch: Sequen
     which the update may be built in instead of a new allocation.
     """
     ctx = seg.ctx
+    if ctx.opt.update_rms and not seg.module.modifies_update_inplace:
+        report_rms(seg, _term_norms(seg, terms))  # before the terms' tensors are reused as the update
     if not ctx.is_last:
         seg.update = _as_update(seg, terms, decay, scratch)
         return
@@ -74,6 +76,53 @@ def write(seg: Segment, terms: Sequence[Term], decay: Any = 0.0, scratch: Sequen
             else:
                 ops.addcmul_(params, list(term[1]), list(term[2]), -s)
     ctx.params_written = True
+
+
+def _norm_dtype(xs: Sequence[Tensor]) -> torch.dtype | None:
+    """float32 norms of half-precision tensors (a bf16 norm keeps ~3 digits), else the tensors' own dtype."""
+    return torch.float32 if xs and xs[0].dtype in (torch.float16, torch.bfloat16) else None
+
+
+def _term_norms(seg: Segment, terms: Sequence[Term]) -> list[Tensor]:
+    """Per-tensor Euclidean norms of ``sum(terms)`` (made in new tensors: the module's own are left as they are)."""
+    if len(terms) == 1 and terms[0][0] == "add":
+        x = list(terms[0][1])
+        norms = ops.norm(x, 2, dtype=_norm_dtype(x))
+        s = terms[0][-1]
+        if not is_one(s):
+            norms = ops.mul(norms, s.abs() if isinstance(s, Tensor) else abs(s))
+        return norms
+    total: list[Tensor] | None = None
+    for term in terms:
+        kind, s = term[0], term[-1]
+        x = ops.clone(list(term[1])) if kind == "add" else _BINARY[kind][1](list(term[1]), list(term[2]))
+        if not is_one(s):
+            ops.mul_(x, s)
+        if total is None:
+            total = x
+        else:
+            ops.add_(total, x)
+    assert total is not None
+    return ops.norm(total, 2, dtype=_norm_dtype(total))
+
+
+def report_rms(seg: Segment, norms: Sequence[Tensor]) -> None:
+    """Report ``update_rms`` per param group of ``seg``: the root mean square of what the module emitted, without
+    the learning rate of a fused ``LR`` (``tz.Modular(..., update_rms=True)``; 0-dim tensors, no host sync)."""
+    params = seg.params
+    scale = seg.scale
+    for group, a, b in seg.group_slices():
+        numel = sum(p.numel() for p in params[a:b])
+        if numel == 0:
+            continue
+        rms = torch.stack(list(norms[a:b])).square().sum().div(numel).sqrt()
+        if isinstance(scale, Tensor):
+            rms = rms / scale.abs().to(rms.device)
+        elif scale == 0:  # lr = 0 scaled the direction away: it is not known
+            rms = torch.full_like(rms, float("nan"))
+        elif scale != 1:
+            rms = rms / abs(scale)
+        seg.ctx.report_segment(seg, group, "update_rms", rms)
 
 
 def _den_read(den: Sequence[Tensor]) -> list[Tensor]:
@@ -165,6 +214,11 @@ def _add(out: list[Tensor], x: list[Tensor], s: Any) -> None:
 def write_per_tensor(seg: Segment, direction: Sequence[Tensor], scales: Sequence[Any]) -> None:
     """Emit ``scales[i] * direction[i]`` tensor by tensor (per-tensor step sizes, as Muon's adjusted lr)."""
     ctx = seg.ctx
+    if ctx.opt.update_rms and not seg.module.modifies_update_inplace:
+        norms = ops.norm(list(direction), 2, dtype=_norm_dtype(direction))
+        report_rms(
+            seg, [n * (s.abs() if isinstance(s, Tensor) else abs(s)) for n, s in zip(norms, scales, strict=True)]
+        )
     if ctx.is_last:
         for p, d, s in zip(seg.params, direction, scales, strict=True):
             if isinstance(s, Tensor):
@@ -193,12 +247,19 @@ def write_kernel(seg: Segment, scale: Any, kernel: Callable[[list[Tensor], Any],
     leaves exactly ``scale * direction`` in the buffer, handed on as the update.
     """
     ctx = seg.ctx
-    if ctx.is_last:
+    rms = ctx.opt.update_rms and not seg.module.modifies_update_inplace
+    if ctx.is_last and not rms:
         kernel(seg.params, scale)
         ctx.params_written = True
         return
     target = ops.zeros_like(seg.update)
     kernel(target, -scale)
+    if rms:  # the kernel's step is measured in a buffer first, then subtracted
+        report_rms(seg, ops.norm(target, 2, dtype=_norm_dtype(target)))
+        if ctx.is_last:
+            ops.sub_(seg.params, target)
+            ctx.params_written = True
+            return
     seg.update = target
 
 

@@ -1,7 +1,8 @@
 """Scaling the update by its norm: clipping (:class:`ClipNorm`) and normalization (:class:`Normalize`).
 
 The norm is computed over all parameters together by default (one 0-dim tensor, no host sync), or per
-tensor.  Complex parameters are handled as real views; for ``ord=2`` that is the complex norm.
+tensor.  Both modules report the norm before scaling to ``opt.metrics()``: ``all/<module>/norm`` for the global
+norm, ``<group>/<module>/largest_tensor_norm`` (the largest per-tensor norm of each param group) per tensor.  Complex parameters are handled as real views; for ``ord=2`` that is the complex norm.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class _NormScale(Transform):
         if self.per_tensor:
             for seg in segments:
                 norms = ops.norm(seg.update, self.ord)
+                for group, a, b in seg.group_slices():  # before scaling: the largest norm each group had
+                    ctx.report_segment(seg, group, "largest_tensor_norm", torch.stack(norms[a:b]).max())
                 self.coef_(norms, seg.settings)
                 ops.mul_(seg.update, norms)
             return
@@ -64,7 +67,9 @@ class ClipNorm(_NormScale):
 
     With the defaults and as the first module this is ``torch.nn.utils.clip_grad_norm_``: the norm is
     taken over all parameters together.  ``max_norm`` may differ per param group (each group is
-    scaled by its own threshold against the same global norm).
+    scaled by its own threshold against the same global norm).  ``opt.metrics()`` shows the norm before
+    clipping: ``all/<key>.ClipNorm/norm``, or per tensor the largest of each group,
+    ``<group>/<key>.ClipNorm/largest_tensor_norm``.
 
     Args:
         max_norm: the threshold :math:`c`.
