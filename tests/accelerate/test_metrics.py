@@ -101,3 +101,33 @@ def _first_step_params(tmp_path: Path) -> list[torch.Tensor]:
 def test_unwrap_rejects_other_optimizers() -> None:
     with pytest.raises(TypeError, match="tz.Modular"):
         tza.unwrap(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1))
+
+
+def test_tensorboard_tracker_writes_the_metrics(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # accelerate's own TensorBoard tracker: event files written by accelerator.log, read back with tensorboard
+    acc = Accelerator(cpu=True, log_with="tensorboard", project_dir=tmp_path)
+    acc.init_trackers("run")
+    model = make_model()
+    model, opt = acc.prepare(model, tz.Modular(model.parameters(), tz.m.ClipNorm(0.05), tz.m.Adam(), tz.m.LR(1e-2)))
+    x, y = make_data(16)
+    seen, norms = [], []
+    for step in range(3):
+        opt.zero_grad()
+        acc.backward(F.mse_loss(model(x), y))
+        norms.append(float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.parameters()]))))
+        opt.step()
+        seen.append(tza.log_metrics(acc, opt, step=step))
+    acc.end_training()
+    (events,) = {p.parent for p in tmp_path.rglob("events.out.tfevents.*")}
+    reader = EventAccumulator(str(events), size_guidance={"scalars": 0})  # 0: keep every value
+    reader.Reload()
+    assert set(reader.Tags()["scalars"]) == set(seen[0]) == {"tz/all/0.ClipNorm/norm", "tz/all/Modular/closure_calls"}
+    for tag in seen[0]:
+        events_of_tag = reader.Scalars(tag)
+        assert [e.step for e in events_of_tag] == [0, 1, 2]
+        for event, want in zip(events_of_tag, seen, strict=True):
+            assert event.value == pytest.approx(want[tag], rel=1e-6)  # event files store float32
+    for event, norm in zip(reader.Scalars("tz/all/0.ClipNorm/norm"), norms, strict=True):
+        assert event.value == pytest.approx(norm, rel=1e-5)

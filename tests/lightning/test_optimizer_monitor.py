@@ -90,3 +90,38 @@ def test_epoch_interval_logs_the_last_step_of_each_epoch(tmp_path: Path) -> None
 def test_bad_interval() -> None:
     with pytest.raises(ValueError, match="logging_interval"):
         tzl.OptimizerMonitor(logging_interval="batch")  # type: ignore[arg-type]
+
+
+def _read_tensorboard(logdir: Path) -> dict[int, dict[str, float]]:
+    """Every scalar in the event files under ``logdir``, by step (tensorboard's own reader)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = {p.parent for p in logdir.rglob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0})  # 0: keep every value
+    acc.Reload()
+    rows: dict[int, dict[str, float]] = {}
+    for tag in acc.Tags()["scalars"]:
+        for event in acc.Scalars(tag):
+            rows.setdefault(event.step, {})[tag] = event.value
+    return rows
+
+
+def test_tensorboard_logger_gets_the_metrics(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    recorder = Recorder()
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    # update_rms: Adam's per-group RMS, kept on the device until the monitor reads it
+    model = Model(lambda p: tz.Modular(p, tz.m.ClipNorm(0.05), tz.m.Adam(), tz.m.LR(1e-2), update_rms=True))
+    fit(model, 3, logger=logger, callbacks=[tzl.OptimizerMonitor(), recorder], log_every_n_steps=1)
+    logger.experiment.flush()
+    rows = _read_tensorboard(tmp_path / "run" / "version_0")
+    assert [s for s in sorted(rows) if any(k.startswith("tz/") for k in rows[s])] == [1, 2, 3]
+    for step, seen in recorder.seen.items():
+        logged = {k.removeprefix("tz/"): v for k, v in rows[step].items() if k.startswith("tz/")}
+        assert (
+            logged.keys() == seen.keys() == {"all/0.ClipNorm/norm", "0/1.Adam/update_rms", "all/Modular/closure_calls"}
+        )
+        for key, value in seen.items():
+            assert logged[key] == pytest.approx(value, rel=1e-6), key  # event files store float32
+        assert logged["all/0.ClipNorm/norm"] == pytest.approx(recorder.grad_norms[step], rel=1e-5)
