@@ -13,7 +13,17 @@ import torch.nn.functional as F
 
 import torchzero as tz
 from torchzero import cli
-from torchzero.demo import CHAINS, ChainSpec, make_model, make_task, resolve_chains, run_chain, run_side_by_side
+from torchzero.demo import (
+    CHAINS,
+    ChainSpec,
+    load_digits_task,
+    load_task,
+    make_model,
+    make_task,
+    resolve_chains,
+    run_chain,
+    run_side_by_side,
+)
 from torchzero.demo.chains import DEFAULT_CHAINS, MODERN_CHAINS
 from torchzero.demo.runner import RunResult, evaluate
 
@@ -419,3 +429,84 @@ def test_seed_changes_the_run_and_repeats_it():
     task = make_task(64, 32, seed=0)
     a, b, c = (run_chain(CHAINS["adam"], task, steps=3, seed=s).losses for s in (0, 0, 1))
     assert a == b and a != c
+
+
+# ---------------------------------------------------------------------------------------------- real data
+def test_digits_task_is_scikit_learns_digits_split_by_the_seed():
+    from sklearn.datasets import load_digits
+
+    task = load_digits_task(seed=0)
+    ref = load_digits()
+    assert task.name == "digits" and task.n_features == 64 and task.n_classes == 10
+    assert len(task.y_train) + len(task.y_test) == len(ref.target) == 1797
+    assert len(task.y_test) == round(0.25 * 1797)
+    both = torch.cat([task.x_train, task.x_test])
+    assert float(both.min()) == 0.0 and float(both.max()) == 1.0  # pixels 0..16 scaled to [0, 1]
+    # every image appears once, with its own label: the split is a permutation of the data set
+    x = torch.as_tensor(ref.data, dtype=torch.float32) / 16
+    rows = {tuple(r.tolist()): int(t) for r, t in zip(x, ref.target, strict=True)}
+    seen = [(tuple(r.tolist()), int(t)) for r, t in zip(both, torch.cat([task.y_train, task.y_test]), strict=True)]
+    assert all(rows[r] == t for r, t in seen)
+    assert load_digits_task(seed=0).y_test.tolist() == task.y_test.tolist()
+    assert load_digits_task(seed=1).y_test.tolist() != task.y_test.tolist()
+
+
+def test_adam_on_digits_equals_torch_optim_and_learns():
+    task = load_task("digits", seed=2)
+    result = run_chain(CHAINS["adam"], task, steps=10, seed=2)
+    assert result.status == "ok", result.message
+    model = make_model(task.n_features, task.n_classes, seed=2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(10):
+        opt.zero_grad()
+        F.cross_entropy(model(task.x_train), task.y_train).backward()
+        opt.step()
+    with torch.no_grad():
+        test_acc = float((model(task.x_test).argmax(1) == task.y_test).float().mean())
+    # the same arithmetic as torch's Adam (a fused or foreach kernel): equal up to float32 rounding
+    assert result.test_acc == pytest.approx(test_acc, abs=1 / len(task.y_test))
+    assert result.test_acc > 0.5  # ten classes: chance is 10%
+
+
+def test_demo_shows_both_tasks_by_default_and_one_when_asked(capsys):
+    code, out, _ = run(capsys, "demo", "--steps", "2", "--samples", "32", "--chains", "adam")
+    assert code == 0 and "spirals: 2 steps" in out and "digits: 2 steps" in out and "MLP 64-32-32-10" in out
+    code, out, _ = run(capsys, "demo", "--steps", "2", "--chains", "adam", "--task", "digits")
+    assert code == 0 and "digits: 2 steps" in out and "spirals" not in out
+
+
+def test_digits_without_scikit_learn_says_how_to_install_it(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails as if scikit-learn were missing
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'torchzero\[demo\]'"):
+        load_digits_task()
+    code, out, _ = run(capsys, "demo", "--steps", "2", "--chains", "adam", "--task", "digits")
+    assert code == 2 and "torchzero[demo]" in out and "--task spirals" in out
+
+
+def test_only_the_digits_loader_imports_scikit_learn_and_only_when_called():
+    import ast
+    from pathlib import Path
+
+    root = Path(tz.__file__).parent
+    places = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        inside = {id(i) for f in functions for i in ast.walk(f)}
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            if any(n.split(".")[0] == "sklearn" for n in names):
+                places.append((str(path.relative_to(root)), id(node) in inside))
+    assert places == [("demo/data.py", True)]  # inside load_digits_task: importing torchzero never needs it
+
+
+def test_demo_integrations_do_not_import_the_runner():
+    import ast
+
+    import torchzero.demo.integrations as integrations
+
+    tree = ast.parse(inspect.getsource(integrations))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "runner" not in imported and not any(m and m.endswith(".runner") for m in imported), imported

@@ -6,6 +6,9 @@ Both use the adapters' public API only:
   returns the chain from ``configure_optimizers``; Lightning's own loop steps it.
 * Accelerate: ``accelerator.prepare(model, opt)``, then ``opt.step(closure)`` with
   :class:`torchzero_accelerate.AcceleratedClosure`.
+
+Lightning and Accelerate are imported when a trainer runs, not with this module; the runner
+(:mod:`.runner`) imports this module, which needs only :mod:`.results` (never the runner).
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ import torch.nn.functional as F
 
 from .chains import ChainSpec, build_chain
 from .models import make_model
+from .results import OnStep, RunResult, Trained
 
 if TYPE_CHECKING:
     from .data import Task
-    from .runner import OnStep, RunResult, Trained
 
 
 def _need(package: str, extra: str) -> None:

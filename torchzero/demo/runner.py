@@ -7,10 +7,8 @@ and reports the loss after every step.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,31 +18,11 @@ from torch import nn
 from ..core import NonFiniteLossError
 from .chains import ChainSpec, UnavailableChain, build_chain
 from .data import Task
+from .integrations import train_with_accelerate, train_with_lightning
 from .models import make_model
+from .results import OnStep, RunResult, Trained
 
-OnStep = Callable[[int, float], None]
-"""``on_step(step, loss)``: called after every optimizer step (step counts from 1)"""
-
-Trained = tuple[nn.Module, Any]
-"""what a trainer returns: the model and its optimizer (for ``opt.eval()`` around the evaluation)"""
-
-
-@dataclass
-class RunResult:
-    """What one chain did: per-step losses, final metrics, closure evaluations and wall time."""
-
-    chain: str
-    label: str
-    status: str = "ok"
-    """``ok``, ``unavailable`` (a module is missing), ``diverged`` (non-finite loss) or ``failed``"""
-    message: str = ""
-    losses: list[float] = field(default_factory=list)
-    final_loss: float = math.nan
-    train_acc: float = math.nan
-    test_acc: float = math.nan
-    steps: int = 0
-    closure_calls: int = 0
-    wall_time: float = 0.0
+__all__ = ["TRAINERS", "OnStep", "RunResult", "Trained", "evaluate", "run_chain", "run_side_by_side"]
 
 
 @torch.no_grad()
@@ -107,16 +85,12 @@ def train_plain(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnS
 # ---------------------------------------------------------------------------------------------- lightning
 def train_lightning(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult) -> Trained:
     """Lightning's automatic optimization; the chain is returned from ``configure_optimizers``."""
-    from .integrations import train_with_lightning
-
     return train_with_lightning(spec, task, steps, seed, on_step, result)
 
 
 # ---------------------------------------------------------------------------------------------- accelerate
 def train_accelerate(spec: ChainSpec, task: Task, steps: int, seed: int, on_step: OnStep, result: RunResult) -> Trained:
     """``accelerator.prepare(model, opt)`` and torchzero_accelerate's closure helper."""
-    from .integrations import train_with_accelerate
-
     return train_with_accelerate(spec, task, steps, seed, on_step, result)
 
 
