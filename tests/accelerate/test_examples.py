@@ -33,7 +33,11 @@ def _losses(out: str) -> list[float]:
 
 
 def test_every_accelerate_example_is_covered():
-    assert {p.stem for p in EXAMPLES.glob("accelerate_*.py")} == {"accelerate_plain", "accelerate_closure"}
+    assert {p.stem for p in EXAMPLES.glob("accelerate_*.py")} == {
+        "accelerate_plain",
+        "accelerate_closure",
+        "accelerate_metrics",
+    }
 
 
 @pytest.mark.parametrize(
@@ -44,6 +48,7 @@ def test_every_accelerate_example_is_covered():
         ("accelerate_closure", ["--steps", "3"]),
         ("accelerate_closure", ["--steps", "2", "--chain", "sam", "--mixed-precision", "bf16"]),
         ("accelerate_closure", ["--steps", "2", "--chain", "rfdm"]),
+        ("accelerate_metrics", ["--steps", "3"]),
     ],
 )
 def test_runs_from_command_line(name, args, examples_on_path, monkeypatch, capsys):
@@ -75,3 +80,21 @@ def test_closure_example_under_torchrun_matches_one_process(examples_on_path):
     assert "2 process(es), MULTI_CPU" in out, out[-3000:]
     single = _load("accelerate_closure").train(3)
     assert _losses(out) == pytest.approx(single, rel=1e-4, abs=5e-5)
+
+
+def test_metrics_example_writes_what_it_logged_to_tensorboard(examples_on_path, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = 4
+    logged = _load("accelerate_metrics").train(steps, tmp_path)
+    assert logged[-1]["loss"] < logged[0]["loss"]
+    assert all(r["tz/all/Modular/closure_calls"] == 1 + r["tz/all/1.StrongWolfe/line_search_evals"] for r in logged)
+    assert "tz/all/0.LBFGS/pairs_kept" in logged[1]  # a curvature pair from the second step on
+    (events,) = {p.parent for p in tmp_path.rglob("events.out.tfevents.*")}
+    reader = EventAccumulator(str(events), size_guidance={"scalars": 0})  # 0: keep every value
+    reader.Reload()
+    for tag in set().union(*logged):
+        want = [(step, r[tag]) for step, r in enumerate(logged) if tag in r]
+        got = [(e.step, e.value) for e in reader.Scalars(tag)]
+        assert [s for s, _ in got] == [s for s, _ in want], tag
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6), tag  # float32 in the files
