@@ -47,7 +47,8 @@ class ChainOptimizer(tz.Modular):
             entries (or just the class path) as a LightningCLI config gives them.
         spec: the chain as text instead, e.g. ``"adam(betas=(0.9, 0.95)), cautious, lr(3e-4)"``
             (:func:`torchzero.from_spec`).
-        fuse, reuse_evaluation, grad_as_scratch, differentiable: as for :class:`torchzero.Modular`.
+        fuse, reuse_evaluation, grad_as_scratch, differentiable, update_rms: as for :class:`torchzero.Modular`
+            (``update_rms: true`` in a config makes the update rules report their RMS to ``OptimizerMonitor``).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class ChainOptimizer(tz.Modular):
         reuse_evaluation: bool = False,
         grad_as_scratch: bool = False,
         differentiable: bool = False,
+        update_rms: bool = False,
     ) -> None:
         if (modules is None) == (spec is None):
             raise ValueError(
@@ -68,7 +70,7 @@ class ChainOptimizer(tz.Modular):
         chain = tz.from_spec(spec) if spec is not None else [build_module(x, i) for i, x in enumerate(modules or ())]
         super().__init__(
             params, *chain, fuse=fuse, reuse_evaluation=reuse_evaluation, grad_as_scratch=grad_as_scratch,
-            differentiable=differentiable,
+            differentiable=differentiable, update_rms=update_rms,
         )  # fmt: skip
 
 

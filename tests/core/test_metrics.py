@@ -53,6 +53,26 @@ def test_line_search_reports_the_accepted_step_size(search) -> None:
         assert opt.last_info["step_size"] == m[f"{label}/step_size"]  # last_info shows the same reports
 
 
+def test_a_rejected_line_search_reports_it() -> None:
+    x = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    x0 = x.detach().clone()
+    calls = [0]
+    # Neg turns the gradient into an ascent direction: the search sees a non-negative slope and tries nothing
+    opt = tz.Modular([x], tz.m.Neg(), tz.m.Backtracking(max_evals=5))
+    opt.step(_closure(opt, x, _quadratic, calls))
+    m = opt.metrics()
+    assert m["all/1.Backtracking/accepted"] == 0.0 and m["all/1.Backtracking/step_size"] == 0.0
+    assert m["all/1.Backtracking/line_search_evals"] == 0 and calls[0] == 1 == m["all/Modular/closure_calls"]
+    # a descent direction that no trial within max_evals makes short enough: the trials are counted, none accepted
+    calls[0] = 0
+    opt = tz.Modular([x], tz.m.Mul(1e6), tz.m.Backtracking(max_evals=3))
+    opt.step(_closure(opt, x, _quadratic, calls))
+    m = opt.metrics()
+    assert m["all/1.Backtracking/accepted"] == 0.0 and m["all/1.Backtracking/step_size"] == 0.0
+    assert m["all/1.Backtracking/line_search_evals"] == 3 == calls[0] - 1
+    assert torch.equal(x.detach(), x0)  # a rejected search leaves the parameters where they were
+
+
 def _pair_metrics(make, f, steps: int = 3) -> list[tuple[dict[str, float], float]]:
     """Each step's metrics and the curvature <s, y> of the pair that step formed, computed here."""
     x = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)

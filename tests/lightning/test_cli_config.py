@@ -65,6 +65,19 @@ def test_a_spec_string_in_a_config():
     assert _modules(opt) == _modules(python_chain(make_net().parameters()))
 
 
+def test_update_rms_from_a_config():
+    config = {"class_path": "torchzero_lightning.ChainOptimizer",
+              "init_args": {"spec": "adam, lr(1e-2)", "update_rms": True}}  # fmt: skip
+    net = make_net()
+    opt = instantiate_class(net.parameters(), config)
+    twin = make_net()
+    ref = tz.Modular(twin.parameters(), tz.m.Adam(), tz.m.LR(1e-2), update_rms=True)
+    for o, n in ((opt, net), (ref, twin)):
+        loss_fn(n, next(iter(batches(1)))).backward()
+        o.step()
+    assert opt.metrics() == ref.metrics() and "0/0.Adam/update_rms" in opt.metrics()
+
+
 def test_modules_given_as_class_paths_objects_and_tz_m_paths():
     opt = tzl.ChainOptimizer(
         make_net().parameters(),
