@@ -56,7 +56,7 @@ def write(seg: Segment, terms: Sequence[Term], decay: Any = 0.0, scratch: Sequen
     """
     ctx = seg.ctx
     if ctx.opt.update_rms and not seg.module.modifies_update_inplace:
-        report_rms(seg, _term_norms(seg, terms))  # before the terms' tensors are reused as the update
+        report_rms(seg, _term_norms(terms))  # before the terms' tensors are reused as the update
     if not ctx.is_last:
         seg.update = _as_update(seg, terms, decay, scratch)
         return
@@ -83,7 +83,7 @@ def _norm_dtype(xs: Sequence[Tensor]) -> torch.dtype | None:
     return torch.float32 if xs and xs[0].dtype in (torch.float16, torch.bfloat16) else None
 
 
-def _term_norms(seg: Segment, terms: Sequence[Term]) -> list[Tensor]:
+def _term_norms(terms: Sequence[Term]) -> list[Tensor]:
     """Per-tensor Euclidean norms of ``sum(terms)`` (made in new tensors: the module's own are left as they are)."""
     if len(terms) == 1 and terms[0][0] == "add":
         x = list(terms[0][1])
