@@ -56,3 +56,31 @@ def test_no_host_sync_on_cuda_step():
         opt.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_update_rms_on_cpu_and_cuda_without_a_host_sync(fused):
+    # one group over cpu and cuda, float32 and bfloat16: one update_rms per segment, named by what differs,
+    # each equal to the RMS of that segment's step over lr, and the step with update_rms makes no host sync
+    params = _cpu_and_cuda()
+    lr = 1.0  # a step as large as the parameters: bfloat16 parameters still hold it to ~0.4%
+    opt = tz.Modular(params, tz.m.Adam(fused=fused), tz.m.LR(lr), update_rms=True)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    before = [p.detach().float().clone() for p in params]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+        raw = opt.metrics(sync=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    m = opt.metrics()
+    segments = {"cpu.float32": [0], "cpu.float64": [1], "cuda0.float32": [2], "cuda0.bfloat16": [3]}
+    assert {k for k in raw if k.endswith("update_rms")} == {f"0/0.Adam.{t}/update_rms" for t in segments}
+    for tag, idx in segments.items():
+        moved = torch.cat([((before[i] - params[i].detach().float()) / lr).flatten().cpu() for i in idx])
+        want = float(moved.square().mean().sqrt())
+        # bfloat16 parameters keep 8 bits: the step read back from them is good to ~0.4% per element
+        rel = 2e-2 if tag.endswith("bfloat16") else 1e-4
+        assert m[f"0/0.Adam.{tag}/update_rms"] == pytest.approx(want, rel=rel), tag
