@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.loops.optimization.automatic import ClosureResult
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-from lightning.pytorch.strategies import DDPStrategy, Strategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 from lightning.pytorch.trainer import call
 from torch import Tensor
 
@@ -65,13 +65,22 @@ def check_supported(trainer: pl.Trainer, opt: tz.Modular, *, manual: bool) -> No
             "Supported: precision '32-true', '64-true', 'bf16-mixed', 'bf16-true', '16-true'. Nothing was changed."
         )
     strategy = trainer.strategy
+    if isinstance(strategy, FSDPStrategy):
+        raise RuntimeError(
+            f"{what} during opt.step(), but FSDPStrategy (FSDP1) hands the optimizer flattened per-rank shards of "
+            "the parameters as plain tensors, so quantities over all parameters (line-search slopes, curvature "
+            "pairs) would be computed per rank and the ranks would fall out of step. Use "
+            "ModelParallelStrategy with fully_shard in configure_model (FSDP2: the parameters are DTensors), "
+            "strategy='ddp', or a chain without closure modules. Nothing was changed."
+        )
     if type(strategy).optimizer_step not in (Strategy.optimizer_step, DDPStrategy.optimizer_step) or (
         getattr(strategy, "_model_averager", None) is not None
     ):
         raise RuntimeError(
-            f"{what} during opt.step(); torchzero_lightning supports closure chains on "
-            f"one device and with DDP, but this run uses {type(strategy).__name__}, which steps the optimizer "
-            "its own way. Use strategy='auto' or 'ddp', or a chain without closure modules. Nothing was changed."
+            f"{what} during opt.step(); torchzero_lightning supports closure chains on one device, with DDP and "
+            f"with ModelParallelStrategy (FSDP2), but this run uses {type(strategy).__name__}, which steps the "
+            "optimizer its own way. Use strategy='auto' or 'ddp', or a chain without closure modules. Nothing was "
+            "changed."
         )
 
 

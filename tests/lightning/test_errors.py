@@ -111,3 +111,18 @@ def test_mixin_must_come_first():
 
         class Wrong(L.LightningModule, tzl.TorchzeroMixin):
             pass
+
+
+def test_closure_chain_under_fsdp1_strategy_is_refused():
+    """FSDPStrategy (FSDP1) gives the optimizer flat per-rank shards: a closure chain cannot run exactly there."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import Precision
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from torchzero_lightning._closure import check_supported
+
+    fake = SimpleNamespace(precision_plugin=Precision(), strategy=FSDPStrategy(), accumulate_grad_batches=1)
+    opt = lbfgs([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(RuntimeError, match=r"FSDPStrategy \(FSDP1\).*ModelParallelStrategy"):
+        check_supported(fake, opt, manual=False)
