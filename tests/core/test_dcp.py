@@ -182,3 +182,25 @@ def test_flattened_dcp_state_dict_is_refused_with_what_to_do():
         pytest.skip(f"torch refuses to flatten it already: {err}")
     with pytest.raises(ValueError, match="flatten_optimizer_state_dict"):
         set_optimizer_state_dict(model, opt, sd, options=options)
+
+
+def test_chain_state_rides_in_the_first_param_group_and_is_decoded_exactly():
+    """The chain's state as DCP sees it (one string in param_groups[0]) decodes to the top-level entry exactly:
+    tuples, integer keys, bools, inf and the last bit of a float."""
+    problem = Problem(torch.float64)
+    opt = tz.Modular(problem.params, tz.m.NAdam(), tz.m.LR(0.1))
+    _steps(Entry("NAdam", list), problem, opt, 2)
+    odd = {"t": (1, 2.5), 3: [True, None, "s"], "inf": float("inf"), "x": 0.1 + 0.2, "n": {"deep": [(-0.0,)]}}
+    opt.modules[0].global_state["odd"] = odd
+    sd = opt.state_dict()
+    packed = sd["param_groups"][0]["torchzero"]
+    assert isinstance(packed, str)
+    without_top = {k: v for k, v in sd.items() if k != "torchzero"}
+    fresh = Problem(torch.float64)
+    fresh_opt = tz.Modular(fresh.params, tz.m.NAdam(), tz.m.LR(0.1))
+    fresh_opt.load_state_dict(without_top)
+    assert fresh_opt.state_dict()["torchzero"] == sd["torchzero"]
+    got = fresh_opt.modules[0].global_state["odd"]
+    assert got == odd and type(got["t"]) is tuple and 3 in got
+    assert str(got["n"]["deep"][0][0]) == "-0.0"
+    assert "torchzero" not in fresh_opt.param_groups[0], "the packed state does not become a group setting"

@@ -437,9 +437,9 @@ class Modular(torch.optim.Optimizer):
         The chain's state (the module signature, each module's ``global_state`` and which per-parameter state
         entries exist) is written twice: as the top-level ``"torchzero"`` entry, and, because
         ``torch.distributed.checkpoint``'s ``get_optimizer_state_dict`` keeps only ``state`` and ``param_groups``,
-        also in ``param_groups[0]["torchzero"]``,
-        as one string (DCP's loaders take nested containers apart and lose empty ones, tuples and integer keys; a
-        string is one value, saved and loaded whole, whatever the structure of a fresh optimizer's).
+        also in ``param_groups[0]["torchzero"]`` as one string (DCP's loaders take nested containers apart and lose
+        empty ones, tuples and integer keys; a string is one value, saved and loaded whole, whatever the structure
+        of a fresh optimizer's).  ``load_state_dict`` reads the top-level entry, or this one when it is absent.
         """
         sd = super().state_dict()
         for i, p in enumerate(self._all_params()):
@@ -602,10 +602,8 @@ def _encode(value: Any) -> str:
     """
 
     def enc(v: Any) -> Any:
-        if v is None or isinstance(v, (bool, str)):
-            return v
-        if isinstance(v, int):
-            return v
+        if v is None or isinstance(v, (bool, int, str)):
+            return v  # JSON keeps them apart and exact
         if isinstance(v, float):
             return {"f": v.hex()}
         if isinstance(v, Mapping):
