@@ -79,8 +79,9 @@ class TorchzeroMixin:
         # the micro-batches of the optimizer step being accumulated (one without accumulate_grad_batches); the
         # optimizer step takes them, so in manual optimization, where it is not called, only the last is kept
         window = self.__dict__.setdefault("_tz_window", [])
-        if not self.automatic_optimization:  # type: ignore[attr-defined]
-            window.clear()
+        if not self.automatic_optimization or (window and window[-1][1] >= batch_idx):  # type: ignore[attr-defined]
+            window.clear()  # manual optimization, or a new epoch after a window that never stepped
+            self.__dict__.pop("_tz_window_losses", None)
         window.append((batch, batch_idx))
         return super().on_train_batch_start(batch, batch_idx)  # type: ignore[misc]
 
