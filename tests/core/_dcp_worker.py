@@ -30,9 +30,9 @@ from tests.core.dcp_chains import CHAINS, REPLICATED, STEPS, data, model, train 
 from tests.distributed import end_process_group  # noqa: E402
 
 
-def sharded(mesh, seed: int, name: str) -> torch.nn.Module:
+def sharded(mesh, seed: int, name: str, replicated: tuple[str, ...]) -> torch.nn.Module:
     net = model(seed)
-    if name in REPLICATED:  # a whole copy on each rank, trained on the whole batch: plain tensors, saved once
+    if name in replicated:  # a whole copy on each rank, trained on the whole batch: plain tensors, saved once
         return net
     fully_shard(net[0], mesh=mesh)
     fully_shard(net[2], mesh=mesh)
@@ -44,11 +44,11 @@ def full_params(net: torch.nn.Module) -> list[torch.Tensor]:
     return [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for p in net.parameters()]
 
 
-def check_chain(name: str, mesh, out: Path) -> None:
+def check_chain(name: str, mesh, out: Path, replicated: tuple[str, ...]) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     X, Y = data()
-    x, y = (X, Y) if name in REPLICATED else (X.chunk(world)[rank], Y.chunk(world)[rank])
-    net = sharded(mesh, 0, name)
+    x, y = (X, Y) if name in replicated else (X.chunk(world)[rank], Y.chunk(world)[rank])
+    net = sharded(mesh, 0, name, replicated)
     opt = CHAINS[name](net.parameters())
     train(net, opt, x, y, STEPS)
     ckpt = out / name
@@ -65,7 +65,7 @@ def check_chain(name: str, mesh, out: Path) -> None:
         torch.save(straight, out / f"{name}_final.pt")
 
     # resume 1: dcp.load into the state dicts of a fresh model and optimizer (DCP makes the optimizer's state)
-    net2 = sharded(mesh, 1, name)
+    net2 = sharded(mesh, 1, name, replicated)
     opt2 = CHAINS[name](net2.parameters())
     target = {"model": get_model_state_dict(net2), "optim": get_optimizer_state_dict(net2, opt2)}
     dcp.load(target, checkpoint_id=ckpt)
@@ -76,7 +76,7 @@ def check_chain(name: str, mesh, out: Path) -> None:
         assert torch.equal(a, b), f"{name}: dcp resume, parameter {i} differs by {(a - b).abs().max():.3g}"
 
     # resume 2: the full (gathered) optimizer state, broadcast from rank 0 into a fresh sharded optimizer
-    net3 = sharded(mesh, 1, name)
+    net3 = sharded(mesh, 1, name, replicated)
     opt3 = CHAINS[name](net3.parameters())
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_model_state_dict(net3, full_model if rank == 0 else {}, options=options)
@@ -87,12 +87,16 @@ def check_chain(name: str, mesh, out: Path) -> None:
 
 
 def main():
+    """``_dcp_worker.py OUT [CHAIN ...] [--shard-all]``: the chains (all by default); ``--shard-all`` shards the
+    chains that otherwise run on a replicated model too."""
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     out = Path(sys.argv[1])
-    for name in CHAINS:
-        check_chain(name, mesh, out)
+    names = [a for a in sys.argv[2:] if not a.startswith("--")] or list(CHAINS)
+    replicated = () if "--shard-all" in sys.argv else REPLICATED
+    for name in names:
+        check_chain(name, mesh, out, replicated)
         print(f"rank {rank}: {name} OK", flush=True)
     end_process_group()  # the sharded models are freed (gc) before the group goes
 
