@@ -25,16 +25,30 @@ class ShardedModel(TzModel):
         fully_shard(self.net, mesh=mesh)
 
 
-def main(out: str, name: str) -> None:
-    """One chain per run: a chain that fails cannot take the others down with it."""
+def fit_sharded(name: str, steps: int, ckpt_path: str | None = None, save: str | None = None) -> list[torch.Tensor]:
+    """Train chain ``name`` on a 2-rank FSDP2 model for ``steps`` steps (resuming from ``ckpt_path``); the
+    gathered parameters, and a checkpoint (Lightning's, sharded: DCP) at ``save``."""
     model = ShardedModel(CHAINS[name], dtype=torch.float64)
     strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
-    t = trainer(STEPS_FSDP, strategy=strategy, devices=2)
+    t = trainer(steps, strategy=strategy, devices=2)
     # each rank gets half of the N_FSDP samples (one batch); FSDP averages the gradients
-    t.fit(model, loader(data(N_FSDP, torch.float64), batch_size=N_FSDP // 2))
+    t.fit(model, loader(data(N_FSDP, torch.float64), batch_size=N_FSDP // 2), ckpt_path=ckpt_path)
     assert type(next(model.net.parameters())).__name__ == "DTensor"
-    full = [p.full_tensor().detach().clone() for p in model.net.parameters()]
-    if t.global_rank == 0:
+    if save is not None:
+        t.save_checkpoint(save)
+    return [p.full_tensor().detach().clone() for p in model.net.parameters()]
+
+
+def main(out: str, name: str) -> None:
+    """One chain per run: a chain that fails cannot take the others down with it.  ``<name>_resume``: train
+    half the steps, save Lightning's (DCP) checkpoint, resume from it in a new Trainer for the rest."""
+    if name.endswith("_resume"):
+        chain, ckpt = name.removesuffix("_resume"), f"{out}/{name}.ckpt"
+        fit_sharded(chain, STEPS_FSDP // 2, save=ckpt)
+        full = fit_sharded(chain, STEPS_FSDP, ckpt_path=ckpt)
+    else:
+        full = fit_sharded(name, STEPS_FSDP)
+    if torch.distributed.get_rank() == 0:
         torch.save(full, f"{out}/{name}.pt")
 
 
