@@ -11,7 +11,8 @@ Chains that need a closure (line searches, L-BFGS, SAM, gradient approximation) 
 :class:`AcceleratedClosure` (or the :func:`step` shorthand).  It backpropagates through
 ``accelerator.backward``, evaluates loss-only calls under ``torch.no_grad()``, and returns the loss
 averaged over processes, so that every process makes the same decisions and the parameters stay
-identical everywhere.
+identical everywhere.  With gradient accumulation, :func:`step` keeps the micro-batches of the optimizer
+step (pass each as the arguments of the loss function) and the closure re-evaluates all of them.
 
 ``RandomizedFDM`` draws its directions from its own seeded generator, so every process draws the same
 ones.  Seed every process the same for everything else (``accelerate.utils.set_seed(seed)``).

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -35,17 +36,27 @@ class AcceleratedClosure:
 
     Build a new closure for every batch (it is cheap), or call :meth:`reset` before reusing one.
 
+    With gradient accumulation (``gradient_accumulation_steps=N``) one optimizer step covers several
+    micro-batches; pass them as ``micro_batches``, a list of argument tuples for ``loss_fn``.  Each evaluation
+    then runs ``loss_fn(*args)`` for every micro-batch, backpropagates each through ``accelerator.backward``
+    (which divides by ``N``, as in Accelerate's own accumulation) and returns
+    :math:`\frac{1}{N} \sum_i L_i`, the loss whose gradient is the accumulated one.  :func:`step` collects the
+    micro-batches for you.
+
     Args:
         accelerator: the ``accelerate.Accelerator`` that prepared the model and the optimizer.
         optimizer: the prepared optimizer (or the ``tz.Modular`` inside it); the closure zeroes the
             gradients of its parameters before each backward pass.
-        loss_fn: called with no arguments, returns the loss of this process's batch as a scalar tensor,
-            e.g. ``lambda: F.cross_entropy(model(x), y)``.  It must not call ``backward`` itself.
+        loss_fn: returns the loss of this process's batch as a scalar tensor, e.g.
+            ``lambda: F.cross_entropy(model(x), y)``, or, with ``micro_batches``, of one micro-batch given as
+            its arguments, e.g. ``lambda x, y: F.cross_entropy(model(x), y)``.  It must not call ``backward``.
+        micro_batches: the arguments of ``loss_fn`` for each micro-batch of the step (with accumulation).
 
     Raises:
         ValueError: when the accelerator cannot give a closure exact gradients: gradient accumulation
-            (``gradient_accumulation_steps > 1``), fp16 with a ``GradScaler``, or a sharded/engine-managed
-            setup (FSDP, DeepSpeed, Megatron-LM).  Raised when the closure is built, so nothing changed.
+            (``gradient_accumulation_steps > 1``) without ``micro_batches``, fp16 with a ``GradScaler``, or a
+            sharded/engine-managed setup (FSDP, DeepSpeed, Megatron-LM).  Raised when the closure is built, so
+            nothing changed.
 
     Example::
 
@@ -56,8 +67,21 @@ class AcceleratedClosure:
             print(closure.loss)
     """
 
-    def __init__(self, accelerator: Any, optimizer: Any, loss_fn: Callable[[], Tensor]) -> None:
-        check_closure_support(accelerator)
+    def __init__(
+        self,
+        accelerator: Any,
+        optimizer: Any,
+        loss_fn: Callable[..., Tensor],
+        micro_batches: Sequence[Sequence[Any]] | None = None,
+    ) -> None:
+        check_closure_support(accelerator, accumulating=micro_batches is not None)
+        if micro_batches is not None and (
+            isinstance(micro_batches, (str, Tensor)) or not all(isinstance(b, (tuple, list)) for b in micro_batches)
+        ):
+            raise TypeError(
+                "micro_batches must be a list of argument tuples for loss_fn, one per micro-batch of the step, "
+                "e.g. [(x1, y1), (x2, y2)]"
+            )
         if not callable(loss_fn):
             raise TypeError(
                 f"loss_fn must be a callable that takes no arguments and returns the loss, got {type(loss_fn).__name__}. "
@@ -71,6 +95,7 @@ class AcceleratedClosure:
         self.accelerator = accelerator
         self.optimizer = optimizer
         self.loss_fn = loss_fn
+        self.micro_batches = None if micro_batches is None else [tuple(b) for b in micro_batches]
         self.loss: Tensor | None = None
         """the first loss of the step (averaged over processes), or None before the first evaluation"""
         self.last_loss: Tensor | None = None
@@ -89,8 +114,8 @@ class AcceleratedClosure:
         for group in self.optimizer.param_groups:
             yield from group["params"]
 
-    def _evaluate(self) -> Tensor:
-        loss = self.loss_fn()
+    def _evaluate(self, *args: Any) -> Tensor:
+        loss = self.loss_fn(*args)
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             what = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
             raise TypeError(
@@ -99,8 +124,27 @@ class AcceleratedClosure:
             )
         return loss.reshape(())
 
-    def __call__(self, backward: bool = True) -> Tensor:
+    def _accumulated(self, backward: bool) -> Tensor:
+        """The mean loss over the step's micro-batches, each backpropagated as Accelerate accumulates (``/N``)."""
+        assert self.micro_batches is not None
         if backward:
+            for p in self._params():
+                p.grad = None
+        total: Tensor | None = None
+        with torch.set_grad_enabled(backward):
+            for args in self.micro_batches:
+                loss = self._evaluate(*args)
+                if backward:
+                    self.accelerator.backward(loss)  # divides by gradient_accumulation_steps
+                loss = loss.detach().float() if loss.dtype in (torch.float16, torch.bfloat16) else loss.detach()
+                total = loss if total is None else total + loss
+        assert total is not None
+        return total / max(int(getattr(self.accelerator, "gradient_accumulation_steps", 1)), 1)
+
+    def __call__(self, backward: bool = True) -> Tensor:
+        if self.micro_batches is not None:
+            loss = self._accumulated(backward)
+        elif backward:
             with torch.enable_grad():
                 loss = self._evaluate()
                 for p in self._params():
@@ -121,17 +165,22 @@ class AcceleratedClosure:
         return loss
 
 
-def check_closure_support(accelerator: Any) -> None:
-    """Raise a ``ValueError`` that says why if ``accelerator`` cannot run closure steps exactly."""
+def check_closure_support(accelerator: Any, *, accumulating: bool = False) -> None:
+    """Raise a ``ValueError`` that says why if ``accelerator`` cannot run closure steps exactly.
+
+    ``accumulating``: the closure is given the micro-batches of the step, so gradient accumulation is fine.
+    """
     steps = getattr(accelerator, "gradient_accumulation_steps", 1)
-    if steps > 1:
+    if steps > 1 and not accumulating:
         raise ValueError(
             f"this Accelerator accumulates gradients over {steps} batches (gradient_accumulation_steps={steps}), "
-            "but a closure re-evaluates the loss and recomputes the gradient inside step(): it would see one "
-            "batch and drop the accumulated gradient, and Accelerate skips step() (so the closure) on the "
-            "batches in between. Use gradient_accumulation_steps=1 with a larger per-process batch for chains "
-            "that need a closure; chains that do not (Adam, SGD, ...) accumulate fine with "
-            "accelerator.backward(loss) and opt.step()."
+            "and a closure re-evaluates the loss and recomputes the gradient inside step(), so it needs every "
+            "micro-batch of the step, not only the last. Pass each micro-batch as the arguments of the loss "
+            "function, inside `with accelerator.accumulate(model):` call "
+            "`tza.step(accelerator, opt, lambda x, y: F.mse_loss(model(x), y), x, y)` (a lambda that reads the "
+            "loop's x, y would see only the last micro-batch by the time the closure runs), or build "
+            "AcceleratedClosure(..., micro_batches=[(x1, y1), ...]); or use gradient_accumulation_steps=1 with a "
+            "larger per-process batch. Nothing was changed."
         )
     if getattr(accelerator, "scaler", None) is not None:
         raise ValueError(
@@ -151,18 +200,62 @@ def check_closure_support(accelerator: Any) -> None:
         )
 
 
-def step(accelerator: Any, optimizer: Any, loss_fn: Callable[[], Tensor]) -> Tensor | None:
+def step(accelerator: Any, optimizer: Any, loss_fn: Callable[..., Tensor], *batch: Any) -> Tensor | None:
     """Take one closure step and return its loss (averaged over processes).
 
     Shorthand for building an :class:`AcceleratedClosure`, calling ``optimizer.step(closure)`` and
     returning ``closure.loss``.  Returns ``None`` if Accelerate skipped the step (the closure was never
     evaluated).
 
+    With gradient accumulation, call it on every micro-batch inside ``accelerator.accumulate(model)`` and pass
+    the micro-batch as the arguments of ``loss_fn`` (``*batch``): on the micro-batches where Accelerate does
+    not step (``accelerator.sync_gradients`` is False) it only keeps them, computing nothing; on the last one it
+    steps with a closure that evaluates every micro-batch kept for the step (see :class:`AcceleratedClosure`)
+    and returns the step's loss.
+
     Example::
 
         for x, y in dl:
             loss = tza.step(accelerator, opt, lambda: F.mse_loss(model(x), y))
+
+        # accelerator = Accelerator(gradient_accumulation_steps=4)
+        for x, y in dl:
+            with accelerator.accumulate(model):
+                loss = tza.step(accelerator, opt, lambda x, y: F.mse_loss(model(x), y), x, y)
     """
-    closure = AcceleratedClosure(accelerator, optimizer, loss_fn)
+    steps = getattr(accelerator, "gradient_accumulation_steps", 1)
+    if steps <= 1 and not batch:
+        closure = AcceleratedClosure(accelerator, optimizer, loss_fn)
+        optimizer.step(closure)
+        return closure.loss
+    if not batch:
+        check_closure_support(accelerator)  # the error that says to pass the micro-batch
+    kept = _kept_micro_batches.setdefault(_inner(optimizer), [])
+    if (
+        kept
+        and kept[0][0] is not loss_fn
+        and getattr(kept[0][0], "__code__", None) is not getattr(loss_fn, "__code__", None)
+    ):
+        raise ValueError(
+            "tza.step got another loss function than for the earlier micro-batches of this optimizer step; use "
+            "one loss function per optimizer, taking the micro-batch as its arguments. Nothing was changed."
+        )
+    micro_batches = [args for _, args in kept] + [batch]
+    closure = AcceleratedClosure(accelerator, optimizer, loss_fn, micro_batches=micro_batches)
+    if not getattr(accelerator, "sync_gradients", True):
+        kept.append((loss_fn, batch))  # Accelerate does not step on this micro-batch: keep it for the step
+        return None
+    kept.clear()
     optimizer.step(closure)
     return closure.loss
+
+
+# the micro-batches of the optimizer step being accumulated, per optimizer (its tz.Modular)
+_kept_micro_batches: weakref.WeakKeyDictionary[Any, list[tuple[Callable[..., Tensor], tuple[Any, ...]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _inner(optimizer: Any) -> Any:
+    """The optimizer inside an ``AcceleratedOptimizer`` (the tz.Modular), or the optimizer itself."""
+    return getattr(optimizer, "optimizer", optimizer)

@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.loops.optimization.automatic import ClosureResult
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-from lightning.pytorch.strategies import DDPStrategy, Strategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 from lightning.pytorch.trainer import call
 from torch import Tensor
 
@@ -65,20 +65,22 @@ def check_supported(trainer: pl.Trainer, opt: tz.Modular, *, manual: bool) -> No
             "Supported: precision '32-true', '64-true', 'bf16-mixed', 'bf16-true', '16-true'. Nothing was changed."
         )
     strategy = trainer.strategy
+    if isinstance(strategy, FSDPStrategy):
+        raise RuntimeError(
+            f"{what} during opt.step(), but FSDPStrategy (FSDP1) hands the optimizer flattened per-rank shards of "
+            "the parameters as plain tensors, so quantities over all parameters (line-search slopes, curvature "
+            "pairs) would be computed per rank and the ranks would fall out of step. Use "
+            "ModelParallelStrategy with fully_shard in configure_model (FSDP2: the parameters are DTensors), "
+            "strategy='ddp', or a chain without closure modules. Nothing was changed."
+        )
     if type(strategy).optimizer_step not in (Strategy.optimizer_step, DDPStrategy.optimizer_step) or (
         getattr(strategy, "_model_averager", None) is not None
     ):
         raise RuntimeError(
-            f"{what} during opt.step(); torchzero_lightning supports closure chains on "
-            f"one device and with DDP, but this run uses {type(strategy).__name__}, which steps the optimizer "
-            "its own way. Use strategy='auto' or 'ddp', or a chain without closure modules. Nothing was changed."
-        )
-    if not manual and trainer.accumulate_grad_batches != 1:
-        raise RuntimeError(
-            f"{what} at trial points, but with accumulate_grad_batches="
-            f"{trainer.accumulate_grad_batches} the gradient is a sum over several batches while a re-evaluation "
-            "can only see the last one, so the line search / estimate would mix two different objectives. Use "
-            "accumulate_grad_batches=1 with a larger batch, or a chain without closure modules. Nothing was changed."
+            f"{what} during opt.step(); torchzero_lightning supports closure chains on one device, with DDP and "
+            f"with ModelParallelStrategy (FSDP2), but this run uses {type(strategy).__name__}, which steps the "
+            "optimizer its own way. Use strategy='auto' or 'ddp', or a chain without closure modules. Nothing was "
+            "changed."
         )
 
 
@@ -155,6 +157,13 @@ class AutomaticClosure(_StepClosure):
     ``zero_grad`` + ``training_step`` + the strategy's backward (DDP syncs the gradient, backward hooks run)
     + clipping; loss-only, ``training_step`` under ``no_grad`` and nothing else.  Every returned loss is
     averaged over processes.
+
+    With ``accumulate_grad_batches=N`` the step covers the micro-batches of its window (``steps``, the
+    ``training_step`` arguments of each, the last one being the current batch).  Lightning has already
+    backpropagated the earlier ones (``earlier``: their losses, divided by ``N`` as Lightning divides them), so
+    the first evaluation adds them to the last one's; a re-evaluation runs ``training_step`` and backward
+    (``loss / N``) on every micro-batch.  The loss the chain sees is the sum of the divided losses, the function
+    whose gradient is the accumulated one.
     """
 
     def __init__(
@@ -162,16 +171,24 @@ class AutomaticClosure(_StepClosure):
         module: pl.LightningModule,
         opt: tz.Modular,
         lightning_closure: Callable[[], Any],
-        kwargs: OrderedDict[str, Any],
+        steps: list[OrderedDict[str, Any]],
         mute: Callable[[bool], None],
+        earlier: list[Tensor] | None = None,
     ) -> None:
         super().__init__(module.trainer, opt, mute)
         self.module = module
         self.lightning_closure = lightning_closure
-        self.kwargs = kwargs
+        self.steps = steps
+        self.earlier = list(earlier or [])
+        self.accumulation = self.trainer.accumulate_grad_batches
 
-    def _training_step(self) -> Any:
-        return call._call_strategy_hook(self.trainer, "training_step", *self.kwargs.values())
+    def _training_step(self, kwargs: OrderedDict[str, Any]) -> Any:
+        return call._call_strategy_hook(self.trainer, "training_step", *kwargs.values())
+
+    def _with_earlier(self, loss: Tensor) -> Tensor:
+        for earlier in self.earlier:
+            loss = loss + earlier.to(loss.dtype)
+        return loss
 
     def _first(self, backward: bool) -> Tensor:
         if backward:
@@ -180,26 +197,34 @@ class AutomaticClosure(_StepClosure):
                 _loss_of(None, "training_step")
             before_optimizer_step(self.trainer, self.opt)
             clip_gradients(self.trainer, self.opt)
-            return loss
+            return self._with_earlier(loss)
         with torch.no_grad():
-            output = self._training_step()
-        result = ClosureResult.from_training_step_output(output, self.trainer.accumulate_grad_batches)
+            output = self._training_step(self.steps[-1])
+        result = ClosureResult.from_training_step_output(output, self.accumulation)
         loss = _loss_of(result.loss, "training_step")
         # Lightning's closure never ran (it would backpropagate); the loop reads the step's output from it
         self.lightning_closure._result = result  # type: ignore[attr-defined]
         before_optimizer_step(self.trainer, self.opt)
-        return loss
+        return self._with_earlier(loss)
 
     def _again(self, backward: bool) -> Tensor:
+        total: Tensor | None = None
         if not backward:
             with torch.no_grad():
-                return _loss_of(self._training_step(), "training_step")
+                for kwargs in self.steps:
+                    loss = _loss_of(self._training_step(kwargs), "training_step") / self.accumulation
+                    total = loss if total is None else total + loss
+            assert total is not None
+            return total
         self.opt.zero_grad(set_to_none=True)  # new .grad tensors: modules may still hold the old ones
-        with torch.enable_grad():
-            loss = _loss_of(self._training_step(), "training_step")
-            call._call_strategy_hook(self.trainer, "backward", loss, self.opt)
+        for kwargs in self.steps:
+            with torch.enable_grad():
+                loss = _loss_of(self._training_step(kwargs), "training_step") / self.accumulation
+                call._call_strategy_hook(self.trainer, "backward", loss, self.opt)
+            total = loss.detach() if total is None else total + loss.detach()
         clip_gradients(self.trainer, self.opt)
-        return loss
+        assert total is not None
+        return total
 
 
 class ManualClosure(_StepClosure):

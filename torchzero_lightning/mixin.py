@@ -33,21 +33,26 @@ class TorchzeroMixin:
     * ``self.log`` is muted during re-evaluations, and ``on_before_optimizer_step`` runs once per step;
     * in the batch-norm epoch of ``StochasticWeightAveraging`` (Lightning skips backward there) a closure chain
       is not stepped, so the parameters stay the average;
-    * under DDP every loss the chain sees is averaged over processes, so every rank takes the same branch.
+    * under DDP every loss the chain sees is averaged over processes, so every rank takes the same branch;
+    * with ``accumulate_grad_batches=N`` the chain sees the loss and gradient of the whole window: the mixin keeps
+      the window's micro-batches (from ``on_train_batch_start``) and the losses Lightning backpropagated for the
+      earlier ones (from ``on_before_backward``); a re-evaluation runs ``training_step`` and backward on each
+      micro-batch, dividing by ``N`` as Lightning does.
 
     In manual optimization, ``self.optimizers()`` returns an optimizer whose ``step(closure)`` passes your
     ``closure(backward)`` (or no-argument closure) through unchanged, with the same averaging and muting.
 
     The mixin also checks what ``configure_optimizers`` returns (a scheduler must be built on the
     ``tz.Modular`` itself, not on ``opt.get_lr_module()``), and raises a clear error, before anything
-    changes, for setups a closure chain cannot run in (``precision='16-mixed'``, ``accumulate_grad_batches``
-    > 1, strategies other than single device and DDP).
+    changes, for setups a closure chain cannot run in (``precision='16-mixed'``, strategies other than single
+    device and DDP).
 
-    If you override ``on_train_batch_start``, ``optimizer_step``, ``optimizers`` or ``log``, call ``super()``.
+    If you override ``on_train_batch_start``, ``on_before_backward``, ``optimizer_step``, ``optimizers`` or
+    ``log``, call ``super()``.
     """
 
     _tz_muted: bool = False
-    _tz_batch: tuple[Any, int] | None = None
+    _tz_stepping: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -71,8 +76,23 @@ class TorchzeroMixin:
 
     # ---------------------------------------------------------------- hooks
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any:
-        self._tz_batch = (batch, batch_idx)
+        # the micro-batches of the optimizer step being accumulated (one without accumulate_grad_batches); the
+        # optimizer step takes them, so in manual optimization, where it is not called, only the last is kept
+        window = self.__dict__.setdefault("_tz_window", [])
+        if not self.automatic_optimization or (window and window[-1][1] >= batch_idx):  # type: ignore[attr-defined]
+            window.clear()  # manual optimization, or a new epoch after a window that never stepped
+            self.__dict__.pop("_tz_window_losses", None)
+        window.append((batch, batch_idx))
         return super().on_train_batch_start(batch, batch_idx)  # type: ignore[misc]
+
+    def on_before_backward(self, loss: Any) -> None:
+        # the (divided) loss of each micro-batch Lightning backpropagates before the optimizer step: the first
+        # evaluation of an accumulating step adds them to the last micro-batch's
+        if not self._tz_stepping and self.automatic_optimization:  # type: ignore[attr-defined]
+            losses = self.__dict__.setdefault("_tz_window_losses", [])
+            if isinstance(loss, torch.Tensor):
+                losses.append(loss.detach())
+        super().on_before_backward(loss)  # type: ignore[misc]
 
     def optimizer_step(
         self,
@@ -82,7 +102,8 @@ class TorchzeroMixin:
         optimizer_closure: Callable[[], Any] | None = None,
     ) -> None:
         opt = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
-        recorded, self._tz_batch = self._tz_batch, None
+        window: list[tuple[Any, int]] = self.__dict__.pop("_tz_window", [])
+        earlier: list[torch.Tensor] = self.__dict__.pop("_tz_window_losses", [])
         if optimizer_closure is None or not closure_modules(opt):
             return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # type: ignore[misc]
         if getattr(self.trainer.fit_loop, "_skip_backward", False):  # type: ignore[attr-defined]
@@ -93,17 +114,34 @@ class TorchzeroMixin:
             optimizer_closure()
             return None
         check_supported(self.trainer, opt, manual=False)  # type: ignore[attr-defined, arg-type]
-        if recorded is None or recorded[1] != batch_idx:
+        if not window or window[-1][1] != batch_idx:
             raise RuntimeError(
-                "TorchzeroMixin re-runs training_step on the current batch, which it records in "
+                "TorchzeroMixin re-runs training_step on the batches of the step, which it records in "
                 "on_train_batch_start, but it saw no batch for this step. If your LightningModule overrides "
                 "on_train_batch_start, call super().on_train_batch_start(batch, batch_idx) in it. Nothing was changed."
             )
-        kwargs: OrderedDict[str, Any] = OrderedDict(batch=recorded[0])
-        if is_param_in_hook_signature(self.training_step, "batch_idx", min_args=2):  # type: ignore[attr-defined]
-            kwargs["batch_idx"] = batch_idx
-        closure = AutomaticClosure(self, opt, optimizer_closure, kwargs, self._tz_mute)  # type: ignore[arg-type]
-        opt.step(closure)  # type: ignore[arg-type]  # closure(backward) -> Tensor
+        if len(earlier) != len(window) - 1:
+            raise RuntimeError(
+                f"with accumulate_grad_batches={self.trainer.accumulate_grad_batches} (or a batch whose "  # type: ignore[attr-defined]
+                "training_step returned None) TorchzeroMixin adds the losses of the step's earlier micro-batches, "
+                f"which it records in on_before_backward, but it saw {len(earlier)} for {len(window) - 1} "
+                "micro-batches. If your LightningModule overrides on_before_backward, call "
+                "super().on_before_backward(loss) in it; return the loss from training_step on every batch. "
+                "Nothing was changed."
+            )
+        steps = []
+        with_index = is_param_in_hook_signature(self.training_step, "batch_idx", min_args=2)  # type: ignore[attr-defined]
+        for batch, index in window:
+            kwargs: OrderedDict[str, Any] = OrderedDict(batch=batch)
+            if with_index:
+                kwargs["batch_idx"] = index
+            steps.append(kwargs)
+        closure = AutomaticClosure(self, opt, optimizer_closure, steps, self._tz_mute, earlier)  # type: ignore[arg-type]
+        self._tz_stepping = True
+        try:
+            opt.step(closure)  # type: ignore[arg-type]  # closure(backward) -> Tensor
+        finally:
+            self._tz_stepping = False
 
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
         opts = super().optimizers(use_pl_optimizer)  # type: ignore[misc]

@@ -115,6 +115,31 @@ def check_accumulation() -> None:
     checks.append("accumulation")
 
 
+def check_closure_accumulation() -> None:
+    """A closure chain: 2 processes x 2 micro-batches of 2 rows, every micro-batch re-evaluated by the closure,
+    == one process on windows of 8 rows (rtol 1e-5: float32, other summation orders)."""
+    import torchzero_accelerate as tza
+
+    acc = fresh_accelerator(gradient_accumulation_steps=2)
+    batches = global_batches()
+    ref_model, ref_losses = reference_run("lbfgs", batches)
+    model = make_model()
+    opt = tz.Modular(model.parameters(), *CHAINS["lbfgs"][1]())
+    model, opt = acc.prepare(model, opt)
+    losses = []
+    for x, y in local(batches, acc):
+        for xb, yb in zip(x.chunk(2), y.chunk(2), strict=True):
+            with acc.accumulate(model):
+                loss = tza.step(acc, opt, lambda a, b: F.mse_loss(model(a), b), xb, yb)
+            if loss is not None:
+                losses.append(loss)
+    flat = flat_params(model)
+    same_on_all_ranks(acc, flat, "closure accumulation params")
+    torch.testing.assert_close(flat, flat_params(ref_model), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.stack(losses), torch.stack(list(ref_losses)), rtol=1e-5, atol=1e-6)
+    checks.append("closure accumulation")
+
+
 def check_schedulers() -> None:
     """A prepared scheduler steps once per process per call (Accelerate's rule for non-split batches);
     an ``LR(scheduler_cls=...)`` scheduler steps once per optimizer step."""
@@ -150,6 +175,7 @@ def main() -> None:
         check_chain(chain, "bf16")
     check_random_directions_need_agreeing_seeds()
     check_accumulation()
+    check_closure_accumulation()
     check_schedulers()
     acc = fresh_accelerator()
     acc.wait_for_everyone()

@@ -13,7 +13,7 @@ from accelerate.utils import DistributedType
 import torchzero as tz
 import torchzero_accelerate as tza
 
-from ._common import flat_params, make_data, make_model
+from ._common import CHAINS, CLOSURE, flat_params, make_data, make_model
 
 
 def _prepared(**kwargs):
@@ -132,3 +132,84 @@ def test_bad_arguments_say_what_to_pass():
         tza.step(acc, opt, lambda: (model(x) - y) ** 2)
     torch.testing.assert_close(flat_params(model), before, rtol=0, atol=0)
     assert all(torch.equal(p.grad, torch.ones_like(p)) for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------ accumulation
+def _plain_accumulating_run(chain, windows):
+    """The reference: plain PyTorch, a closure that zeroes .grad and backpropagates loss_i / N per micro-batch."""
+    model = make_model()
+    opt = tz.Modular(model.parameters(), *CHAINS[chain][1]())
+    losses = []
+    for window in windows:
+
+        def closure(backward=True, window=window):
+            total = None
+            if backward:
+                opt.zero_grad()
+            with torch.set_grad_enabled(backward):
+                for xb, yb in window:
+                    loss = F.mse_loss(model(xb), yb)
+                    if backward:
+                        (loss / len(window)).backward()
+                    total = loss.detach() if total is None else total + loss.detach()
+            return total / len(window)
+
+        losses.append(opt.step(closure))
+    return model, losses
+
+
+@pytest.mark.parametrize("chain", CLOSURE)
+def test_closure_chain_accumulates_the_micro_batches_of_each_step(chain):
+    """gradient_accumulation_steps=2: tza.step keeps the window's micro-batches and the closure evaluates them
+    all; equal (bit for bit: the same operations in the same order) to a plain loop whose closure does that."""
+    x, y = make_data(24)
+    micro = list(zip(x.split(4), y.split(4), strict=True))
+    windows = [micro[i : i + 2] for i in range(0, len(micro), 2)]
+    ref, ref_losses = _plain_accumulating_run(chain, windows)
+
+    acc = Accelerator(cpu=True, gradient_accumulation_steps=2)
+    model = make_model()
+    model, opt = acc.prepare(model, tz.Modular(model.parameters(), *CHAINS[chain][1]()))
+    losses, changed = [], []
+    for xb, yb in micro:
+        with acc.accumulate(model):
+            before = flat_params(model)
+            grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+            loss = tza.step(acc, opt, lambda a, b: F.mse_loss(model(a), b), xb, yb)
+            changed.append(not torch.equal(before, flat_params(model)))
+            if loss is None:  # a micro-batch that is only kept: nothing computed, .grad untouched
+                for p, g in zip(model.parameters(), grads, strict=True):
+                    assert (p.grad is None and g is None) or torch.equal(p.grad, g)
+            else:
+                losses.append(loss)
+    assert changed == [False, True] * 3, "the parameters must change once per window, on its last micro-batch"
+    assert len(losses) == len(ref_losses) == 3
+    for got, want in zip(losses, ref_losses, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(flat_params(model), flat_params(ref), rtol=0, atol=0)
+
+
+def test_accumulating_closure_takes_micro_batches_as_argument_tuples():
+    acc, model, opt = _prepared(gradient_accumulation_steps=2)
+    x, y = make_data(8)
+    with pytest.raises(TypeError, match="micro_batches must be a list of argument tuples"):
+        tza.AcceleratedClosure(acc, opt, lambda a, b: F.mse_loss(model(a), b), micro_batches=[x, y])
+    closure = tza.AcceleratedClosure(acc, opt, lambda a, b: F.mse_loss(model(a), b), micro_batches=[(x, y)])
+    # one micro-batch of a window of 2 (the end of a dataloader): its gradient is divided by 2, as Accelerate does
+    loss = closure(True)
+    want = F.mse_loss(model(x), y)
+    grads = torch.autograd.grad(want / 2, list(model.parameters()))
+    torch.testing.assert_close(loss, want.detach() / 2, rtol=0, atol=0)
+    for p, g in zip(model.parameters(), grads, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
+
+
+def test_a_different_loss_function_within_one_step_is_refused():
+    acc, model, opt = _prepared(gradient_accumulation_steps=2)
+    x, y = make_data(8)
+    with acc.accumulate(model):
+        assert tza.step(acc, opt, lambda a, b: F.mse_loss(model(a), b), x, y) is None
+    before = flat_params(model)
+    with acc.accumulate(model), pytest.raises(ValueError, match="another loss function"):
+        tza.step(acc, opt, lambda a, b: F.l1_loss(model(a), b), x, y)
+    torch.testing.assert_close(flat_params(model), before, rtol=0, atol=0)

@@ -21,7 +21,7 @@ WORKER = Path(__file__).with_name("_dist_worker.py")
 def test_two_processes_stay_identical_and_match_one_process(tmp_path):
     out = torchrun(WORKER, str(tmp_path), nproc=2, timeout=150)
     expected = [f"{c}/{precision}" for precision in ("no", "bf16") for c in CHAINS]
-    expected += ["accumulation", "schedulers", "rfdm seeds control"]
+    expected += ["accumulation", "closure accumulation", "schedulers", "rfdm seeds control"]
     for rank in (0, 1):
         result = tmp_path / f"rank{rank}.json"
         assert result.exists(), f"rank {rank} did not finish:\n{out[-4000:]}"

@@ -24,9 +24,16 @@ def main(out: str) -> None:
         manual = name.startswith("manual")
         model = (ManualClosureModel if manual else TzModel)(make_opt, dtype=torch.float64, manual=manual)
         # a desynchronised collective raises after 45 s instead of hanging (torchrun then exits with an error)
-        t = trainer(STEPS_DDP, strategy=DDPStrategy(timeout=timedelta(seconds=45)), devices=2)
-        # Lightning's DistributedSampler (shuffle=False) gives each rank half of the N_DDP samples: one batch
-        t.fit(model, loader(data(N_DDP, torch.float64), batch_size=N_DDP // 2))
+        accumulate = 2 if name.startswith("accumulate") else 1
+        t = trainer(
+            STEPS_DDP,
+            strategy=DDPStrategy(timeout=timedelta(seconds=45)),
+            devices=2,
+            accumulate_grad_batches=accumulate,
+        )
+        # Lightning's DistributedSampler (shuffle=False) gives each rank half of the N_DDP samples: one batch, or
+        # `accumulate` micro-batches of equal size (their window is the whole batch again)
+        t.fit(model, loader(data(N_DDP, torch.float64), batch_size=N_DDP // 2 // accumulate))
         assert t.world_size == 2
         result = {"params": params(model.net), "counts": dict(model.counts), "local_losses": model.logged}
         torch.save(result, f"{out}/{name}_rank{rank}.pt")

@@ -14,7 +14,10 @@ from ._common import (
     Model,
     TzModel,
     assert_params_close,
+    batches,
     fit,
+    loss_fn,
+    make_net,
     params,
     reference_closure_run,
 )
@@ -95,3 +98,41 @@ def test_manual_optimization_with_closure():
     # training_step itself + one manual_backward per backward evaluation
     assert model.counts["on_after_backward"] == ref_counts["backward"]
     assert_params_close(params(model.net), ref_params)
+
+
+def _reference_accumulating_run(make_opt, windows):
+    """Plain PyTorch: a closure that zeroes .grad and backpropagates loss_i / N for each micro-batch of the window
+    (N = accumulate_grad_batches, as Lightning divides), returning the sum of the divided losses."""
+    net = make_net()
+    opt = make_opt(net.parameters())
+    losses = []
+    for window in windows:
+
+        def closure(backward=True, window=window):
+            total = None
+            if backward:
+                opt.zero_grad()
+            with torch.set_grad_enabled(backward):
+                for batch in window:
+                    loss = loss_fn(net, batch) / 2
+                    if backward:
+                        loss.backward()
+                    total = loss.detach() if total is None else total + loss.detach()
+            return total
+
+        losses.append(float(opt.step(closure)))
+    return params(net), losses
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_closure_chain_accumulates_grad_batches_like_a_plain_loop(name):
+    """accumulate_grad_batches=2: each step sees the loss and gradient of its window of two micro-batches, and
+    re-evaluates both; bit for bit what a plain loop doing the same gives (the same operations in the same order).
+    """
+    make_opt = CHAINS[name]
+    model = TzModel(make_opt)
+    fit(model, STEPS, accumulate_grad_batches=2)
+    micro = batches(2 * STEPS)
+    ref_params, _ = _reference_accumulating_run(make_opt, [micro[i : i + 2] for i in range(0, len(micro), 2)])
+    assert model.counts["on_before_optimizer_step"] == STEPS
+    assert_params_close(params(model.net), ref_params, rtol=0, atol=0)

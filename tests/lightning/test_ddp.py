@@ -21,6 +21,8 @@ CHAINS = {
     "randomized_fdm_adam": lambda p: tz.Modular(p, tz.m.RandomizedFDM(n_samples=2, seed=7), tz.m.Adam(), tz.m.LR(0.05)),
     # manual optimization: the user's closure(backward) calls self.manual_backward
     "manual_lbfgs_strongwolfe": lambda p: tz.Modular(p, tz.m.LBFGS(), tz.m.StrongWolfe()),
+    # accumulate_grad_batches=2 over two micro-batches per rank: the window is the whole batch again
+    "accumulate_lbfgs_strongwolfe": lambda p: tz.Modular(p, tz.m.LBFGS(), tz.m.StrongWolfe()),
 }
 
 
@@ -40,6 +42,9 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         ref_params, ref_counts, _ = reference_closure_run(make_opt, STEPS_DDP, dl=full, dtype=torch.float64)
         if name.startswith("manual"):
             assert r0["counts"]["on_after_backward"] == ref_counts["backward"], name
+        elif name.startswith("accumulate"):  # every evaluation runs training_step on both micro-batches
+            assert r0["counts"].get("training_step_grad", 0) == 2 * ref_counts.get("backward", 0), name
+            assert r0["counts"].get("training_step_nograd", 0) == 2 * ref_counts.get("loss_only", 0), name
         else:
             assert r0["counts"].get("training_step_grad", 0) == ref_counts.get("backward", 0), name
             assert r0["counts"].get("training_step_nograd", 0) == ref_counts.get("loss_only", 0), name

@@ -29,9 +29,15 @@ def test_closure_chain_under_16_mixed():
     assert model.counts["training_step_grad"] == 0
 
 
-def test_closure_chain_with_gradient_accumulation():
-    model = TzModel(lbfgs)
-    with pytest.raises(RuntimeError, match=r"accumulate_grad_batches=2.*accumulate_grad_batches=1"):
+class _NoSuperBeforeBackward(TzModel):
+    def on_before_backward(self, loss):  # hides the mixin's hook: the earlier micro-batches' losses go unseen
+        self.counts["on_before_backward"] += 1
+
+
+def test_closure_chain_with_gradient_accumulation_needs_the_micro_batch_losses():
+    """accumulate_grad_batches works (test_closure_chains.py); a hook that hides the losses is a clear error."""
+    model = _NoSuperBeforeBackward(lbfgs)
+    with pytest.raises(RuntimeError, match=r"accumulate_grad_batches=2.*super\(\).on_before_backward\(loss\)"):
         fit(model, 2, accumulate_grad_batches=2)
     _assert_untouched(model)
 
@@ -105,3 +111,18 @@ def test_mixin_must_come_first():
 
         class Wrong(L.LightningModule, tzl.TorchzeroMixin):
             pass
+
+
+def test_closure_chain_under_fsdp1_strategy_is_refused():
+    """FSDPStrategy (FSDP1) gives the optimizer flat per-rank shards: a closure chain cannot run exactly there."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import Precision
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from torchzero_lightning._closure import check_supported
+
+    fake = SimpleNamespace(precision_plugin=Precision(), strategy=FSDPStrategy(), accumulate_grad_batches=1)
+    opt = lbfgs([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(RuntimeError, match=r"FSDPStrategy \(FSDP1\).*ModelParallelStrategy"):
+        check_supported(fake, opt, manual=False)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import json
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -259,6 +260,44 @@ class Modular(torch.optim.Optimizer):
     def _all_params(self) -> list[Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
 
+    def _initializing_closure(self) -> Callable[..., Tensor] | None:
+        """A constant-loss closure for the step that creates a fresh optimizer's state, or None.
+
+        ``torch.distributed.checkpoint`` (``get_optimizer_state_dict`` / ``set_optimizer_state_dict``) makes a fresh
+        optimizer's state by setting every gradient to zero and calling ``step()`` without a closure.  A chain
+        that re-evaluates the loss takes that step as if the loss were constant: the closure it gets returns 0 and
+        leaves the zero gradients, so its state exists (and is then overwritten by the loaded one).  Only then:
+        state empty, every parameter that requires grad has an all-zero ``.grad`` (read here, one host sync, on
+        what would otherwise be an error).
+        """
+        if self.state or not self._root.requires_closure:
+            return None
+        params = [p for p in self._all_params() if p.requires_grad]
+        grads = [p.grad for p in params]
+        if not params or any(g is None for g in grads):
+            return None
+        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads if g is not None]  # a DTensor's shard
+        if any(bool(g.any()) for g in local):
+            return None
+
+        def constant(backward: bool = True) -> Tensor:
+            # zero, but a function of the parameters (modules that differentiate the loss need a graph)
+            with torch.enable_grad():
+                squares = [
+                    ((p.real.square() + p.imag.square()) if p.is_complex() else p.square()).sum() for p in params
+                ]
+                loss = squares[0]
+                for square in squares[1:]:  # mixed devices and dtypes: no stack
+                    loss = loss + square.to(loss.device)
+                loss = loss * 0
+            if backward:
+                for p in params:
+                    p.grad = None
+                loss.backward()
+            return loss
+
+        return constant
+
     def _check_ready(self, closure: Any) -> None:
         self._sync_groups()
         S.check_inert_keys(self.param_groups, self.plan.declared)
@@ -278,6 +317,10 @@ class Modular(torch.optim.Optimizer):
     def step(self, closure: Callable[..., Any] | None = None) -> Tensor | None:  # type: ignore[override]
         """Run the chain once and update the parameters; returns the loss if a closure was given.
 
+        A chain that needs a closure raises without one, except on the step ``torch.distributed.checkpoint`` takes
+        to create a fresh optimizer's state (never stepped nor loaded, every gradient exactly zero): that step sees
+        a constant loss, and its random draws do not advance the global random generators.
+
         ``torch.compile(opt.step)`` compiles the chain's math (Inductor fuses the elementwise modules); a chain
         without an ``LR`` module (line searches) has param groups torch.compile cannot trace, and runs eagerly.
         """
@@ -295,6 +338,13 @@ class Modular(torch.optim.Optimizer):
     def _step(self, closure: Callable[..., Any] | None) -> Tensor | None:
         if torch.compiler.is_compiling():
             self._init_group()
+        if closure is None and self._root.requires_closure:
+            initializing = self._initializing_closure()
+            if initializing is not None:
+                # random draws of this step (random directions) must not shift the run that is being resumed
+                devices = [p.device for p in self._all_params() if p.device.type == "cuda"]
+                with torch.random.fork_rng(devices=sorted(set(devices), key=str)):
+                    return self._step(initializing)
         self._check_ready(closure)
         needs_loss = self._root.requires_closure
         negate = S.closure_negated(self.param_groups, needs_loss)  # maximize: the chain sees -loss
@@ -334,6 +384,10 @@ class Modular(torch.optim.Optimizer):
             sink.final_write(ctx)
         for m in self._leaves:
             m.after_step(ctx)
+        # a stepped optimizer has state, if only an empty entry: torch.distributed.checkpoint steps an optimizer
+        # without state once with zero gradients "to create it", which would move a stateless chain's counters
+        if not self.state:
+            self.state[next(p for p in self._all_params() if p.requires_grad)]  # noqa: B018 - the defaultdict adds it
         if ctx.final_loss is not None and ctx.params_written and self.reuse_evaluation and wrapped is not None:
             params = self._all_params()
             kept = wrapped.signed(ctx.final_loss)  # the user's loss: maximize may change before the next step
@@ -397,19 +451,44 @@ class Modular(torch.optim.Optimizer):
         return [f"{m.key}:{type(m).__name__}" for m in self._leaves]
 
     def state_dict(self) -> dict[str, Any]:
+        """torch's optimizer state dict plus the chain's own state under ``"torchzero"``.
+
+        The chain's state (the module signature, each module's ``global_state`` and which per-parameter state
+        entries exist) is written twice: as the top-level ``"torchzero"`` entry, and, because
+        ``torch.distributed.checkpoint``'s ``get_optimizer_state_dict`` keeps only ``state`` and ``param_groups``,
+        also in ``param_groups[0]["torchzero"]`` as one string (DCP's loaders take nested containers apart and lose
+        empty ones, tuples and integer keys; a string is one value, saved and loaded whole, whatever the structure
+        of a fresh optimizer's).  ``load_state_dict`` reads the top-level entry, or this one when it is absent.
+        """
         sd = super().state_dict()
-        sd[_STATE_KEY] = {
+        for i, p in enumerate(self._all_params()):
+            # every trained parameter has an entry, if empty: DCP refuses a checkpoint without one for a parameter
+            # that requires grad (whole-vector modules keep their state on the first parameter)
+            if p.requires_grad:
+                sd["state"].setdefault(i, {})
+        extra = {
             "chain": self._signature(),
             "modules": {m.key: m.get_global_state() for m in self._leaves},
+            "entries": _entries(sd["state"], len(self._all_params())),
         }
+        sd[_STATE_KEY] = extra
+        if sd["param_groups"]:
+            sd["param_groups"][0] = {**sd["param_groups"][0], _STATE_KEY: _encode(extra)}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved_groups = [
+            {k: v for k, v in g.items() if k != _STATE_KEY} if isinstance(g, dict) else g
+            for g in state_dict.get("param_groups", [])
+        ]
         extra = state_dict.get(_STATE_KEY)
+        if extra is None:
+            extra = _group_extra(state_dict.get("param_groups", []))
         if extra is None:
             raise ValueError(
                 "this state dict was not saved by tz.Modular (it has no 'torchzero' entry); load it into the "
-                "optimizer class that saved it."
+                "optimizer class that saved it. (torch.distributed.checkpoint keeps the entry in "
+                "param_groups[0]; StateDictOptions(flatten_optimizer_state_dict=True) drops it, leave that off.)"
             )
         saved, mine = list(extra["chain"]), self._signature()
         if saved != mine:
@@ -418,7 +497,7 @@ class Modular(torch.optim.Optimizer):
                 "Build the optimizer with the same modules in the same order before loading."
             )
         self._sync_groups()  # a host may have replaced the groups before loading (Lightning's BaseFinetuning)
-        groups, saved_groups = self.param_groups, state_dict["param_groups"]
+        groups = self.param_groups
         if len(groups) != len(saved_groups) or any(
             len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups, strict=True)
         ):
@@ -427,7 +506,10 @@ class Modular(torch.optim.Optimizer):
                 f"{[len(s['params']) for s in saved_groups]}, this optimizer has {[len(g['params']) for g in groups]}."
             )
         schema.check_groups(self, saved_groups, "the state dict's param group")
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != _STATE_KEY})
+        _check_entries(extra.get("entries"), state_dict.get("state", {}), saved_groups)
+        plain = {k: v for k, v in state_dict.items() if k != _STATE_KEY}
+        plain["param_groups"] = saved_groups
+        super().load_state_dict(plain)
         if self._lr_missing_error:
             self.param_groups[:] = [ParamGroup(g) for g in self.param_groups]
         self._sync_groups()  # the loaded dicts replace the groups (and a host may have replaced the list before)
@@ -513,3 +595,88 @@ def _bind(root: Chain, fuse: bool) -> list[Module]:
                 f"tz.Modular(params, tz.m.{type(m).__name__}(...), ...)."
             )
     return leaves
+
+
+def _paths(value: Any, prefix: str = "") -> list[str]:
+    """The ``/``-joined key paths of the leaves of one parameter's (nested) state dict."""
+    if not isinstance(value, Mapping):
+        return [prefix]
+    return [path for k, v in value.items() for path in _paths(v, f"{prefix}/{k}" if prefix else str(k))]
+
+
+def _entries(state: Mapping[Any, Any], n: int) -> list[list[str]]:
+    """Which state entries each parameter has, by position: what a loader must find again."""
+    return [sorted(_paths(state[i])) if i in state else [] for i in range(n)]
+
+
+def _group_extra(groups: Any) -> dict[str, Any] | None:
+    """The chain's state as ``state_dict`` also keeps it in the first param group (for DCP), or None."""
+    if not groups or not isinstance(groups[0], Mapping):
+        return None
+    packed = groups[0].get(_STATE_KEY)
+    return _decode(packed) if isinstance(packed, str) else None
+
+
+def _encode(value: Any) -> str:
+    """``value`` (Python primitives, containers, small tensors) as one JSON string that :func:`_decode` reverses.
+
+    Containers are tagged so that tuples, integer keys and floats (``float.hex``: exact, and inf/nan too) come
+    back as they were; no code is run on decoding.
+    """
+
+    def enc(v: Any) -> Any:
+        if v is None or isinstance(v, (bool, int, str)):
+            return v  # JSON keeps them apart and exact
+        if isinstance(v, float):
+            return {"f": v.hex()}
+        if isinstance(v, Mapping):
+            return {"d": [[enc(k), enc(x)] for k, x in v.items()]}
+        if isinstance(v, (list, tuple)):
+            return {"t" if isinstance(v, tuple) else "l": [enc(x) for x in v]}
+        if isinstance(v, Tensor):
+            return {"T": [str(v.dtype).removeprefix("torch."), enc(v.detach().cpu().tolist())]}
+        raise TypeError(
+            f"a module's global_state holds a {type(v).__name__}, which state_dict cannot save; keep Python "
+            "numbers, strings and containers of them there (tensors belong in opt.state)"
+        )
+
+    return json.dumps(enc(value), separators=(",", ":"))
+
+
+def _decode(text: str) -> Any:
+    def dec(v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        ((tag, x),) = v.items()
+        if tag == "f":
+            return float.fromhex(x)
+        if tag == "d":
+            return {dec(k): dec(y) for k, y in x}
+        if tag in ("t", "l"):
+            items = [dec(y) for y in x]
+            return tuple(items) if tag == "t" else items
+        return torch.tensor(dec(x[1]), dtype=getattr(torch, x[0]))
+
+    return dec(json.loads(text))
+
+
+def _check_entries(entries: Any, state: Mapping[Any, Any], groups: list[dict[str, Any]]) -> None:
+    """Raise if a state entry the saving optimizer had is missing from the state dict being loaded.
+
+    ``torch.distributed.checkpoint``'s ``dcp.load`` fills in only the entries the state dict it is given already
+    has, so loading into an optimizer whose state was never made leaves the checkpoint's state behind, silently.
+    """
+    if entries is None:  # saved before the entries were recorded
+        return
+    ids = [i for g in groups for i in g["params"]]
+    for pos, (expected, pid) in enumerate(zip(entries, ids, strict=False)):
+        have = set(_paths(state[pid])) if pid in state else set()
+        missing = [e for e in expected if e not in have]
+        if missing:
+            raise ValueError(
+                f"the state dict being loaded lacks state that the saving optimizer had for parameter {pos} "
+                f"({', '.join(missing)}). With torch.distributed.checkpoint, dcp.load fills in only the entries the "
+                "target state dict already has: build the target with get_optimizer_state_dict(model, opt) on an "
+                "optimizer whose state exists (DCP makes it with a zero-gradient step), or load with "
+                "StateDictOptions(full_state_dict=True) from a state dict read whole. Nothing was loaded."
+            )
