@@ -145,6 +145,14 @@ def test_dcp_init_step_of_a_closure_chain_sees_a_constant_loss():
     problem.closure()(True)
     with pytest.raises(RuntimeError, match="needs a closure"):
         opt.step()
+    # DCP zeroes every lr for that step: a user's fresh chain with zero gradients and an lr still needs one
+    fresh = Problem(torch.float64)
+    user = tz.Modular(fresh.params, tz.m.FDM(), tz.m.LR(0.1))
+    for p in fresh.params:
+        p.grad = torch.zeros_like(p)
+    with pytest.raises(RuntimeError, match="needs a closure"):
+        user.step()
+    assert not user.state
 
 
 def test_loading_into_a_target_without_the_state_is_a_clear_error(tmp_path: Path):

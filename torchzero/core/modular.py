@@ -267,10 +267,13 @@ class Modular(torch.optim.Optimizer):
         optimizer's state by setting every gradient to zero and calling ``step()`` without a closure.  A chain
         that re-evaluates the loss takes that step as if the loss were constant: the closure it gets returns 0 and
         leaves the zero gradients, so its state exists (and is then overwritten by the loaded one).  Only then:
-        state empty, every parameter that requires grad has an all-zero ``.grad`` (read here, one host sync, on
-        what would otherwise be an error).
+        state empty, every group's ``lr`` is 0 (DCP zeroes it for that step) and every parameter that requires grad
+        has an all-zero ``.grad`` (read here, one host sync, on what would otherwise be an error).
         """
         if self.state or not self._root.requires_closure:
+            return None
+        # DCP also sets every group's lr to 0 for that step: a user's forgotten closure (lr > 0) still raises
+        if any(float(g["lr"]) != 0 for g in self.param_groups if "lr" in g):
             return None
         params = [p for p in self._all_params() if p.requires_grad]
         grads = [p.grad for p in params]
