@@ -13,3 +13,16 @@ def test_fsdp2_chains_match_unsharded_torch():
     out = torchrun(Path(__file__).with_name("_fsdp_worker.py"), nproc=2, timeout=240)
     for name in ("adam_fused", "adam_foreach", "sgd_nesterov", "clipnorm_global"):
         assert out.count(f"{name} OK") == 2, out[-3000:]
+
+
+CHAIN_NAMES = ("adam", "clipnorm_adam", "muon", "split_muon_adam", "lbfgs_strong_wolfe", "fdm_adam")
+
+
+@pytest.mark.parametrize(("mesh", "nproc"), [("1d", 2), ("hsdp", 4)])
+def test_fsdp2_chains_match_the_unsharded_chain(mesh, nproc):
+    """Every chain on fully_shard'ed parameters (a 1-D mesh, and HSDP's (replicate, shard) mesh) equals the same
+    chain on an unsharded copy after 5 steps: global norms, dot products and the line search's slopes are
+    reduced over the mesh, FDM's directions are the unsharded ones."""
+    out = torchrun(Path(__file__).with_name("_fsdp_chains_worker.py"), mesh, nproc=nproc, timeout=150)
+    for name in CHAIN_NAMES:
+        assert out.count(f": {name} OK") == nproc, out[-3000:]

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import shard
+
 TensorList = list[Tensor]
 
 _local = threading.local()
@@ -75,6 +77,23 @@ def _detach_safe(arg: Any) -> Any:
     return arg
 
 
+def _on_local_shards(xs: Sequence[Tensor], args: tuple) -> bool:
+    """True when ``xs`` are DTensors and every tensor argument is laid out like its ``x`` or is a plain scalar."""
+    if not shard.is_dtensor(xs[0]):
+        return False
+    for a in args:
+        if _is_list(a):
+            if a and isinstance(a[0], Tensor) and not all(map(shard.same_layout, xs, a)):
+                return False
+        elif shard.is_dtensor(a):
+            return False
+    return all(map(shard.is_dtensor, xs))
+
+
+def _localize(arg: Any) -> Any:
+    return [shard.local(t) for t in arg] if _is_list(arg) and arg and isinstance(arg[0], Tensor) else arg
+
+
 def _make(name: str, single: Callable[..., Any] | None = None, saves_output: bool = False) -> Callable[..., Any]:
     multi = getattr(torch, f"_foreach_{name}")
     if single is None:
@@ -90,7 +109,15 @@ def _make(name: str, single: Callable[..., Any] | None = None, saves_output: boo
             # modifying their state in place, so give the op copies of arguments that carry a graph; and run the
             # per-tensor ops, which all have derivatives (not every foreach kernel does)
             args = tuple(_detach_safe(a) for a in args)
-        out = _loop(single, xs, args, kwargs) if differentiable or is_reference_mode() else multi(xs, *args, **kwargs)
+        if differentiable or is_reference_mode():
+            out = _loop(single, xs, args, kwargs)
+        elif inplace and _on_local_shards(xs, args):
+            # FSDP2 shards written in place: the same kernel on the local shards, no DTensor dispatch (and
+            # ops such as _foreach_copy_ have no sharding rule)
+            multi([shard.local(x) for x in xs], *[_localize(a) for a in args], **kwargs)
+            return None
+        else:
+            out = multi(xs, *args, **kwargs)
         if inplace:
             return None
         if saves_output and torch.is_grad_enabled() and out[0].requires_grad:
