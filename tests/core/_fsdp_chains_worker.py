@@ -19,6 +19,7 @@ from torch.distributed.fsdp import fully_shard  # noqa: E402
 
 import torchzero as tz  # noqa: E402
 from tests.distributed import end_process_group  # noqa: E402
+from torchzero.modules.optimizers import orthogonalize  # noqa: E402
 
 # name -> (modules factory, uses a closure)
 CHAINS = {
@@ -32,6 +33,8 @@ CHAINS = {
         ],
         False,
     ),
+    "shampoo": (lambda: [tz.m.Shampoo(momentum=0.9), tz.m.LR(1e-2)], False),
+    "psgd_kron": (lambda: [tz.m.PSGDKron(seed=0), tz.m.LR(1e-2)], False),  # seeded noise: the same on the owner
     "lbfgs_strong_wolfe": (lambda: [tz.m.LBFGS(), tz.m.StrongWolfe()], True),
     "fdm_adam": (lambda: [tz.m.RandomizedFDM(n_samples=2), tz.m.Adam(), tz.m.LR(1e-2)], True),
 }
@@ -68,26 +71,66 @@ def check_chain(name: str, mesh, X: torch.Tensor, Y: torch.Tensor, shard_group) 
             loss.backward()
         return loss
 
-    def ref_closure(backward=True):
+    def ref_closure(backward=True):  # the whole batch
         loss = torch.nn.functional.mse_loss(ref(X), Y)
         if backward:
             ref_opt.zero_grad()
             loss.backward()
         return loss
 
+    calls = []  # the matrices Newton-Schulz ran on in this rank's sharded steps
+    newton_schulz = orthogonalize.newton_schulz
+
+    def counting(x, *args, **kwargs):
+        calls.append(type(x).__name__)
+        return newton_schulz(x, *args, **kwargs)
+
     for _ in range(5):
+        orthogonalize.newton_schulz = counting
+        try:
+            if closure_chain:
+                opt.step(closure)
+            else:
+                closure()
+                opt.step()
+        finally:
+            orthogonalize.newton_schulz = newton_schulz
         if closure_chain:
-            opt.step(closure)
             ref_opt.step(ref_closure)
         else:
-            closure()
-            opt.step()
-            ref_closure()
+            # the gradient FSDP reduce-scattered, whole: both optimizers start from the same numbers, so what
+            # differs is only the optimizer's own work (full-batch gradients differ in the last bits)
+            for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+                b.grad = a.grad.full_tensor()
             ref_opt.step()
+    if "muon" in name:
+        # 3 weight matrices, owners round-robin over the shard group: ranks 0, 1, 0 (2 ranks); 0, 1, 2 (4 ranks)
+        owned = sum(1 for k in range(3) if k % world == rank)
+        assert calls == ["Tensor"] * (5 * owned), (rank, calls)
     assert type(next(model.parameters())).__name__ == "DTensor"
     for a, b in zip(model.parameters(), ref.parameters(), strict=True):
         # float32 sums in another order (local shards, then across ranks): a few ulps per step
         torch.testing.assert_close(a.full_tensor(), b.detach(), rtol=2e-5, atol=2e-6)
+
+
+def check_soap_refused(mesh) -> None:
+    """SOAP declares supports_sharding = False: a clear error before anything changes."""
+    model = _model()
+    for layer in (model[0], model[2], model[4], model):
+        fully_shard(layer, mesh=mesh)
+    opt = tz.Modular(model.parameters(), tz.m.SOAP(), tz.m.LR(1e-2))
+    model(torch.ones(2, 6)).sum().backward()
+    before = [p.full_tensor() for p in model.parameters()]
+    try:
+        opt.step()
+    except NotImplementedError as e:
+        assert "SOAP cannot run on parameters sharded by FSDP2" in str(e), e
+    else:
+        raise AssertionError("SOAP stepped on sharded parameters")
+    assert not opt.state
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a.full_tensor(), b)
+    print(f"rank {dist.get_rank()}: soap_refused OK", flush=True)
 
 
 def main():
@@ -106,6 +149,8 @@ def main():
     for name in names:
         check_chain(name, mesh, X, Y, shard_group)
         print(f"rank {dist.get_rank()}: {name} OK", flush=True)
+    if len(sys.argv) <= 2:
+        check_soap_refused(mesh)
     end_process_group()
 
 

@@ -15,14 +15,18 @@ def test_fsdp2_chains_match_unsharded_torch():
         assert out.count(f"{name} OK") == 2, out[-3000:]
 
 
-CHAIN_NAMES = ("adam", "clipnorm_adam", "muon", "split_muon_adam", "lbfgs_strong_wolfe", "fdm_adam")
+CHAIN_NAMES = (
+    "adam", "clipnorm_adam", "muon", "split_muon_adam", "shampoo", "psgd_kron", "lbfgs_strong_wolfe", "fdm_adam",
+    "soap_refused",
+)  # fmt: skip
 
 
 @pytest.mark.parametrize(("mesh", "nproc"), [("1d", 2), ("hsdp", 4)])
 def test_fsdp2_chains_match_the_unsharded_chain(mesh, nproc):
     """Every chain on fully_shard'ed parameters (a 1-D mesh, and HSDP's (replicate, shard) mesh) equals the same
     chain on an unsharded copy after 5 steps: global norms, dot products and the line search's slopes are
-    reduced over the mesh, FDM's directions are the unsharded ones."""
+    reduced over the mesh, FDM's directions are the unsharded ones, matrix modules gather each matrix on one
+    owner rank.  SOAP, which cannot, is refused before anything changes."""
     out = torchrun(Path(__file__).with_name("_fsdp_chains_worker.py"), mesh, nproc=nproc, timeout=150)
     for name in CHAIN_NAMES:
         assert out.count(f": {name} OK") == nproc, out[-3000:]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..foreach import Layout
+from ..foreach import Layout, shard
 from . import settings as S
 
 if TYPE_CHECKING:
@@ -125,6 +125,7 @@ class Plan:
             layout = Layout([g["params"] for g in groups], self.positions, None if key is None else include)
             # sparse gradients come from the model (nn.Embedding(sparse=True)): checked once per layout, not per step
             _check_dense([g for g in layout.grads() if g is not None])
+            _check_sharded(self.leaves, layout.originals)
             self._layouts[key] = layout
         return layout
 
@@ -288,6 +289,18 @@ def _check_dense(grads: list[Tensor]) -> None:
             f"parameters of shape {shapes} have sparse gradients, but torchzero modules work on dense tensors. "
             "Use dense gradients (e.g. nn.Embedding(..., sparse=False)), or give those parameters to "
             "torch.optim.SparseAdam. Nothing was changed."
+        )
+
+
+def _check_sharded(leaves: list[Module], params: list[Tensor]) -> None:
+    """Refuse FSDP2-sharded (DTensor) parameters for modules that declare ``supports_sharding = False``."""
+    refused = [type(m).__name__ for m in leaves if not m.supports_sharding]
+    if refused and shard.any_dtensor(params):
+        raise NotImplementedError(
+            f"{', '.join(refused)} cannot run on parameters sharded by FSDP2 (DTensors): they keep per-parameter "
+            "state in a rotated basis that needs whole tensors every step. Send the matrices to a module that "
+            "gathers them (tz.m.Muon, tz.m.Shampoo) with tz.m.Split, or train without fully_shard (DDP). "
+            "Nothing was changed."
         )
 
 

@@ -11,7 +11,7 @@ unsharded steps never load it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -104,3 +104,100 @@ def stacked_zeros(like: Tensor, n: int) -> Tensor:
     mesh = like.device_mesh  # type: ignore[attr-defined]
     return DTensor.from_local(piece, mesh, placements, run_check=False, shape=torch.Size((n, *like.shape)),
                               stride=torch.empty((n, *like.shape), device="meta").stride())  # fmt: skip
+
+
+def map_full(tensors: Sequence[Tensor], fn: Callable[[int, Tensor], Tensor]) -> list[Tensor]:
+    """``fn(i, full_i)`` for each tensor, on the whole (unsharded) tensor; results laid out like the inputs.
+
+    Plain tensors go to ``fn`` as they are.  A DTensor sharded along one mesh dimension (FSDP2, HSDP) is
+    gathered on one *owner* rank of that dimension's group, the owners taken round-robin over the sharded
+    tensors so the work is spread; each owner runs ``fn`` on the tensors it owns and scatters the result's
+    shards back.  So ``fn`` runs once per tensor per group (state it keeps stays on the owner), and each
+    tensor costs a gather and a scatter of its size.  ``fn`` must return the input's shape; a sharded
+    result is cast to the input's dtype.  Other layouts (sharded along several mesh dimensions) are gathered
+    on every rank (``full_tensor``) and ``fn`` runs everywhere.
+    """
+    out: list[Tensor | None] = [None] * len(tensors)
+    pending: list[tuple[int, _Gathered]] = []
+    for i, t in enumerate(tensors):
+        if not is_dtensor(t):
+            out[i] = fn(i, t)
+            continue
+        dims = [d for d, p in enumerate(t.placements) if p.is_shard()]  # type: ignore[attr-defined]
+        if len(dims) != 1:
+            out[i] = shard_like(fn(i, t.full_tensor()).to(t.dtype), t)  # type: ignore[attr-defined]
+            continue
+        pending.append((i, _Gathered(t, dims[0], owner=len(pending))))
+    for _i, g in pending:  # every gather is in flight before any waits
+        g.start_gather()
+    for i, g in pending:
+        g.finish_gather()
+        g.start_scatter(fn(i, g.full) if g.full is not None else None)  # only the owner holds it whole
+    for i, g in pending:
+        out[i] = g.finish_scatter()
+    return out  # type: ignore[return-value]
+
+
+class _Gathered:
+    """One DTensor's trip to its owner rank and back (see :func:`map_full`): padded shards, async collectives."""
+
+    def __init__(self, t: Any, mesh_dim: int, owner: int) -> None:
+        self.t = t
+        mesh = t.device_mesh
+        self.group = mesh.get_group(mesh_dim)
+        self.world = mesh.size(mesh_dim)
+        self.rank = mesh.get_local_rank(mesh_dim)
+        self.owner = owner % self.world
+        self.owns = self.rank == self.owner
+        self.dim = t.placements[mesh_dim].dim
+        self.size = t.shape[self.dim]
+        self.chunk = -(-self.size // self.world)  # torch.chunk's sizes: every rank but the last ones holds this
+        self.full: Tensor | None = None
+
+    def _padded(self, x: Tensor) -> Tensor:
+        shape = list(x.shape)
+        shape[self.dim] = self.chunk
+        out = x.new_zeros(shape)
+        out.narrow(self.dim, 0, x.shape[self.dim]).copy_(x)
+        return out
+
+    def start_gather(self) -> None:
+        import torch.distributed as dist
+
+        mine = self._padded(local(self.t))
+        self.parts = [torch.empty_like(mine) for _ in range(self.world)] if self.owns else None
+        self.work = dist.gather(mine, self.parts, group=self.group, group_dst=self.owner, async_op=True)
+
+    def finish_gather(self) -> None:
+        self.work.wait()
+        if self.parts is not None:
+            self.full = torch.cat(self.parts, self.dim).narrow(self.dim, 0, self.size)
+        self.parts = None
+
+    def start_scatter(self, result: Tensor | None) -> None:
+        import torch.distributed as dist
+
+        piece = local(self.t)
+        self.recv = self._padded(piece.new_empty(piece.shape).zero_())  # the receive buffer, one padded shard
+        chunks = None
+        if result is not None:
+            if result.shape != self.t.shape:
+                raise ValueError(
+                    f"map_full: fn returned shape {tuple(result.shape)} for a {tuple(self.t.shape)} tensor"
+                )
+            result = result.to(self.t.dtype)
+            chunks = []
+            for r in range(self.world):
+                start = min(r * self.chunk, self.size)
+                part = result.narrow(self.dim, start, min(self.chunk, self.size - start))
+                chunks.append(self._padded(part))
+        self.work = dist.scatter(self.recv, chunks, group=self.group, group_src=self.owner, async_op=True)
+        self.full = None
+
+    def finish_scatter(self) -> Tensor:
+        from torch.distributed.tensor import DTensor
+
+        self.work.wait()
+        piece = self.recv.narrow(self.dim, 0, local(self.t).shape[self.dim]).contiguous()
+        t = self.t
+        return DTensor.from_local(piece, t.device_mesh, t.placements, run_check=False, shape=t.shape, stride=t.stride())

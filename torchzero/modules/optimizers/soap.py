@@ -106,6 +106,7 @@ class SOAP(Transform):
 
     counts_steps = True
     modifies_update_inplace = False  # emits new tensors through the sink
+    supports_sharding = False  # projected moments need whole tensors every step (see Module.supports_sharding)
     schema = {
         "betas": BETAS,
         "shampoo_beta": Setting(optional(in_range(0, 1, closed="left")), "Use None (beta2) or e.g. 0.95."),
