@@ -40,6 +40,14 @@ def same_layout(a: Any, b: Any) -> bool:
     return is_dtensor(b) and a.device_mesh == b.device_mesh and a.placements == b.placements and a.shape == b.shape
 
 
+def wrap_local(piece: Tensor, like: Tensor) -> Tensor:
+    """A DTensor laid out like ``like`` whose local shard is ``piece`` (no communication, no check)."""
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(piece, like.device_mesh, like.placements, run_check=False, shape=like.shape,  # type: ignore[attr-defined]
+                              stride=like.stride())  # fmt: skip
+
+
 def reduce_groups(t: Tensor) -> ProcessGroups:
     """The process groups a sum over ``t``'s elements must be all-reduced over (``()`` for a plain tensor).
 
