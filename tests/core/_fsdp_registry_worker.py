@@ -58,7 +58,9 @@ def run_entry(entry, mesh, X, Y) -> str:
         try:
             opt.step(closure)
         except Exception as e:  # noqa: BLE001 - reported, and checked to have changed nothing
-            unchanged = step == 0 and all(torch.equal(p.full_tensor(), b) for p, b in zip(model.parameters(), before))
+            params = list(model.parameters())
+            unchanged = step == 0 and not opt.state
+            unchanged = unchanged and all(torch.equal(p.full_tensor(), b) for p, b in zip(params, before, strict=True))
             msg = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
             if step == 0 and unchanged and isinstance(e, NotImplementedError) and "FSDP2" in str(e):
                 return f"REFUSED {msg}"

@@ -294,13 +294,13 @@ def _check_dense(grads: list[Tensor]) -> None:
 
 def _check_sharded(leaves: list[Module], params: list[Tensor]) -> None:
     """Refuse FSDP2-sharded (DTensor) parameters for modules that declare ``supports_sharding = False``."""
-    refused = [type(m).__name__ for m in leaves if not m.supports_sharding]
+    refused = [m for m in leaves if not m.supports_sharding]
     if refused and shard.any_dtensor(params):
+        reasons = "; ".join(f"{type(m).__name__}: {m.sharding_note}" for m in refused)
         raise NotImplementedError(
-            f"{', '.join(refused)} cannot run on parameters sharded by FSDP2 (DTensors): they keep per-parameter "
-            "state in a rotated basis that needs whole tensors every step. Send the matrices to a module that "
-            "gathers them (tz.m.Muon, tz.m.Shampoo) with tz.m.Split, or train without fully_shard (DDP). "
-            "Nothing was changed."
+            f"{', '.join(type(m).__name__ for m in refused)} cannot run on parameters sharded by FSDP2 (DTensors). "
+            f"{reasons}. Train these without fully_shard (DDP), or, for matrix preconditioners, send the matrices "
+            "to one that gathers them (tz.m.Muon, tz.m.Shampoo, tz.m.PSGDKron) with tz.m.Split. Nothing was changed."
         )
 
 

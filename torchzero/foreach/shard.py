@@ -209,3 +209,17 @@ class _Gathered:
         piece = self.recv.narrow(self.dim, 0, local(self.t).shape[self.dim]).contiguous()
         t = self.t
         return DTensor.from_local(piece, t.device_mesh, t.placements, run_check=False, shape=t.shape, stride=t.stride())
+
+
+def local_index(t: Tensor, index: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Where element ``index`` of the whole tensor ``t`` sits in this rank's shard (None: on another rank).
+
+    A plain tensor holds every element itself.
+    """
+    if not is_dtensor(t):
+        return index
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)  # type: ignore[attr-defined]
+    out = tuple(i - o for i, o in zip(index, offset, strict=True))
+    return out if all(0 <= i < n for i, n in zip(out, shape, strict=True)) else None

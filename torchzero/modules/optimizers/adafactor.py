@@ -69,6 +69,8 @@ class Adafactor(Transform):
 
     counts_steps = True
     modifies_update_inplace = False  # emits new tensors through the sink
+    supports_sharding = False
+    sharding_note = "its factored second moment averages over the rows and the columns of each matrix, which FSDP2 splits across ranks"
     schema = {
         "beta2_decay": Setting(Number(high=0.0), "Use a non-positive decay rate such as -0.8."),
         "eps": Setting(
