@@ -63,17 +63,29 @@ def _signal_tree(pid: int, sig: int, *, root: bool = True, stagger: float = 0.0)
             p.send_signal(sig)
 
 
-def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: float = 180, env: dict | None = None) -> str:
+def torchrun(
+    script: str | Path,
+    *args: str,
+    nproc: int = 2,
+    timeout: float = 180,
+    env: dict | None = None,
+    expect_failure: bool = False,
+) -> str:
     """Run ``script`` on ``nproc`` processes; return the combined output, fail the test on error or timeout.
 
-    A port taken by another process between choosing and binding it is retried with a new port.
+    A port taken by another process between choosing and binding it is retried with a new port.  With
+    ``expect_failure`` a run that exits with an error (within ``timeout``) is the expected outcome: its output is
+    returned, and a run that succeeds fails the test.
     """
     for _attempt in range(3):
         returncode, out = _run(script, args, nproc, timeout, env)
-        if returncode == 0:
+        if "ADDRINUSE" in out or "Address already in use" in out:
+            continue
+        if (returncode == 0) != expect_failure:
             return out
-        if "ADDRINUSE" not in out and "Address already in use" not in out:
-            break
+        break
+    if expect_failure:
+        pytest.fail(f"torchrun was expected to fail but exited with 0\n{out[-6000:]}")
     pytest.fail(f"torchrun exited with {returncode}\n{out[-6000:]}")
 
 

@@ -50,3 +50,21 @@ def test_every_registry_chain_runs_sharded_or_is_refused():
         expected = "REFUSED" if entry.id in REFUSED_ON_SHARDS else "OK"
         for rank in (0, 1):
             assert f"rank {rank}: {entry.id} {expected}" in out, (entry.id, out[-3000:])
+
+
+def test_fsdp2_nonfinite_or_differing_losses_are_rejected_alike_on_every_rank():
+    """A NaN loss on one rank only: every rank rejects the step (Adam) or the trial point (LBFGS + StrongWolfe, which
+    then equals an unsharded run with the same NaN evaluation); losses that differ between ranks raise on all."""
+    out = torchrun(Path(__file__).with_name("_fsdp_faults_worker.py"), "nan", nproc=2, timeout=120)
+    for name in ("nan_first_order", "nan_line_search", "differing"):
+        assert out.count(f": {name} OK") == 2, out[-3000:]
+
+
+def test_fsdp2_closure_error_on_one_rank_ends_every_rank():
+    """Rank 1's closure raises inside a line search: rank 1 exits with its error, rank 0 fails in its next
+    collective (gloo: connection closed) or is ended by torchrun; no rank hangs (torchrun's hard timeout)."""
+    out = torchrun(
+        Path(__file__).with_name("_fsdp_faults_worker.py"), "raise", nproc=2, timeout=120, expect_failure=True
+    )
+    assert "boom from rank 1's closure" in out, out[-3000:]
+    assert "finished without an error" not in out, out[-3000:]

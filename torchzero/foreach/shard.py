@@ -11,6 +11,7 @@ unsharded steps never load it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -223,3 +224,37 @@ def local_index(t: Tensor, index: tuple[int, ...]) -> tuple[int, ...] | None:
     shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)  # type: ignore[attr-defined]
     out = tuple(i - o for i, o in zip(index, offset, strict=True))
     return out if all(0 <= i < n for i, n in zip(out, shape, strict=True)) else None
+
+
+def agreed_loss(loss: Tensor) -> Tensor:
+    """The closure's loss, checked to be the same on every process (one all-reduce of three numbers).
+
+    Every decision a closure module takes (accepting a trial point, rejecting a non-finite loss) must come out
+    the same on every rank of a sharded run, or the ranks fall out of lockstep.  If any rank's loss is not
+    finite, every rank gets NaN (so every rank rejects the step the same way); if finite losses differ, every
+    rank raises the same error.  Outside an initialised process group the loss is returned as it is.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return loss
+    value = float(loss)
+    finite = math.isfinite(value)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    stats = torch.tensor(
+        [0.0 if finite else 1.0, value if finite else -math.inf, -value if finite else -math.inf],
+        dtype=torch.float64,
+        device=device,
+    )
+    dist.all_reduce(stats, op=dist.ReduceOp.MAX)
+    nonfinite, high, low = float(stats[0]), float(stats[1]), -float(stats[2])
+    if nonfinite:
+        return torch.full_like(loss, math.nan)
+    if high != low:
+        raise ValueError(
+            f"the closure returned different losses on the ranks of this sharded run (from {low} to {high}). "
+            "Every rank must take the same decisions: return the loss averaged over the ranks, e.g. "
+            "`avg = loss.detach().clone(); dist.all_reduce(avg); loss = loss + (avg / world - loss.detach())` "
+            "(the adapters of torchzero_accelerate and torchzero_lightning do this). The step was not taken."
+        )
+    return loss
