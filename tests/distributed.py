@@ -115,6 +115,43 @@ def _run(script: str | Path, args: tuple[str, ...], nproc: int, timeout: float, 
     return proc.returncode, out
 
 
+def torchrun_nodes(script: str | Path, *args: str, nnodes: int = 2, nproc: int = 1, timeout: float = 180) -> str:
+    """Run ``script`` as ``nnodes`` "nodes" on this machine: one torchrun launch per node (``--node_rank``) meeting
+    at a c10d rendezvous on localhost, ``nproc`` processes each.  Returns the nodes' outputs, one after another;
+    fails the test when a node fails or the run does not end within ``timeout`` (every node is then ended, its
+    ranks' stacks printed)."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    procs = []
+    for node in range(nnodes):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={nproc}",
+            f"--node_rank={node}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+            f"--rdzv_id=tz{port}", str(EXIT_GUARD), str(script), *args,
+        ]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                      start_new_session=True))  # fmt: skip
+    deadline = time.monotonic() + timeout
+    outs, hung = [], False
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            hung = True
+            for p in procs:
+                if p.poll() is None:
+                    dump_stacks_and_kill(p.pid)
+            out, _ = proc.communicate()
+        outs.append(out)
+    text = "\n".join(f"----- node {i}\n{o}" for i, o in enumerate(outs))
+    if hung:
+        pytest.fail(f"the {nnodes}-node run hung: killed after {timeout}s\n{text[-12000:]}")
+    if any(p.returncode != 0 for p in procs):
+        pytest.fail(f"a node exited with {[p.returncode for p in procs]}\n{text[-6000:]}")
+    return text
+
+
 def end_process_group() -> None:
     """End a torchrun worker: free the garbage models, wait for every rank, destroy the process group.
 

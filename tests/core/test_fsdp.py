@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.distributed import torchrun
+from tests.distributed import torchrun, torchrun_nodes
 
 pytestmark = pytest.mark.distributed
 
@@ -68,3 +68,11 @@ def test_fsdp2_closure_error_on_one_rank_ends_every_rank():
     )
     assert "boom from rank 1's closure" in out, out[-3000:]
     assert "finished without an error" not in out, out[-3000:]
+
+
+def test_fsdp2_two_nodes_match_the_unsharded_chain():
+    """Two torchrun launches ("nodes", one process each) meeting at a c10d rendezvous on localhost: a first-order
+    and a closure chain on the 2-rank mesh equal the same chains unsharded (as in the one-launch test)."""
+    out = torchrun_nodes(Path(__file__).with_name("_fsdp_chains_worker.py"), "1d", "adam,lbfgs_strong_wolfe")
+    for name in ("adam", "lbfgs_strong_wolfe"):
+        assert out.count(f": {name} OK") == 2, out[-3000:]
