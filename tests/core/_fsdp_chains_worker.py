@@ -53,13 +53,19 @@ def _mean_over_ranks(loss: torch.Tensor) -> torch.Tensor:
     return loss + (total / dist.get_world_size() - loss.detach())
 
 
-def check_chain(name: str, mesh, X: torch.Tensor, Y: torch.Tensor, shard_group) -> None:
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if type(t).__name__ == "DTensor" else t
+
+
+def check_chain(name: str, mesh, X: torch.Tensor, Y: torch.Tensor, shard_group, partial: bool = False) -> None:
+    """``partial``: only the first two layers are sharded, the last one stays plain (its gradient averaged by
+    hand, as DDP would), so plain tensors and shards meet in one optimizer."""
     make, closure_chain = CHAINS[name]
     rank, world = dist.get_rank(shard_group), dist.get_world_size(shard_group)
     torch.manual_seed(0)
     model, ref = _model(), _model()
     ref.load_state_dict(model.state_dict())
-    for layer in (model[0], model[2], model[4], model):
+    for layer in (model[0], model[2]) if partial else (model[0], model[2], model[4], model):
         fully_shard(layer, mesh=mesh)
     opt, ref_opt = tz.Modular(model.parameters(), *make()), tz.Modular(ref.parameters(), *make())
     x, y = X.chunk(world)[rank], Y.chunk(world)[rank]
@@ -69,6 +75,12 @@ def check_chain(name: str, mesh, X: torch.Tensor, Y: torch.Tensor, shard_group) 
         if backward:
             opt.zero_grad()
             loss.backward()
+            for p in model[4].parameters() if partial else ():
+                dist.all_reduce(p.grad)
+                p.grad /= world
+        elif partial:  # a root FSDP module stays unsharded after a forward without backward: reshard it, so the
+            model[0].reshard()  # next forward gathers the parameters the optimizer moved (docs: Sharded training)
+            model[2].reshard()
         return loss
 
     def ref_closure(backward=True):  # the whole batch
@@ -101,16 +113,18 @@ def check_chain(name: str, mesh, X: torch.Tensor, Y: torch.Tensor, shard_group) 
             # the gradient FSDP reduce-scattered, whole: both optimizers start from the same numbers, so what
             # differs is only the optimizer's own work (full-batch gradients differ in the last bits)
             for a, b in zip(model.parameters(), ref.parameters(), strict=True):
-                b.grad = a.grad.full_tensor()
+                b.grad = _whole(a.grad).clone()
             ref_opt.step()
     if "muon" in name:
-        # 3 weight matrices, owners round-robin over the shard group: ranks 0, 1, 0 (2 ranks); 0, 1, 2 (4 ranks)
-        owned = sum(1 for k in range(3) if k % world == rank)
+        # 3 weight matrices, owners round-robin over the shard group: ranks 0, 1, 0 (2 ranks); partial: the 2
+        # sharded ones on ranks 0 and 1, the plain one on every rank
+        sharded, plain = (2, 1) if partial else (3, 0)
+        owned = sum(1 for k in range(sharded) if k % world == rank) + plain
         assert calls == ["Tensor"] * (5 * owned), (rank, calls)
     assert type(next(model.parameters())).__name__ == "DTensor"
     for a, b in zip(model.parameters(), ref.parameters(), strict=True):
         # float32 sums in another order (local shards, then across ranks): a few ulps per step
-        torch.testing.assert_close(a.full_tensor(), b.detach(), rtol=2e-5, atol=2e-6)
+        torch.testing.assert_close(_whole(a), b.detach(), rtol=2e-5, atol=2e-6)
 
 
 def check_soap_refused(mesh) -> None:
@@ -140,16 +154,16 @@ def main():
     if kind == "hsdp":
         mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("replicate", "shard"))
         shard_group = mesh.get_group("shard")
-    else:
+    else:  # "1d", or "partial": a 1-D mesh, only some layers sharded
         mesh = init_device_mesh("cpu", (world,))
         shard_group = None
     names = sys.argv[2].split(",") if len(sys.argv) > 2 else list(CHAINS)
     g = torch.Generator().manual_seed(1)
     X, Y = torch.randn(16, 6, generator=g), torch.randn(16, 3, generator=g)
     for name in names:
-        check_chain(name, mesh, X, Y, shard_group)
+        check_chain(name, mesh, X, Y, shard_group, partial=kind == "partial")
         print(f"rank {dist.get_rank()}: {name} OK", flush=True)
-    if len(sys.argv) <= 2:
+    if len(sys.argv) <= 2 and kind != "partial":
         check_soap_refused(mesh)
     end_process_group()
 

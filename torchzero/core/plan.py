@@ -174,6 +174,7 @@ class Plan:
 
         out: list[Segment] = []
         prev: Segment | None = None
+        prev_bucket = -1
         counts = self.step_counts(ctx, module) if module.counts_steps else None
         branches = module.branches
         for run in ctx.layout.runs:
@@ -185,6 +186,7 @@ class Plan:
                 if (
                     prev is not None
                     and prev.stop == start
+                    and prev_bucket == run.bucket  # same device and dtype, and shards or plain tensors alike
                     and prev.device == run.device
                     and prev.dtype == run.dtype
                     and prev._step == step
@@ -197,6 +199,7 @@ class Plan:
                 else:
                     prev = Segment(ctx, module, start, stop, run.device, run.dtype, settings, scale, run.group, step)
                     out.append(prev)
+                prev_bucket = run.bucket
         return out
 
     def check_uniform(self, groups: Groups, defaults: dict[str, Any], layout: Layout | None = None) -> None:

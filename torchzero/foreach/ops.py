@@ -46,6 +46,25 @@ def reference_mode(enabled: bool = True) -> Iterator[None]:
         _local.reference = previous
 
 
+def is_sharded_mode() -> bool:
+    """True inside :func:`sharded_mode`: the step's parameters include FSDP2 shards (DTensors)."""
+    return getattr(_local, "sharded", False)
+
+
+@contextlib.contextmanager
+def sharded_mode(enabled: bool = True) -> Iterator[None]:
+    """Inside this block elementwise ops look for DTensors and run on their local shards (see :mod:`.shard`).
+
+    The optimizer enters it for steps whose layout holds DTensors, so unsharded steps never pay for the look.
+    """
+    previous = is_sharded_mode()
+    _local.sharded = enabled
+    try:
+        yield
+    finally:
+        _local.sharded = previous
+
+
 def _is_list(x: Any) -> bool:
     return isinstance(x, (list, tuple))
 
@@ -78,9 +97,9 @@ def _detach_safe(arg: Any) -> Any:
 
 
 def _on_local_shards(xs: Sequence[Tensor], args: tuple) -> bool:
-    """True when ``xs`` are DTensors and every tensor argument is laid out like its ``x`` or is a plain scalar
-    (a 0-dim tensor: the same on every rank, such as a norm :func:`norm` reduced over the mesh)."""
-    if not shard.is_dtensor(xs[0]):
+    """True when some of ``xs`` are DTensors and every tensor argument fits its ``x``: laid out like it, or a plain
+    0-dim tensor (the same on every rank, such as a norm :func:`norm` reduced over the mesh); plain with plain."""
+    if not (is_sharded_mode() and shard.any_dtensor(xs)):
         return False
     for a in args:
         if _is_list(a):
@@ -88,10 +107,12 @@ def _on_local_shards(xs: Sequence[Tensor], args: tuple) -> bool:
                 return False
         elif shard.is_dtensor(a):
             return False
-    return all(map(shard.is_dtensor, xs))
+    return True
 
 
 def _fits(x: Tensor, a: Tensor) -> bool:
+    if not shard.is_dtensor(x):
+        return not shard.is_dtensor(a)
     return shard.same_layout(x, a) or (not shard.is_dtensor(a) and a.ndim == 0)
 
 
@@ -124,7 +145,7 @@ def _make(
             out = multi([shard.local(x) for x in xs], *[_localize(a) for a in args], **kwargs)
             if inplace:
                 return None
-            out = [shard.wrap_local(o, x) for o, x in zip(out, xs, strict=True)]
+            out = [shard.wrap_local(o, x) if shard.is_dtensor(x) else o for o, x in zip(out, xs, strict=True)]
         else:
             out = multi(xs, *args, **kwargs)
         if inplace:
@@ -187,7 +208,7 @@ def norm(xs: Sequence[Tensor], ord: float = 2, dtype: torch.dtype | None = None)
     For FSDP2 shards (DTensors) the norms of the local shards are combined over the mesh with one all-reduce
     per process group, so each norm is the whole tensor's, a plain 0-dim tensor equal on every rank.
     """
-    if xs and shard.is_dtensor(xs[0]):
+    if shard.any_dtensor(xs):  # per call, not per element: cheap next to the norms themselves
         return _sharded_norms(xs, ord, dtype)
     if not any(x.numel() == 0 for x in xs):
         return _norm(xs, ord) if dtype is None else _norm(xs, ord, dtype=dtype)
