@@ -1,4 +1,7 @@
-"""FSDP2 (``fully_shard``): chains on sharded DTensor parameters equal torch.optim on the unsharded model."""
+"""FSDP2 (``fully_shard``): chains on sharded DTensor parameters equal torch.optim, or the same chain, on the
+unsharded model; modules that cannot work on shards are refused up front; faults end or agree on every rank.
+
+Each test is one torchrun launch (2 CPU processes, gloo; HSDP 4) running several chains, with a hard timeout."""
 
 from pathlib import Path
 
