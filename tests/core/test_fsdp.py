@@ -38,8 +38,8 @@ def test_fsdp2_chains_match_the_unsharded_chain(mesh, nproc):
 
 # modules that declare supports_sharding = False (each with its reason), refused before anything changes
 REFUSED_ON_SHARDS = {
-    "ExactNewton", "NewtonCG", "Sophia", "ForwardGradient", "Adafactor", "Adafactor-weight_decay", "SOAP",
-    "SOAP-options", "WrapClosure", "WrapClosure-measured",
+    "ExactNewton", "NewtonCG", "Sophia", "ForwardGradient", "SOAP", "SOAP-options", "WrapClosure",
+    "WrapClosure-measured",
 }  # fmt: skip
 
 
