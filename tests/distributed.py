@@ -63,17 +63,29 @@ def _signal_tree(pid: int, sig: int, *, root: bool = True, stagger: float = 0.0)
             p.send_signal(sig)
 
 
-def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: float = 180, env: dict | None = None) -> str:
+def torchrun(
+    script: str | Path,
+    *args: str,
+    nproc: int = 2,
+    timeout: float = 180,
+    env: dict | None = None,
+    expect_failure: bool = False,
+) -> str:
     """Run ``script`` on ``nproc`` processes; return the combined output, fail the test on error or timeout.
 
-    A port taken by another process between choosing and binding it is retried with a new port.
+    A port taken by another process between choosing and binding it is retried with a new port.  With
+    ``expect_failure`` a run that exits with an error (within ``timeout``) is the expected outcome: its output is
+    returned, and a run that succeeds fails the test.
     """
     for _attempt in range(3):
         returncode, out = _run(script, args, nproc, timeout, env)
-        if returncode == 0:
+        if "ADDRINUSE" in out or "Address already in use" in out:
+            continue
+        if (returncode == 0) != expect_failure:
             return out
-        if "ADDRINUSE" not in out and "Address already in use" not in out:
-            break
+        break
+    if expect_failure:
+        pytest.fail(f"torchrun was expected to fail but exited with 0\n{out[-6000:]}")
     pytest.fail(f"torchrun exited with {returncode}\n{out[-6000:]}")
 
 
@@ -101,6 +113,43 @@ def _run(script: str | Path, args: tuple[str, ...], nproc: int, timeout: float, 
             f"Python stacks of the ranks' threads, printed on SIGABRT, are at the end of the output:\n{out[-12000:]}"
         )
     return proc.returncode, out
+
+
+def torchrun_nodes(script: str | Path, *args: str, nnodes: int = 2, nproc: int = 1, timeout: float = 180) -> str:
+    """Run ``script`` as ``nnodes`` "nodes" on this machine: one torchrun launch per node (``--node_rank``) meeting
+    at a c10d rendezvous on localhost, ``nproc`` processes each.  Returns the nodes' outputs, one after another;
+    fails the test when a node fails or the run does not end within ``timeout`` (every node is then ended, its
+    ranks' stacks printed)."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    procs = []
+    for node in range(nnodes):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={nproc}",
+            f"--node_rank={node}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+            f"--rdzv_id=tz{port}", str(EXIT_GUARD), str(script), *args,
+        ]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                      start_new_session=True))  # fmt: skip
+    deadline = time.monotonic() + timeout
+    outs, hung = [], False
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            hung = True
+            for p in procs:
+                if p.poll() is None:
+                    dump_stacks_and_kill(p.pid)
+            out, _ = proc.communicate()
+        outs.append(out)
+    text = "\n".join(f"----- node {i}\n{o}" for i, o in enumerate(outs))
+    if hung:
+        pytest.fail(f"the {nnodes}-node run hung: killed after {timeout}s\n{text[-12000:]}")
+    if any(p.returncode != 0 for p in procs):
+        pytest.fail(f"a node exited with {[p.returncode for p in procs]}\n{text[-6000:]}")
+    return text
 
 
 def end_process_group() -> None:

@@ -9,7 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torchzero.foreach import shard
+
 _NO_FULL_GRADIENT = {"DEEPSPEED", "MEGATRON_LM", "FSDP"}
+"""engine-managed or sharded setups; FSDP is allowed when its parameters are DTensors (FSDP2)"""
 
 
 class AcceleratedClosure:
@@ -55,8 +58,8 @@ class AcceleratedClosure:
     Raises:
         ValueError: when the accelerator cannot give a closure exact gradients: gradient accumulation
             (``gradient_accumulation_steps > 1``) without ``micro_batches``, fp16 with a ``GradScaler``, or a
-            sharded/engine-managed setup (FSDP, DeepSpeed, Megatron-LM).  Raised when the closure is built, so
-            nothing changed.
+            sharded/engine-managed setup (FSDP1's flat shards, DeepSpeed, Megatron-LM; FSDP2 with DTensor
+            parameters works).  Raised when the closure is built, so nothing changed.
 
     Example::
 
@@ -74,7 +77,7 @@ class AcceleratedClosure:
         loss_fn: Callable[..., Tensor],
         micro_batches: Sequence[Sequence[Any]] | None = None,
     ) -> None:
-        check_closure_support(accelerator, accumulating=micro_batches is not None)
+        check_closure_support(accelerator, optimizer, accumulating=micro_batches is not None)
         if micro_batches is not None and (
             isinstance(micro_batches, (str, Tensor)) or not all(isinstance(b, (tuple, list)) for b in micro_batches)
         ):
@@ -165,9 +168,17 @@ class AcceleratedClosure:
         return loss
 
 
-def check_closure_support(accelerator: Any, *, accumulating: bool = False) -> None:
+def _all_dtensors(optimizer: Any) -> bool:
+    inner = getattr(optimizer, "optimizer", optimizer)  # an AcceleratedOptimizer wraps the tz.Modular
+    params = [p for g in inner.param_groups for p in g["params"]]
+    return bool(params) and all(shard.is_dtensor(p) for p in params)
+
+
+def check_closure_support(accelerator: Any, optimizer: Any = None, *, accumulating: bool = False) -> None:
     """Raise a ``ValueError`` that says why if ``accelerator`` cannot run closure steps exactly.
 
+    Under FSDP, closures work when the parameters of ``optimizer`` are DTensors (FSDP2, ``fsdp_version=2``):
+    torchzero then reduces every quantity over the mesh.  FSDP1's flat shards are plain tensors, refused.
     ``accumulating``: the closure is given the micro-batches of the step, so gradient accumulation is fine.
     """
     steps = getattr(accelerator, "gradient_accumulation_steps", 1)
@@ -191,12 +202,19 @@ def check_closure_support(accelerator: Any, *, accumulating: bool = False) -> No
             "accelerator.backward(loss) and opt.step()."
         )
     kind = getattr(getattr(accelerator, "distributed_type", None), "name", None)
+    if kind == "FSDP" and optimizer is not None and _all_dtensors(optimizer):
+        return  # FSDP2: norms, dot products and slopes are reduced over the mesh (torchzero.foreach.shard)
     if kind in _NO_FULL_GRADIENT:
         raise ValueError(
             f"closures are not supported with distributed_type={kind}: there each process holds a shard of the "
             "parameters (or the engine owns backward and step), so quantities computed over all parameters "
             "(line-search slopes, curvature pairs, norms) would differ between processes and they would fall "
-            "out of step. Use DDP (MULTI_GPU / MULTI_CPU) or a single process for chains that need a closure."
+            "out of step. Use DDP (MULTI_GPU / MULTI_CPU) or a single process for chains that need a closure"
+            + (
+                ", or FSDP2 (fsdp_version=2: DTensor parameters, which torchzero reduces over the mesh)."
+                if kind == "FSDP"
+                else "."
+            )
         )
 
 

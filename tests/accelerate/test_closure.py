@@ -118,6 +118,22 @@ def test_sharded_or_engine_setups_are_rejected(kind):
         tza.check_closure_support(fake)
 
 
+class DTensor(torch.Tensor):
+    """Stands in for torch.distributed.tensor.DTensor: torchzero recognises a DTensor by its type's name, so the
+    adapter's check needs no process group (the real FSDP2 runs are in tests/core/test_fsdp.py)."""
+
+
+def test_fsdp2_closures_are_allowed_fsdp1_refused():
+    """FSDP with DTensor parameters (FSDP2) reduces over the mesh, so closure chains run; FSDP1's flat shards
+    (plain tensors) are still refused, with a hint to use FSDP2."""
+    fake = SimpleNamespace(gradient_accumulation_steps=1, scaler=None, distributed_type=DistributedType.FSDP)
+    sharded = tz.Modular([torch.zeros(3).as_subclass(DTensor).requires_grad_()], tz.m.LBFGS(), tz.m.StrongWolfe())
+    tza.check_closure_support(fake, sharded)
+    flat = tz.Modular([torch.zeros(3, requires_grad=True)], tz.m.LBFGS(), tz.m.StrongWolfe())
+    with pytest.raises(ValueError, match=r"distributed_type=FSDP.*fsdp_version=2"):
+        tza.check_closure_support(fake, flat)
+
+
 def test_bad_arguments_say_what_to_pass():
     acc, model, opt = _prepared()
     x, y = make_data(8)

@@ -1,4 +1,7 @@
-"""FSDP2 (``fully_shard``): chains on sharded DTensor parameters equal torch.optim on the unsharded model."""
+"""FSDP2 (``fully_shard``): chains on sharded DTensor parameters equal torch.optim, or the same chain, on the
+unsharded model; modules that cannot work on shards are refused up front; faults end or agree on every rank.
+
+Each test is one torchrun launch (2 CPU processes, gloo; HSDP 4) running several chains, with a hard timeout."""
 
 import warnings
 from pathlib import Path
@@ -14,7 +17,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from tests.core.dcp_chains import CHAINS, ELEMENTWISE, REPLICATED, STEPS, data, model, train
-from tests.distributed import torchrun
+from tests.distributed import torchrun, torchrun_nodes
 
 pytestmark = pytest.mark.distributed
 
@@ -84,3 +87,67 @@ def _assert_same_state(a, b, where):
         assert isinstance(b, torch.Tensor) and torch.equal(a, b), f"{where} differs"
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+CHAIN_NAMES = (
+    "adam", "clipnorm_adam", "muon", "split_muon_adam", "shampoo", "psgd_kron", "lbfgs_strong_wolfe", "fdm_adam",
+    "soap_refused",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(("mesh", "nproc"), [("1d", 2), ("hsdp", 4), ("partial", 2)])
+def test_fsdp2_chains_match_the_unsharded_chain(mesh, nproc):
+    """Every chain on fully_shard'ed parameters (a 1-D mesh, HSDP's (replicate, shard) mesh, and a model sharded
+    only in part, where shards and plain tensors meet in one optimizer) equals the same
+    chain on an unsharded copy after 5 steps: global norms, dot products and the line search's slopes are
+    reduced over the mesh, FDM's directions are the unsharded ones, matrix modules gather each matrix on one
+    owner rank.  SOAP, which cannot, is refused before anything changes."""
+    out = torchrun(Path(__file__).with_name("_fsdp_chains_worker.py"), mesh, nproc=nproc, timeout=150)
+    for name in CHAIN_NAMES if mesh != "partial" else [n for n in CHAIN_NAMES if n != "soap_refused"]:
+        assert out.count(f": {name} OK") == nproc, out[-3000:]
+
+
+# modules that declare supports_sharding = False (each with its reason), refused before anything changes
+REFUSED_ON_SHARDS = {
+    "ExactNewton", "NewtonCG", "Sophia", "ForwardGradient", "SOAP", "SOAP-options", "WrapClosure",
+    "WrapClosure-measured",
+}  # fmt: skip
+
+
+def test_every_registry_chain_runs_sharded_or_is_refused():
+    """Every contract-registry chain, 3 closure steps on fully_shard'ed float64 parameters, equals the same chain
+    unsharded (relative difference under 1e-6: float64 sums in another order), or is refused with a clear
+    error before anything changes; the refused ones are exactly those that declare it."""
+    from tests.modules.contract_registry import REGISTRY
+
+    out = torchrun(Path(__file__).with_name("_fsdp_registry_worker.py"), nproc=2, timeout=150)
+    for entry in REGISTRY:
+        expected = "REFUSED" if entry.id in REFUSED_ON_SHARDS else "OK"
+        for rank in (0, 1):
+            assert f"rank {rank}: {entry.id} {expected}" in out, (entry.id, out[-3000:])
+
+
+def test_fsdp2_nonfinite_or_differing_losses_are_rejected_alike_on_every_rank():
+    """A NaN loss on one rank only: every rank rejects the step (Adam) or the trial point (LBFGS + StrongWolfe, which
+    then equals an unsharded run with the same NaN evaluation); losses that differ between ranks raise on all."""
+    out = torchrun(Path(__file__).with_name("_fsdp_faults_worker.py"), "nan", nproc=2, timeout=120)
+    for name in ("nan_first_order", "nan_line_search", "differing"):
+        assert out.count(f": {name} OK") == 2, out[-3000:]
+
+
+def test_fsdp2_closure_error_on_one_rank_ends_every_rank():
+    """Rank 1's closure raises inside a line search: rank 1 exits with its error, rank 0 fails in its next
+    collective (gloo: connection closed) or is ended by torchrun; no rank hangs (torchrun's hard timeout)."""
+    out = torchrun(
+        Path(__file__).with_name("_fsdp_faults_worker.py"), "raise", nproc=2, timeout=120, expect_failure=True
+    )
+    assert "boom from rank 1's closure" in out, out[-3000:]
+    assert "finished without an error" not in out, out[-3000:]
+
+
+def test_fsdp2_two_nodes_match_the_unsharded_chain():
+    """Two torchrun launches ("nodes", one process each) meeting at a c10d rendezvous on localhost: a first-order
+    and a closure chain on the 2-rank mesh equal the same chains unsharded (as in the one-launch test)."""
+    out = torchrun_nodes(Path(__file__).with_name("_fsdp_chains_worker.py"), "1d", "adam,lbfgs_strong_wolfe")
+    for name in ("adam", "lbfgs_strong_wolfe"):
+        assert out.count(f": {name} OK") == 2, out[-3000:]

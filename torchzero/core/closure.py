@@ -20,7 +20,9 @@ the closure gave.
 Every decision a module makes (accepting a line-search trial, curvature checks) uses the value the
 closure returns.  In a distributed run, return a loss that is already averaged over processes
 (``torchzero_accelerate`` and ``torchzero_lightning`` do this for you) and every process takes the
-same branch.
+same branch.  With FSDP2-sharded parameters this is checked at every evaluation (one all-reduce of three
+numbers): differing losses raise an error on every rank, and a non-finite loss on one rank becomes NaN on
+all of them, so every rank rejects the step the same way.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import Any, overload
 
 import torch
 from torch import Tensor
+
+from ..foreach import shard
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -95,6 +99,8 @@ class Closure:
         """how many times the closure was evaluated during this step"""
         self.negate = negate
         """the chain maximizes: every evaluation returns ``-loss``"""
+        self.sharded: bool | None = None
+        """whether the parameters are FSDP2 shards (then each loss is checked to agree across ranks)"""
 
     @overload
     def signed(self, loss: Tensor) -> Tensor: ...
@@ -105,7 +111,15 @@ class Closure:
         return -loss if self.negate and loss is not None else loss
 
     def __call__(self, backward: bool = True) -> Tensor:
-        return self.signed(self._call(backward))  # None from a closure that may return it stays None
+        loss = self._call(backward)
+        if loss is not None and self._sharded():
+            loss = shard.agreed_loss(loss)  # every rank of an FSDP2 run sees the same loss (or the same NaN)
+        return self.signed(loss)  # None from a closure that may return it stays None
+
+    def _sharded(self) -> bool:
+        if self.sharded is None:
+            self.sharded = shard.any_dtensor(list(self._params()))
+        return self.sharded
 
     def _call(self, backward: bool) -> Tensor:
         self.calls += 1

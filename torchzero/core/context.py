@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..foreach import Layout, ops, policy
+from ..foreach import Layout, ops, policy, shard
 from . import sink
 from .closure import Closure, check_finite
 
@@ -432,6 +432,20 @@ class StepContext:
             for tag, value in zip(tags, values.values(), strict=True):
                 out[f"{group}/{label}.{tag}/{name}"] = value
         return out
+    def map_full(self, module: Module, tensors: Sequence[Tensor], fn: Callable[[int, Tensor], Tensor]) -> list[Tensor]:
+        """``fn(i, whole_i)`` for each tensor, on whole tensors also when the parameters are FSDP2 shards.
+
+        The one mechanism for matrix functions (:func:`torchzero.foreach.shard.map_full`): each sharded tensor
+        is gathered on one owner rank (round-robin), ``fn`` runs there, and the result's shards are scattered
+        back, laid out like the input; plain tensors go to ``fn`` as they are.  ``module`` must declare
+        ``full_matrices = True``.
+        """
+        if not module.full_matrices:
+            raise TypeError(
+                f"{type(module).__name__} calls ctx.map_full but does not declare full_matrices = True; declare it "
+                "(a class attribute) so that the chain and the docs know it computes on whole tensors"
+            )
+        return shard.map_full(tensors, fn)
 
     def set_global_state_at_end(self, module: Module, key: str, value: Any) -> None:
         """Set ``module.global_state[key] = value`` once the whole chain has succeeded, like the per-parameter

@@ -376,6 +376,11 @@ class Modular(torch.optim.Optimizer):
             return loss if wrapped is None else wrapped.signed(loss)
 
         self.plan.check_uniform(self.param_groups, self.defaults, layout)
+        with ops.sharded_mode(layout.sharded):  # FSDP2 shards: elementwise ops on the local shards
+            return self._run_chain(layout, closure, wrapped, loss)
+
+    def _run_chain(self, layout: Layout, closure: Any, wrapped: Closure | None, loss: Tensor | None) -> Tensor | None:
+        """The chain's part of a step on ``layout`` (see :meth:`_step`)."""
         ctx = StepContext(self, layout, wrapped, loss)
         if not self.plan.creates_update:
             grad = ctx.collect_grad()

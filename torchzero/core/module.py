@@ -42,6 +42,12 @@ class Module:
       keeps it per parameter in ``state[p][key]["step"]`` (like torch.optim) and hands it to the module
       as ``seg.step``; segments never mix parameters with different counts, so a parameter that joins
       later starts from step 1, as in torch.
+    * ``full_matrices``: the module's math needs each tensor whole (a matrix function: orthogonalisation,
+      Kronecker preconditioners), and it gets them through :meth:`StepContext.map_full`, which gathers the
+      shards of FSDP2 parameters on one owner rank per tensor and scatters the result back.
+    * ``supports_sharding``: the module runs on FSDP2-sharded (DTensor) parameters (the default).  A module
+      that sets it to False is refused, with an error naming it and giving its ``sharding_note``, when the
+      parameters are DTensors.
 
     Settings are declared with their allowed values in ``schema`` (and constraints between them in
     ``cross_checks``, see :mod:`torchzero.core.schema`); they are checked when the module is built, in
@@ -67,6 +73,11 @@ class Module:
     modifies_update_inplace: ClassVar[bool] = True
     counts_steps: ClassVar[bool] = False
     uniform_settings: ClassVar[bool] = False
+    full_matrices: ClassVar[bool] = False
+    """the module computes on whole tensors through ``ctx.map_full`` (matrix functions); see the class docstring"""
+    supports_sharding: ClassVar[bool] = True
+    sharding_note: ClassVar[str] = ""
+    """why a module with ``supports_sharding = False`` cannot run on FSDP2 shards (shown in the error)"""
     schema: Mapping[str, Setting | Constraint] = {}
     """allowed values of each setting (and constructor option) by key"""
     cross_checks: Sequence[Rule] = ()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..foreach import Layout
+from ..foreach import Layout, shard
 from . import settings as S
 
 if TYPE_CHECKING:
@@ -125,6 +125,7 @@ class Plan:
             layout = Layout([g["params"] for g in groups], self.positions, None if key is None else include)
             # sparse gradients come from the model (nn.Embedding(sparse=True)): checked once per layout, not per step
             _check_dense([g for g in layout.grads() if g is not None])
+            _check_sharded(self.leaves, layout.originals)
             self._layouts[key] = layout
         return layout
 
@@ -173,6 +174,7 @@ class Plan:
 
         out: list[Segment] = []
         prev: Segment | None = None
+        prev_bucket = -1
         counts = self.step_counts(ctx, module) if module.counts_steps else None
         branches = module.branches
         for run in ctx.layout.runs:
@@ -184,6 +186,7 @@ class Plan:
                 if (
                     prev is not None
                     and prev.stop == start
+                    and prev_bucket == run.bucket  # same device and dtype, and shards or plain tensors alike
                     and prev.device == run.device
                     and prev.dtype == run.dtype
                     and prev._step == step
@@ -196,6 +199,7 @@ class Plan:
                 else:
                     prev = Segment(ctx, module, start, stop, run.device, run.dtype, settings, scale, run.group, step)
                     out.append(prev)
+                prev_bucket = run.bucket
         return out
 
     def check_uniform(self, groups: Groups, defaults: dict[str, Any], layout: Layout | None = None) -> None:
@@ -288,6 +292,18 @@ def _check_dense(grads: list[Tensor]) -> None:
             f"parameters of shape {shapes} have sparse gradients, but torchzero modules work on dense tensors. "
             "Use dense gradients (e.g. nn.Embedding(..., sparse=False)), or give those parameters to "
             "torch.optim.SparseAdam. Nothing was changed."
+        )
+
+
+def _check_sharded(leaves: list[Module], params: list[Tensor]) -> None:
+    """Refuse FSDP2-sharded (DTensor) parameters for modules that declare ``supports_sharding = False``."""
+    refused = [m for m in leaves if not m.supports_sharding]
+    if refused and shard.any_dtensor(params):
+        reasons = "; ".join(f"{type(m).__name__}: {m.sharding_note}" for m in refused)
+        raise NotImplementedError(
+            f"{', '.join(type(m).__name__ for m in refused)} cannot run on parameters sharded by FSDP2 (DTensors). "
+            f"{reasons}. Train these without fully_shard (DDP), or, for matrix preconditioners, send the matrices "
+            "to one that gathers them (tz.m.Muon, tz.m.Shampoo, tz.m.PSGDKron) with tz.m.Split. Nothing was changed."
         )
 
 

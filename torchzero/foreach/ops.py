@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import shard
+
 TensorList = list[Tensor]
 
 _local = threading.local()
@@ -42,6 +44,25 @@ def reference_mode(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _local.reference = previous
+
+
+def is_sharded_mode() -> bool:
+    """True inside :func:`sharded_mode`: the step's parameters include FSDP2 shards (DTensors)."""
+    return getattr(_local, "sharded", False)
+
+
+@contextlib.contextmanager
+def sharded_mode(enabled: bool = True) -> Iterator[None]:
+    """Inside this block elementwise ops look for DTensors and run on their local shards (see :mod:`.shard`).
+
+    The optimizer enters it for steps whose layout holds DTensors, so unsharded steps never pay for the look.
+    """
+    previous = is_sharded_mode()
+    _local.sharded = enabled
+    try:
+        yield
+    finally:
+        _local.sharded = previous
 
 
 def _is_list(x: Any) -> bool:
@@ -75,7 +96,33 @@ def _detach_safe(arg: Any) -> Any:
     return arg
 
 
-def _make(name: str, single: Callable[..., Any] | None = None, saves_output: bool = False) -> Callable[..., Any]:
+def _on_local_shards(xs: Sequence[Tensor], args: tuple) -> bool:
+    """True when some of ``xs`` are DTensors and every tensor argument fits its ``x``: laid out like it, or a plain
+    0-dim tensor (the same on every rank, such as a norm :func:`norm` reduced over the mesh); plain with plain."""
+    if not (is_sharded_mode() and shard.any_dtensor(xs)):
+        return False
+    for a in args:
+        if _is_list(a):
+            if a and isinstance(a[0], Tensor) and not all(map(_fits, xs, a)):
+                return False
+        elif shard.is_dtensor(a):
+            return False
+    return True
+
+
+def _fits(x: Tensor, a: Tensor) -> bool:
+    if not shard.is_dtensor(x):
+        return not shard.is_dtensor(a)
+    return shard.same_layout(x, a) or (not shard.is_dtensor(a) and a.ndim == 0)
+
+
+def _localize(arg: Any) -> Any:
+    return [shard.local(t) for t in arg] if _is_list(arg) and arg and isinstance(arg[0], Tensor) else arg
+
+
+def _make(
+    name: str, single: Callable[..., Any] | None = None, saves_output: bool = False, elementwise: bool = True
+) -> Callable[..., Any]:
     multi = getattr(torch, f"_foreach_{name}")
     if single is None:
         single = getattr(torch.Tensor, name)
@@ -90,7 +137,17 @@ def _make(name: str, single: Callable[..., Any] | None = None, saves_output: boo
             # modifying their state in place, so give the op copies of arguments that carry a graph; and run the
             # per-tensor ops, which all have derivatives (not every foreach kernel does)
             args = tuple(_detach_safe(a) for a in args)
-        out = _loop(single, xs, args, kwargs) if differentiable or is_reference_mode() else multi(xs, *args, **kwargs)
+        if differentiable or is_reference_mode():
+            out = _loop(single, xs, args, kwargs)
+        elif elementwise and _on_local_shards(xs, args):
+            # FSDP2 shards: the same kernel on the local shards, no DTensor dispatch (ops such as _foreach_copy_
+            # have no sharding rule) and no communication; results are DTensors laid out like xs
+            out = multi([shard.local(x) for x in xs], *[_localize(a) for a in args], **kwargs)
+            if inplace:
+                return None
+            out = [shard.wrap_local(o, x) if shard.is_dtensor(x) else o for o, x in zip(out, xs, strict=True)]
+        else:
+            out = multi(xs, *args, **kwargs)
         if inplace:
             return None
         if saves_output and torch.is_grad_enabled() and out[0].requires_grad:
@@ -141,17 +198,45 @@ minimum = _make("minimum")
 pow = _make("pow", saves_output=True)  # noqa: A001 - mirrors torch's name
 addcmul = _make("addcmul", lambda x, a, b, value=1: x.addcmul(a, b, value=value))
 addcdiv = _make("addcdiv", lambda x, a, b, value=1: x.addcdiv(a, b, value=value))
-_norm = _make("norm", lambda x, ord=2, dtype=None: torch.linalg.vector_norm(x, ord, dtype=dtype))
+_norm = _make("norm", lambda x, ord=2, dtype=None: torch.linalg.vector_norm(x, ord, dtype=dtype), elementwise=False)
 
 
 def norm(xs: Sequence[Tensor], ord: float = 2, dtype: torch.dtype | None = None) -> TensorList:
     """Per-tensor norms (``torch._foreach_norm``); a tensor with no elements has norm 0 for every ``ord``
-    (the infinity norm of an empty tensor is an error in torch)."""
+    (the infinity norm of an empty tensor is an error in torch).
+
+    For FSDP2 shards (DTensors) the norms of the local shards are combined over the mesh with one all-reduce
+    per process group, so each norm is the whole tensor's, a plain 0-dim tensor equal on every rank.
+    """
+    if shard.any_dtensor(xs):  # per call, not per element: cheap next to the norms themselves
+        return _sharded_norms(xs, ord, dtype)
     if not any(x.numel() == 0 for x in xs):
         return _norm(xs, ord) if dtype is None else _norm(xs, ord, dtype=dtype)
     full = [x for x in xs if x.numel() > 0]
     norms = iter(_norm(full, ord) if dtype is None else _norm(full, ord, dtype=dtype))
     return [next(norms) if x.numel() > 0 else x.new_zeros((), dtype=dtype or x.dtype) for x in xs]
+
+
+def _sharded_norms(xs: Sequence[Tensor], ord: float, dtype: torch.dtype | None) -> TensorList:
+    by_groups: dict[shard.ProcessGroups, list[int]] = {}
+    for i, x in enumerate(xs):
+        by_groups.setdefault(shard.reduce_groups(x), []).append(i)
+    out: list[Tensor | None] = [None] * len(xs)
+    inf = ord == float("inf")
+    for groups, idx in by_groups.items():
+        local_norms = norm([shard.local(xs[i]) for i in idx], ord, dtype)
+        if not groups:
+            for i, n in zip(idx, local_norms, strict=True):
+                out[i] = n
+            continue
+        # one collective for the group: the shards' p-th powers (or maxima), then the root
+        stacked = torch.stack([n.to(local_norms[0].dtype) for n in local_norms])
+        stacked = stacked if inf else stacked.pow(ord)
+        shard.all_reduce_(stacked, groups, "max" if inf else "sum")
+        total = stacked if inf else stacked.pow(1.0 / ord)
+        for k, i in enumerate(idx):
+            out[i] = total[k].to(local_norms[k].dtype)
+    return out  # type: ignore[return-value]
 
 
 def clone(xs: Sequence[Tensor]) -> TensorList:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
-from . import ops
+from . import ops, shard
 
 
 def fused_ok(
@@ -40,9 +40,5 @@ def fused_ok(
         and not ops.is_reference_mode()
         and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
-        and (sharded_ok or not any(_is_dtensor(t) for t in tensors))
+        and (sharded_ok or not shard.any_dtensor(tensors))
     )
-
-
-def _is_dtensor(t: Tensor) -> bool:
-    return type(t).__name__ == "DTensor"  # no import of torch.distributed on the step path

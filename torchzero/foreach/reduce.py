@@ -4,7 +4,9 @@ Two kinds live here.  :func:`bucket_dot` works on tensors that share one device 
 (device, dtype) bucket) and is written with foreach primitives.  The others take the ``buckets`` of the
 step's layout (``ctx.layout.buckets``, ``(start, stop)`` pairs) and reduce over every parameter: each
 bucket is reduced in its own dtype on its own device, and the parts are added in the widest dtype on the
-first bucket's device.  Functions returning a Python ``float`` sync with the host, so only closure
+first bucket's device.  Parameters sharded by FSDP2 (DTensors) are reduced over their local shards, and the
+partial results of all of them are then combined with one all-reduce per process group (see :mod:`.shard`),
+so a sharded run reduces to the same value as an unsharded one.  Functions returning a Python ``float`` sync with the host, so only closure
 modules (which sync anyway to compare losses) call them; the ``*_tensor`` variants and
 :func:`global_norm` stay on the device.
 """
@@ -12,12 +14,12 @@ modules (which sync anyway to compare losses) call them; the ``*_tensor`` varian
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from . import ops
+from . import ops, shard
 
 Buckets = Sequence[tuple[int, int]]
 
@@ -44,6 +46,8 @@ def global_norm(xs: Sequence[Tensor], ord: float = 2) -> Tensor:
     """
     if not xs:
         return torch.zeros(())
+    if shard.any_dtensor(xs):
+        return _sharded_norm(xs, ord)
     norms = ops.norm(xs, ord)
     device = norms[0].device
     stacked = torch.stack([n.to(device) for n in norms])
@@ -55,6 +59,9 @@ def dot_tensor(buckets: Buckets, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> 
 
     Each bucket's part is computed in its own dtype; the parts are added in the widest of them.
     """
+    if shard.any_dtensor(xs):
+        return _sharded_sum(buckets, xs, lambda idx: bucket_dot([shard.local(xs[i]) for i in idx],
+                                                                [shard.local(ys[i]) for i in idx]))  # fmt: skip
     parts = [bucket_dot(list(xs[a:b]), list(ys[a:b])) for a, b in buckets]
     if not parts:
         return torch.zeros(())
@@ -79,6 +86,8 @@ def norm(buckets: Buckets, xs: Sequence[Tensor]) -> float:
 
 def l1_tensor(buckets: Buckets, xs: Sequence[Tensor]) -> Tensor:
     """Sum of absolute values over all buckets, a 0-dim tensor on the first bucket's device (no host sync)."""
+    if shard.any_dtensor(xs):
+        return _sharded_sum(buckets, xs, lambda idx: torch.stack(ops.norm([shard.local(xs[i]) for i in idx], 1)).sum())
     total: Tensor | None = None
     for a, b in buckets:
         part = torch.stack(ops.norm(list(xs[a:b]), 1)).sum()
@@ -96,8 +105,63 @@ def max_abs(buckets: Buckets, xs: Sequence[Tensor]) -> float:
     no identity, so ``_foreach_norm`` refuses them; 0.0 when nothing is left.
     """
     out = 0.0
-    for a, b in buckets:
-        part = [x for x in xs[a:b] if x.numel() > 0]
-        if part:
-            out = max(out, float(torch.stack(ops.norm(part, math.inf)).max()))
+    for groups, idx in _classes(buckets, xs):
+        part = [shard.local(xs[i]) for i in idx if shard.local(xs[i]).numel() > 0]
+        value = torch.stack(ops.norm(part, math.inf)).max() if part else torch.zeros((), device=_device(xs[idx[0]]))
+        out = max(out, float(shard.all_reduce_(value, groups, "max")))  # every rank joins, even with no elements
     return out
+
+
+# ---------------------------------------------------------------------- sharded (FSDP2) parameters
+def _device(x: Tensor) -> torch.device:
+    return shard.local(x).device
+
+
+def _classes(buckets: Buckets, xs: Sequence[Tensor]) -> list[tuple[shard.ProcessGroups, list[int]]]:
+    """The indices of each bucket split by the process groups their reduction spans (``()``: plain tensors)."""
+    out: list[tuple[shard.ProcessGroups, list[int]]] = []
+    for a, b in buckets:
+        by_groups: dict[shard.ProcessGroups, list[int]] = {}
+        for i in range(a, b):
+            by_groups.setdefault(shard.reduce_groups(xs[i]), []).append(i)
+        out.extend(by_groups.items())
+    return out
+
+
+def _add(total: Tensor | None, part: Tensor) -> Tensor:
+    if total is None:
+        return part
+    return total.to(torch.promote_types(total.dtype, part.dtype)) + part.to(total.device)
+
+
+def _sharded_sum(buckets: Buckets, xs: Sequence[Tensor], local_sum: Callable[[list[int]], Tensor]) -> Tensor:
+    """A sum over parameters some of which are DTensors: local sums, one all-reduce per process group.
+
+    Plain tensors (the same on every rank) are added once, after the all-reduce.
+    """
+    sums: dict[shard.ProcessGroups, Tensor] = {}
+    for groups, idx in _classes(buckets, xs):
+        part = local_sum(idx)
+        sums[groups] = part if groups not in sums else _add(sums[groups], part)
+    total: Tensor | None = None
+    for groups, value in sums.items():  # the same order on every rank: the layout's order
+        total = _add(total, shard.all_reduce_(value.clone(), groups, "sum"))
+    assert total is not None
+    return total
+
+
+def _sharded_norm(xs: Sequence[Tensor], ord: float) -> Tensor:
+    """:func:`global_norm` over parameters some of which are DTensors: one all-reduce per process group."""
+    device = _device(xs[0])
+    by_groups: dict[shard.ProcessGroups, list[int]] = {}
+    for i, x in enumerate(xs):
+        by_groups.setdefault(shard.reduce_groups(x), []).append(i)
+    parts = []
+    for groups, idx in by_groups.items():
+        norms = torch.stack([n.to(device) for n in ops.norm([shard.local(xs[i]) for i in idx], ord)])
+        if math.isinf(ord):
+            parts.append(shard.all_reduce_(norms.max(), groups, "max"))
+        else:
+            parts.append(shard.all_reduce_(norms.pow(ord).sum(), groups, "sum"))
+    stacked = torch.stack(parts)
+    return stacked.max() if math.isinf(ord) else stacked.sum().pow(1.0 / ord)

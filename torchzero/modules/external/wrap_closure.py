@@ -67,6 +67,11 @@ class WrapClosure(Wrap):
     """
 
     needs_closure = True
+    supports_sharding = False
+    sharding_note = (
+        "the wrapped optimizer reduces over the parameters itself, without the mesh (torch.optim.LBFGS flattens "
+        "them, and a dot product of shards read with .item() is this rank's part only)"
+    )
 
     def __init__(self, opt_cls: Any, fuse: bool | None = None, **kwargs: Any) -> None:
         super().__init__(opt_cls, fuse=False if fuse is None else fuse, **kwargs)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ...core.module import Module
 from ...core.schema import Setting, integer, one_of
-from ...foreach import ops
+from ...foreach import ops, shard
 
 if TYPE_CHECKING:
     from ...core.context import StepContext
@@ -53,8 +53,14 @@ def generators(seed: int, step: int, devices: list[torch.device]) -> dict[torch.
 
 
 def draw(like: Tensor, distribution: str, gen: torch.Generator) -> Tensor:
-    """A random direction shaped like ``like``: Rademacher (+-1) or standard normal entries."""
+    """A random direction shaped like ``like``: Rademacher (+-1) or standard normal entries.
+
+    For a sharded ``like`` (an FSDP2 DTensor) every rank draws the whole tensor and keeps its own shard, so
+    the direction is the one an unsharded run draws.
+    """
+    device = shard.local_device(like)
     if distribution == "gaussian":
-        return torch.randn(like.shape, generator=gen, device=like.device, dtype=like.dtype)
-    v = torch.randint(0, 2, like.shape, generator=gen, device=like.device, dtype=like.dtype)
-    return v.mul_(2).sub_(1)
+        v = torch.randn(like.shape, generator=gen, device=device, dtype=like.dtype)
+    else:
+        v = torch.randint(0, 2, like.shape, generator=gen, device=device, dtype=like.dtype).mul_(2).sub_(1)
+    return shard.shard_like(v, like)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ...core.probe import Probe
 from ...core.schema import Setting, greater_than, one_of
-from ...foreach import ops
+from ...foreach import ops, shard
 from ...foreach.ops import add_scaled_
 from ._common import SAMPLING_SCHEMA, GradApprox, draw, generators
 
@@ -73,8 +73,12 @@ class FDM(GradApprox):
         f0 = ctx.evaluate(False, check=True)
         estimate = ops.zeros_like(ctx.params)
         for p, g in zip(ctx.params, estimate, strict=True):
+            # every rank walks every element of the whole tensor (each evaluation is collective under FSDP2); the
+            # rank whose shard holds it moves it, the others only evaluate (shard.local_index is None there)
+            mine, out = shard.local(p), shard.local(g)
             for idx in itertools.product(*map(range, p.shape)):
-                x = p[idx]
+                at = shard.local_index(p, idx)
+                x = mine[at] if at is not None else mine.new_zeros(())
                 original = x.clone()
                 plus = minus = None
                 try:
@@ -87,7 +91,8 @@ class FDM(GradApprox):
                         minus = ctx.evaluate(False, check=True)
                 finally:
                     x.copy_(original)
-                g[idx] = _difference(formula, eps, f0, plus, minus)
+                if at is not None:
+                    out[at] = _difference(formula, eps, f0, plus, minus)
         self.hand_on(ctx, estimate)
 
 

@@ -46,6 +46,8 @@ class ForwardGradient(GradApprox):
     """
 
     schema = SAMPLING_SCHEMA
+    supports_sharding = False
+    sharding_note = "forward-mode AD (torch.autograd.forward_ad.make_dual) does not support DTensors"
 
     def __init__(self, n_samples: int = 1, distribution: str = "gaussian", seed: int = 0) -> None:
         super().__init__({"n_samples": n_samples, "distribution": distribution, "seed": seed})

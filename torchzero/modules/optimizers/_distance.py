@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ...core.settings import same_value
-from ...foreach import ops
+from ...foreach import ops, reduce, shard
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -87,6 +87,8 @@ def dot(xs: Sequence[Tensor], ys: Sequence[Tensor], device: torch.device) -> Ten
     """
     if not xs:
         return torch.zeros((), dtype=scalar_dtype(device), device=device)
+    if shard.any_dtensor(xs):  # FSDP2 shards: local sums, one all-reduce over the mesh
+        return reduce.dot_tensor([(0, len(xs))], xs, ys).detach().to(device, scalar_dtype(device))
     sums = torch.stack([p.sum() for p in ops.mul(xs, ys)])
     return sums.detach().to(device, scalar_dtype(device)).sum()
 

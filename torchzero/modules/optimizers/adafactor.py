@@ -69,6 +69,7 @@ class Adafactor(Transform):
 
     counts_steps = True
     modifies_update_inplace = False  # emits new tensors through the sink
+    full_matrices = True  # row and column statistics need whole matrices (ctx.map_full under FSDP2)
     schema = {
         "beta2_decay": Setting(Number(high=0.0), "Use a non-positive decay rate such as -0.8."),
         "eps": Setting(
@@ -120,17 +121,19 @@ class Adafactor(Transform):
             for i, u in zip(vectors, inv, strict=True):
                 direction[i] = u
 
-        for i, g in enumerate(update):
-            if g.ndim < 2:
-                continue
+        def factored(j: int, g: Tensor) -> Tensor:
+            """One whole matrix (also for an FSDP2 shard: on its owner rank, which keeps its row and column
+            statistics): rows and columns of a sharded matrix live on several ranks."""
+            i = matrices[j]
             row_var, col_var = (
                 x[0]
                 for x in ctx.state(
                     self,
                     "row_var",
                     "col_var",
-                    init={"row_var": lambda v: v.new_zeros((*v.shape[:-1], 1)),
-                          "col_var": lambda v: v.new_zeros((*v.shape[:-2], 1, v.shape[-1]))},
+                    init={"row_var": lambda v: torch.zeros((*g.shape[:-1], 1), dtype=v.dtype, device=g.device),
+                          "col_var": lambda v: torch.zeros((*g.shape[:-2], 1, g.shape[-1]), dtype=v.dtype,
+                                                           device=g.device)},
                     start=seg.start + i,
                     stop=seg.start + i + 1,
                 )
@@ -141,7 +144,11 @@ class Adafactor(Transform):
             col_var.lerp_(col_mean, weight)
             estimate = _safe(row_var) @ _safe(col_var)
             estimate.div_(_safe(row_var).mean(dim=-2, keepdim=True).clamp_(min=eps1))
-            direction[i] = estimate.clamp_(min=eps1 * eps1).rsqrt_().mul_(g)
+            return estimate.clamp_(min=eps1 * eps1).rsqrt_().mul_(g)
+
+        matrices = [i for i, g in enumerate(update) if g.ndim >= 2]
+        for i, d in zip(matrices, ctx.map_full(self, [update[i] for i in matrices], factored), strict=True):
+            direction[i] = d
 
         # per-tensor step sizes, as 0-dim tensors (no host sync): alpha * max(eps2, RMS(theta)) * rho_t / eta
         # / max(1, RMS(U) / d)

@@ -103,6 +103,7 @@ class Orthogonalize(Transform):
     """
 
     fuses_lr = True
+    full_matrices = True
     schema = NS_SCHEMA
 
     modifies_update_inplace = False  # reads the update and emits a new one through the sink
@@ -144,15 +145,20 @@ class Orthogonalize(Transform):
         coefficients, steps, eps = tuple(s["ns_coefficients"]), s["ns_steps"], s["eps"]
         flatten, adjust = s["flatten"], s["adjust_lr_fn"]
         originals = ctx.layout.originals[seg.start : seg.stop]
-        out: list[Tensor] = []
-        scales: list[Any] = []
+        out: list[Tensor] = list(direction)  # vectors (and >2-D tensors without flatten) pass through, scaled
+        scales: list[Any] = [scale] * len(direction)
+        matrices = []
         for i, d in enumerate(direction):
             ndim = originals[i].ndim  # a complex matrix is a 3-D real view, but still a matrix
-            if ndim < 2 or (ndim > 2 and not flatten):
-                out.append(d)  # vectors (and >2-D tensors without flatten) pass through, scaled
-                scales.append(scale)
-                continue
+            if ndim == 2 or (ndim > 2 and flatten):
+                matrices.append(i)
+                scales[i] = scale * lr_ratio(adjust, torch.Size((d.shape[0], math.prod(d.shape[1:]))))
+
+        def orthogonal(_: int, d: Tensor) -> Tensor:
             matrix = d if d.ndim == 2 else d.flatten(1)  # (shape[0], -1), also for a tensor with no elements
-            out.append(newton_schulz(matrix, steps, coefficients, eps, dtype).reshape(d.shape))
-            scales.append(scale * lr_ratio(adjust, matrix.shape))
+            return newton_schulz(matrix, steps, coefficients, eps, dtype).reshape(d.shape)
+
+        # whole matrices also when the parameters are FSDP2 shards: each one orthogonalised on one owner rank
+        for i, o in zip(matrices, ctx.map_full(self, [direction[i] for i in matrices], orthogonal), strict=True):
+            out[i] = o
         seg.emit_per_tensor(out, scales)

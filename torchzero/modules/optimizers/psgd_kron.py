@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ...core.module import Transform
 from ...core.schema import ALPHA, FLAG, Satisfies, Setting, at_least, dtype_name, in_range, integer, one_of, optional
+from ...foreach import ops, shard
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -160,7 +161,12 @@ def _balance(qs: list[Tensor]) -> None:
 
 
 def _state_init(
-    shape: tuple[int, ...], diagonal: list[bool], scale: float, mu_dtype: torch.dtype | None, dtype: torch.dtype
+    shape: tuple[int, ...],
+    diagonal: list[bool],
+    scale: float,
+    mu_dtype: torch.dtype | None,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> dict[str, Callable[[Tensor], Tensor]]:
     """How to create a tensor's momentum (its merged shape) and factors ``Q0``, ``Q1``, ... (``scale`` times the
     identity, or a vector of ``scale`` for a diagonal factor)."""
@@ -168,13 +174,14 @@ def _state_init(
     def factor(k: int) -> Callable[[Tensor], Tensor]:
         def make(v: Tensor) -> Tensor:
             if diagonal[k]:
-                return scale * torch.ones(shape[k], dtype=dtype, device=v.device)
-            return scale * torch.eye(shape[k], dtype=dtype, device=v.device)
+                return scale * torch.ones(shape[k], dtype=dtype, device=device)
+            return scale * torch.eye(shape[k], dtype=dtype, device=device)
 
         return make
 
     inits: dict[str, Callable[[Tensor], Tensor]] = {f"Q{k}": factor(k) for k in range(len(shape))}
-    inits["momentum_buffer"] = lambda v: v.new_zeros(shape, dtype=mu_dtype or v.dtype)
+    # plain tensors on ``device`` (the whole tensor's), also for a sharded parameter ``v``
+    inits["momentum_buffer"] = lambda v: torch.zeros(shape, dtype=mu_dtype or v.dtype, device=device)
     return inits
 
 
@@ -252,6 +259,7 @@ class PSGDKron(Transform):
 
     counts_steps = True
     modifies_update_inplace = False  # hands on new tensors
+    full_matrices = True  # the Kronecker factors need whole tensors (ctx.map_full under FSDP2)
     schema = {
         "beta": Setting(in_range(0, 1, closed="left"), "Use e.g. 0.9."),
         "weight_decay": Setting(at_least(0), "Use 0 or a small value such as 1e-4."),
@@ -361,8 +369,14 @@ class PSGDKron(Transform):
         beta, t = s["beta"], seg.step
         mu_dtype = None if s["mu_dtype"] is None else getattr(torch, s["mu_dtype"])
         precond_dtype = torch.float32 if s["precond_dtype"] is None else getattr(torch, s["precond_dtype"])
-        out: list[Tensor] = []
-        for i, (g, p) in enumerate(zip(seg.update, seg.params, strict=True)):
+        # the index of each tensor in the seeded noise: tensors with elements before it, over all segments
+        first_draw = []
+        for g in seg.update:
+            first_draw.append(drawn)
+            drawn += g.numel() > 0
+
+        def precondition(i: int, g: Tensor) -> Tensor:
+            """One whole tensor (also for an FSDP2 shard: on its owner rank, which keeps its state)."""
             shape = tuple(g.shape)
             if g.dim() > 2 and s["merge_dims"]:
                 shape = _merged_shape(shape)
@@ -371,7 +385,7 @@ class PSGDKron(Transform):
             diagonal = _diagonal_dims(shape, s)
             scale = s["precond_init_scale"] ** (1 / len(shape))
             names = ["momentum_buffer"] + [f"Q{k}" for k in range(len(shape))]
-            inits = _state_init(shape, diagonal, scale, mu_dtype, precond_dtype)
+            inits = _state_init(shape, diagonal, scale, mu_dtype, precond_dtype, g.device)
             held = ctx.state(self, *names, init=inits, start=seg.start + i, stop=seg.start + i + 1)
             buf, qs = held[0][0], [x[0] for x in held[1:]]
             # torch's load_state_dict casts floating state to the parameter's dtype: cast back (lossless)
@@ -383,8 +397,7 @@ class PSGDKron(Transform):
                     qs[k] = q.to(precond_dtype)
                     ctx.set_state(self, f"Q{k}", [qs[k]], start=seg.start + i)
             if g.numel() == 0:
-                out.append(torch.zeros_like(g))
-                continue
+                return torch.zeros_like(g)
             grad = g.reshape(shape)
             buf.mul_(beta).add_(grad, alpha=1 - beta)
             m = (buf / (1 - beta**t)).to(precond_dtype)
@@ -395,15 +408,20 @@ class PSGDKron(Transform):
                 fit_on = m if s["momentum_into_precond_update"] else grad.to(precond_dtype, copy=True)
                 lr = torch.tensor(s["precond_lr"], dtype=precond_dtype, device=g.device)
                 tiny = torch.tensor(torch.finfo(precond_dtype).tiny, dtype=precond_dtype, device=g.device)
-                seed = None if s["seed"] is None else hash((s["seed"], step, drawn)) & (2**63 - 1)
+                seed = None if s["seed"] is None else hash((s["seed"], step, first_draw[i])) & (2**63 - 1)
                 _fit(qs, exprs, fit_on, lr, tiny, seed)
-            drawn += 1
             d = torch.einsum(exprs[2], *qs, *qs, m)
             one = torch.tensor(1.0, dtype=d.dtype, device=d.device)
             d.mul_(torch.minimum(one, 1.1 / d.square().mean().sqrt().add(1e-12)))
-            d = d.view(p.shape)
-            if s["weight_decay"] != 0 and p.dim() >= 2:
-                d.add_(p.detach(), alpha=s["weight_decay"])
-            out.append(d.to(p.dtype))
+            d = d.view(g.shape)
+            p = seg.params[i]
+            if s["weight_decay"] != 0 and p.dim() >= 2 and not shard.is_dtensor(p):
+                d.add_(p.detach(), alpha=s["weight_decay"])  # in the preconditioner's dtype, as kron_torch
+            return d.to(g.dtype)
+
+        out = ctx.map_full(self, seg.update, precondition)
+        if s["weight_decay"] != 0:  # an FSDP2 shard's decay: elementwise, on the shard, in the parameter's dtype
+            decayed = [i for i, p in enumerate(seg.params) if p.dim() >= 2 and shard.is_dtensor(p)]
+            ops.add_([out[i] for i in decayed], [seg.params[i].detach() for i in decayed], alpha=s["weight_decay"])
         seg.emit(out, s["alpha"] * seg.scale)
         return drawn

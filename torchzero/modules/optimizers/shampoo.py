@@ -86,6 +86,7 @@ class Shampoo(Transform):
 
     counts_steps = True
     modifies_update_inplace = False  # emits new tensors through the sink
+    full_matrices = True  # the Kronecker factors need whole tensors (ctx.map_full under FSDP2)
     schema = {
         "momentum": Setting(in_range(0, 1, closed="left"), "Use a value such as 0.9 (0 disables momentum)."),
         "weight_decay": Setting(at_least(0), "Use e.g. 1e-4 (0 disables it)."),
@@ -136,9 +137,10 @@ class Shampoo(Transform):
 
         recompute = seg.step % s["preconditioning_compute_steps"] == 0
         grad_on = torch.is_grad_enabled()
-        direction: list[Tensor] = []
-        for j, g in enumerate(mixed):
-            direction.append(self._precondition(ctx, seg.start + j, g, eps, recompute, grad_on))
+        # whole tensors also for FSDP2 shards: each is preconditioned on one owner rank, which keeps its factors
+        direction = ctx.map_full(
+            self, mixed, lambda j, g: self._precondition(ctx, seg.start + j, g, eps, recompute, grad_on)
+        )
 
         if momentum > 0:
             ctx.set_state(self, "momentum_buffer", direction, start=seg.start)
@@ -155,8 +157,9 @@ class Shampoo(Transform):
         names = [f"{kind}_{i}" for i in range(order) for kind in ("pre_cond", "inv_pre_cond")]
         init: dict[str, Any] = {}
         for i, d in enumerate(shape):
-            init[f"pre_cond_{i}"] = lambda v, d=d: torch.eye(d, dtype=v.dtype, device=v.device).mul_(eps)
-            init[f"inv_pre_cond_{i}"] = lambda v, d=d: v.new_zeros((d, d))
+            # plain tensors on g's device, also for a sharded parameter v (its owner rank keeps them)
+            init[f"pre_cond_{i}"] = lambda v, d=d: torch.eye(d, dtype=v.dtype, device=g.device).mul_(eps)
+            init[f"inv_pre_cond_{i}"] = lambda v, d=d: torch.zeros((d, d), dtype=v.dtype, device=g.device)
         state = [x[0] for x in ctx.state(self, *names, init=init, start=index, stop=index + 1)]
 
         x = g

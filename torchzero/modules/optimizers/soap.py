@@ -106,6 +106,8 @@ class SOAP(Transform):
 
     counts_steps = True
     modifies_update_inplace = False  # emits new tensors through the sink
+    supports_sharding = False
+    sharding_note = "its moments live in a rotated basis, so every step needs whole tensors and their state"
     schema = {
         "betas": BETAS,
         "shampoo_beta": Setting(optional(in_range(0, 1, closed="left")), "Use None (beta2) or e.g. 0.95."),

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ...core.module import Module
 from ...core.schema import FLAG, Setting, at_least
+from ...foreach import shard
 from ...foreach.flat import flatten, unflatten
 
 if TYPE_CHECKING:
@@ -77,9 +78,10 @@ class DenseQuasiNewton(Module):
             "prev_params",
             "prev_grad",
             init={
-                "inverse_hessian": lambda v: torch.eye(n, dtype=v.dtype, device=v.device),
-                "prev_params": lambda v: v.new_zeros(n),
-                "prev_grad": lambda v: v.new_zeros(n),
+                # plain tensors, also for sharded parameters (then the same on every rank: see foreach.flat)
+                "inverse_hessian": lambda v: torch.eye(n, dtype=v.dtype, device=shard.local_device(v)),
+                "prev_params": lambda v: shard.local(v).new_zeros(n),
+                "prev_grad": lambda v: shard.local(v).new_zeros(n),
             },
             start=0,
             stop=1,

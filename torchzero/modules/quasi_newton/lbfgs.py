@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ...core.module import Module
 from ...core.schema import FLAG, Setting, integer
-from ...foreach import ops
+from ...foreach import ops, shard
 from ...foreach.ops import add_scaled_, scaled
 from ...foreach.reduce import dot_tensor, l1_tensor
 from .dense import TOL_CURVATURE
@@ -104,8 +104,8 @@ class LBFGS(Module):
             "prev_params",
             "prev_grad",
             init={
-                "s_history": lambda v: v.new_zeros((m, *v.shape)),
-                "y_history": lambda v: v.new_zeros((m, *v.shape)),
+                "s_history": lambda v: shard.stacked_zeros(v, m),  # sharded like v under FSDP2
+                "y_history": lambda v: shard.stacked_zeros(v, m),
                 "prev_params": lambda v: v.detach().clone(),
                 "prev_grad": lambda v: grad[index[id(v)]].detach().clone(),
             },
@@ -120,7 +120,8 @@ class LBFGS(Module):
             self,
             "rho",
             "gamma",
-            init={"rho": lambda v: v.new_zeros(m), "gamma": lambda v: v.new_ones(())},
+            # plain tensors, the same on every rank, also for a sharded v
+            init={"rho": lambda v: shard.local(v).new_zeros(m), "gamma": lambda v: shard.local(v).new_ones(())},
             start=0,
             stop=1,
         )

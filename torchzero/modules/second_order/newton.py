@@ -74,6 +74,11 @@ class ExactNewton(Module):
     """
 
     needs_closure = True
+    supports_sharding = False
+    sharding_note = (
+        "it differentiates the loss itself (torch.autograd.grad), and FSDP2 reduces gradients only in "
+        "backward(): autograd.grad with respect to sharded parameters gives zeros"
+    )
     creates_update = True
     uniform_settings = True
 
@@ -138,6 +143,11 @@ class NewtonCG(Module):
     """
 
     needs_closure = True
+    supports_sharding = False
+    sharding_note = (
+        "it differentiates the loss itself (torch.autograd.grad), and FSDP2 reduces gradients only in "
+        "backward(): autograd.grad with respect to sharded parameters gives zeros"
+    )
     creates_update = True
     uniform_settings = True
 

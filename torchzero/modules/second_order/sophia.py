@@ -65,6 +65,11 @@ class Sophia(Transform):
     """
 
     needs_closure = True
+    supports_sharding = False
+    sharding_note = (
+        "it differentiates the loss itself (torch.autograd.grad), and FSDP2 reduces gradients only in "
+        "backward(): autograd.grad with respect to sharded parameters gives zeros"
+    )
     creates_update = True
     fuses_lr = True
     schema = {
