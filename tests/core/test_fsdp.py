@@ -37,7 +37,6 @@ def test_dcp_checkpoints_of_sharded_chains_resume_exactly_and_reshard_to_one_pro
         _check_reshard_to_one_process(name, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="needs shard-aware reductions (fsdp branch)")
 def test_dcp_checkpoints_of_lbfgs_and_prodigy_on_shards(tmp_path):
     """The chains that run on a replicated model above, on FSDP2 shards (they fail in the step for now)."""
     names = [name for name in CHAINS if name in REPLICATED]
