@@ -21,7 +21,6 @@ CHAINS = {
     # a per-group scalar in global_state (the momentum product): the state DCP must carry in the param group
     "nadam": lambda p: tz.Modular(p, tz.m.NAdam(), tz.m.LR(1e-2)),
 }
-SHARD_AWARE = "needs shard-aware reductions (fsdp branch)"
 
 
 @pytest.mark.distributed
@@ -29,8 +28,8 @@ SHARD_AWARE = "needs shard-aware reductions (fsdp branch)"
     "name",
     [
         "adam",
-        pytest.param("muon", marks=pytest.mark.xfail(strict=True, reason=SHARD_AWARE)),
-        pytest.param("lbfgs_strongwolfe", marks=pytest.mark.xfail(strict=True, reason=SHARD_AWARE)),
+        "muon",
+        "lbfgs_strongwolfe",
     ],
 )
 def test_model_parallel_fsdp2_matches_one_process(tmp_path, name):
@@ -43,9 +42,7 @@ def test_model_parallel_fsdp2_matches_one_process(tmp_path, name):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize(
-    "name", ["nadam", pytest.param("lbfgs_strongwolfe", marks=pytest.mark.xfail(strict=True, reason=SHARD_AWARE))]
-)
+@pytest.mark.parametrize("name", ["nadam", "lbfgs_strongwolfe"])
 def test_model_parallel_checkpoint_resumes_like_one_process(tmp_path, name):
     """Lightning saves ModelParallelStrategy checkpoints with DCP (get_optimizer_state_dict): half the steps,
     save, resume in a new Trainer; equal to one uninterrupted process on the whole batch (float64, rtol 1e-9)."""

@@ -86,6 +86,7 @@ class Closure:
         *,
         none_ok: bool = False,
         negate: bool = False,
+        decides: bool = True,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"closure must be callable, got {type(fn).__name__}")
@@ -99,8 +100,11 @@ class Closure:
         """how many times the closure was evaluated during this step"""
         self.negate = negate
         """the chain maximizes: every evaluation returns ``-loss``"""
-        self.sharded: bool | None = None
-        """whether the parameters are FSDP2 shards (then each loss is checked to agree across ranks)"""
+        self.sharded: bool | None = None if decides else False
+        """whether the parameters are FSDP2 shards (then each loss is checked to agree across ranks).  Only for a
+        chain that ``decides`` by the loss (line searches, trust tests, finite differences): a first-order chain
+        evaluates the closure once for its gradient, and each rank's own loss (Lightning's closure under FSDP2
+        returns the local batch's) takes no decision, so it is neither checked nor synced."""
 
     @overload
     def signed(self, loss: Tensor) -> Tensor: ...

@@ -293,10 +293,9 @@ class Modular(torch.optim.Optimizer):
                 for square in squares[1:]:  # mixed devices and dtypes: no stack
                     loss = loss + square.to(loss.device)
                 loss = loss * 0
-            if backward:
+            if backward:  # the gradient of a constant, laid out like each parameter (a DTensor keeps its placements)
                 for p in params:
-                    p.grad = None
-                loss.backward()
+                    p.grad = torch.zeros_like(p)
             return loss
 
         return constant
@@ -352,7 +351,9 @@ class Modular(torch.optim.Optimizer):
         needs_loss = self._root.requires_closure
         negate = S.closure_negated(self.param_groups, needs_loss)  # maximize: the chain sees -loss
         wrapped = (
-            Closure(closure, self._all_params, none_ok=not needs_loss, negate=negate) if closure is not None else None
+            Closure(closure, self._all_params, none_ok=not needs_loss, negate=negate, decides=needs_loss)
+            if closure is not None
+            else None
         )
         loss = None
         reusable, self.plan.reusable = self.plan.reusable, None
