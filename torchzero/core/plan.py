@@ -175,7 +175,7 @@ class Plan:
         prev: Segment | None = None
         counts = self.step_counts(ctx, module) if module.counts_steps else None
         branches = module.branches
-        for run in ctx.layout.runs:
+        for run, prec in zip(ctx.layout.runs, ctx.precisions, strict=True):
             if branches and any(run.sig[split.partition] != b for split, b in branches):  # type: ignore[index]
                 continue
             settings = self.resolve(module, groups, defaults, run.group, run.sig)
@@ -189,12 +189,15 @@ class Plan:
                     and prev._step == step
                     and S.same_value(prev.scale, scale)
                     and S.same_settings(prev.settings, settings)
+                    and prev.precision == prec
                 ):
                     prev.stop = stop
                     if prev.groups[-1] != run.group:
                         prev.groups.append(run.group)
                 else:
-                    prev = Segment(ctx, module, start, stop, run.device, run.dtype, settings, scale, run.group, step)
+                    prev = Segment(
+                        ctx, module, start, stop, run.device, run.dtype, settings, scale, run.group, step, prec
+                    )
                     out.append(prev)
         return out
 

@@ -111,7 +111,7 @@ mul_ = _make("mul_")
 div_ = _make("div_")
 addcmul_ = _make("addcmul_", lambda x, a, b, value=1: x.addcmul_(a, b, value=value))
 addcdiv_ = _make("addcdiv_", lambda x, a, b, value=1: x.addcdiv_(a, b, value=value))
-lerp_ = _make("lerp_")
+_lerp_ = _make("lerp_")
 sqrt_ = _make("sqrt_")
 abs_ = _make("abs_")
 neg_ = _make("neg_")
@@ -131,7 +131,7 @@ add = _make("add")
 sub = _make("sub")
 mul = _make("mul")
 div = _make("div")
-lerp = _make("lerp")
+_lerp = _make("lerp")
 sqrt = _make("sqrt", saves_output=True)
 abs = _make("abs")  # noqa: A001 - mirrors torch's name
 sign = _make("sign")
@@ -141,6 +141,29 @@ minimum = _make("minimum")
 pow = _make("pow", saves_output=True)  # noqa: A001 - mirrors torch's name
 addcmul = _make("addcmul", lambda x, a, b, value=1: x.addcmul(a, b, value=value))
 addcdiv = _make("addcdiv", lambda x, a, b, value=1: x.addcdiv(a, b, value=value))
+
+
+def lerp_(xs: Sequence[Tensor], ends: Sequence[Tensor], weight: Any) -> None:
+    """``torch._foreach_lerp_``, also where ``ends`` has another dtype than ``xs`` (state kept in another dtype
+    than the parameters, see ``state_dtype``): ``ends`` is cast to the dtype of ``xs``, as the other in-place ops
+    promote their arguments (torch's lerp refuses mixed dtypes)."""
+    _lerp_(xs, _as_dtype(ends, xs), weight)
+
+
+def lerp(xs: Sequence[Tensor], ends: Sequence[Tensor], weight: Any) -> TensorList:
+    """``torch._foreach_lerp``; with mixed dtypes both sides are cast to the wider one, as the other ops promote."""
+    if xs and ends and xs[0].dtype != ends[0].dtype:
+        wide = torch.promote_types(xs[0].dtype, ends[0].dtype)
+        return _lerp([x.to(wide) for x in xs], [e.to(wide) for e in ends], weight)
+    return _lerp(xs, ends, weight)
+
+
+def _as_dtype(ys: Sequence[Tensor], like: Sequence[Tensor]) -> Sequence[Tensor]:
+    if ys and like and ys[0].dtype != like[0].dtype:
+        return [y.to(like[0].dtype) for y in ys]
+    return ys
+
+
 _norm = _make("norm", lambda x, ord=2, dtype=None: torch.linalg.vector_norm(x, ord, dtype=dtype))
 
 

@@ -23,6 +23,9 @@ def fused_ok(
     dtypes: Collection[torch.dtype],
     tensors: Sequence[Tensor] = (),
     sharded_ok: bool = True,
+    *,
+    state_dtype: torch.dtype | None = None,
+    param_update: str = "plain",
 ) -> bool:
     """True when a fused kernel may run for tensors on ``device`` of ``dtype`` with step size ``scale``.
 
@@ -41,6 +44,8 @@ def fused_ok(
         and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
         and (sharded_ok or not any(_is_dtensor(t) for t in tensors))
+        and (state_dtype is None or state_dtype == dtype)
+        and param_update == "plain"
     )
 
 
