@@ -67,7 +67,7 @@ def stochastic_sub_(params: list[Tensor], delta: Sequence[Tensor], generator: to
     ops.sub_(y, list(delta))
     if dtype == torch.bfloat16:
         bits = flat.view(torch.int32)
-        bits.add_(torch.randint_like(bits, 0, 1 << 16, generator=generator))
+        bits.add_(torch.randint(0, 1 << 16, bits.shape, generator=generator, dtype=torch.int32, device=bits.device))
         bits.bitwise_and_(-(1 << 16))  # keep the upper 16 bits: an exact bf16 value
     else:
         _round_half_stochastic_(flat, generator)
