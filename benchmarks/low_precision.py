@@ -4,6 +4,11 @@ Every configuration gets its own copy of the same parameters and gradients; they
 process (drift in machine load hits them alike), and the median step time over many steps is reported, with the
 bytes of optimizer state (``opt.state`` tensors, Kahan buffers included) per parameter element.
 
+The baseline is Adam with fp32 state, which takes torch's fused kernel where it can; state kept in another dtype
+and compensated writes take the foreach path (the fused kernel would bypass them), so the unfused fp32 row is the
+like-for-like reference.  They also allocate temporaries per step (the upcast state of one segment, one buffer in
+the wide dtype for the compensated write): free with CUDA's caching allocator, page faults on CPU.
+
     python benchmarks/low_precision.py                   # CPU, the default sizes
     python benchmarks/low_precision.py --quick           # a smoke run
     python benchmarks/low_precision.py --device cuda --numel 50000000
@@ -27,6 +32,12 @@ import torchzero as tz  # noqa: E402
 # (label, parameter dtype, chain, tz.Modular options)
 CONFIGS: list[tuple[str, torch.dtype, Callable[[], list[Any]], dict[str, Any]]] = [
     ("fp32 params, fp32 state (baseline)", torch.float32, lambda: [tz.m.Adam(), tz.m.LR(1e-3)], {}),
+    (
+        "fp32 params, fp32 state, foreach (unfused)",
+        torch.float32,
+        lambda: [tz.m.Adam(fused=False), tz.m.LR(1e-3)],
+        {},
+    ),
     ("fp32 params, bf16 state", torch.float32, lambda: [tz.m.Adam(), tz.m.LR(1e-3)], {"state_dtype": "bfloat16"}),
     ("bf16 params, bf16 state, plain", torch.bfloat16, lambda: [tz.m.Adam(), tz.m.LR(1e-3)], {}),
     ("bf16 params, fp32 state", torch.bfloat16, lambda: [tz.m.Adam(), tz.m.LR(1e-3)], {"state_dtype": "float32"}),

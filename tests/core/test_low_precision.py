@@ -348,3 +348,53 @@ def test_changing_state_dtype_between_steps_converts_the_state():
     assert opt.state[w]["0"]["exp_avg"].dtype == torch.bfloat16
     # two roundings to bf16 (the conversion, then the write back), each at most 2**-8 relative
     torch.testing.assert_close(opt.state[w]["0"]["exp_avg"].float(), kept * 0.9, rtol=2**-7, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------ bounded temporaries
+@pytest.mark.parametrize(
+    ("make", "options"),
+    [
+        (lambda: [m.Adam(), m.LR(1e-2)], {"state_dtype": "bfloat16"}),
+        (lambda: [m.Lamb(), m.LR(1e-2)], {"state_dtype": "bfloat16"}),
+        (lambda: [m.Prodigy(), m.LR(1.0)], {"state_dtype": "float16"}),
+        (lambda: [m.SGD(momentum=0.9), m.LR(1e-2)], {"state_dtype": "bfloat16", "param_update": "kahan"}),
+    ],
+    ids=["adam", "lamb", "prodigy", "sgd-kahan"],
+)
+def test_narrow_state_is_upcast_piece_by_piece_with_the_same_result(monkeypatch, make, options):
+    """Segments with narrow state are cut into pieces of at most ``precision.CHUNK`` elements (so the fp32
+    temporaries never cover the whole model); elementwise math gives bit-identical results either way."""
+    from torchzero.core import precision
+
+    shapes = [(10,), (5, 3), (20,), (4,), (3, 3)]
+
+    def run(chunk: int) -> tuple[list[Tensor], int]:
+        monkeypatch.setattr(precision, "CHUNK", chunk)
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+        opt = tz.Modular(params, *make(), **options)
+        rule = opt.modules[0]
+        calls = []
+        apply = type(rule).apply if hasattr(rule, "apply") else None
+        if apply is not None:
+            monkeypatch.setattr(rule, "apply", lambda ctx, seg: (calls.append(len(seg)), apply(rule, ctx, seg)))
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        return [p.detach().clone() for p in params], len(calls)
+
+    whole, calls_whole = run(1 << 20)
+    cut, calls_cut = run(16)
+    for a, b in zip(whole, cut, strict=True):
+        assert torch.equal(a, b)
+    if calls_whole:
+        assert calls_cut > calls_whole, "the segments were not cut"
+
+
+def test_pieces():
+    from torchzero.core.precision import pieces
+
+    assert pieces([10, 15, 20, 4, 9], 16) == [(0, 1), (1, 2), (2, 3), (3, 5)]
+    assert pieces([40], 16) == [(0, 1)]
+    assert pieces([], 16) == []

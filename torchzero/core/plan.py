@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..foreach import Layout
+from . import precision
 from . import settings as S
 
 if TYPE_CHECKING:
@@ -199,6 +200,8 @@ class Plan:
                         ctx, module, start, stop, run.device, run.dtype, settings, scale, run.group, step, prec
                     )
                     out.append(prev)
+        if ctx.low_precision:
+            out = [piece for seg in out for piece in _narrow_pieces(ctx, seg)]
         return out
 
     def check_uniform(self, groups: Groups, defaults: dict[str, Any], layout: Layout | None = None) -> None:
@@ -292,6 +295,29 @@ def _check_dense(grads: list[Tensor]) -> None:
             "Use dense gradients (e.g. nn.Embedding(..., sparse=False)), or give those parameters to "
             "torch.optim.SparseAdam. Nothing was changed."
         )
+
+
+def _narrow_pieces(ctx: StepContext, seg: Segment) -> list[Segment]:
+    """``seg`` cut into pieces of at most ``precision.CHUNK`` elements when its state is stored narrower than it
+    is computed (the module's temporaries then cover one piece at a time), else ``[seg]``."""
+    from .context import Segment
+
+    prec = seg.precision
+    if prec.storage is None or prec.storage == prec.compute:
+        return [seg]
+    ranges = precision.pieces([p.numel() for p in ctx.params[seg.start : seg.stop]], precision.CHUNK)
+    if len(ranges) == 1:
+        return [seg]
+    out = []
+    for a, b in ranges:
+        start, stop = seg.start + a, seg.start + b
+        groups = [r.group for r in ctx.layout.runs if r.start < stop and start < r.stop]
+        piece = Segment(
+            ctx, seg.module, start, stop, seg.device, seg.dtype, seg.settings, seg.scale, groups[0], seg._step, prec
+        )
+        piece.groups = list(dict.fromkeys(groups))
+        out.append(piece)
+    return out
 
 
 def _pieces(start: int, stop: int, counts: list[int] | None) -> list[tuple[int, int, int | None]]:

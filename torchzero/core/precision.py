@@ -17,6 +17,8 @@ Two settings of the optimizer itself, per param group (like ``maximize``), or fo
   saved in ``state_dict`` (resume is bit-exact).  For fp32/fp64 parameters stochastic rounding has nothing to
   round (the step is computed in their dtype) and writes them as ``"plain"`` does.
 
+Temporaries in the compute dtype are made for at most :data:`CHUNK` elements at a time.
+
 A step of bf16 parameters smaller than half their spacing (about ``|theta| / 256``) is lost by plain writes:
 training stalls.  Kahan summation and stochastic rounding keep it (exactly, or on average).
 """
@@ -36,6 +38,25 @@ KEYS: dict[str, Any] = {"state_dtype": None, "param_update": "plain"}
 STATE_KEY = "param_update"
 """``state[p][STATE_KEY]``: what the sink keeps per parameter (the Kahan buffer)"""
 NARROW = (torch.bfloat16, torch.float16)
+CHUNK = 1 << 20
+"""the most elements that temporaries in the compute dtype cover at once (one state name, or the compensated
+write): segments whose state is stored narrower are cut into pieces of about this size (whole tensors; a larger
+tensor is a piece of its own), so the memory saved by narrow state is not spent on a full-size upcast copy"""
+
+
+def pieces(numels: Sequence[int], limit: int) -> list[tuple[int, int]]:
+    """``[a, b)`` ranges of consecutive tensors with at most ``limit`` elements in all (a tensor larger than the
+    limit alone)."""
+    out: list[tuple[int, int]] = []
+    begin, total = 0, 0
+    for i, n in enumerate(numels):
+        if i > begin and total + n > limit:
+            out.append((begin, i))
+            begin, total = i, 0
+        total += n
+    if numels:
+        out.append((begin, len(numels)))
+    return out
 
 
 class RunPrecision(NamedTuple):

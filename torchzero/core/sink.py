@@ -246,10 +246,14 @@ def compensated_sub(ctx: StepContext, start: int, stop: int, step: Sequence[Tens
     params = ctx.params[start:stop]
     if not params:
         return
-    if mode == "kahan":
-        rounding.kahan_sub_(params, kahan_buffers(ctx, start, stop), step)
-    else:
-        rounding.stochastic_sub_(params, step, ctx.opt.rounding_generator(params[0].device))
+    step = list(step)
+    comp = kahan_buffers(ctx, start, stop) if mode == "kahan" else []
+    generator = ctx.opt.rounding_generator(params[0].device) if mode != "kahan" else None
+    for a, b in precision.pieces([p.numel() for p in params], precision.CHUNK):  # bounded temporaries
+        if generator is None:
+            rounding.kahan_sub_(params[a:b], comp[a:b], step[a:b])
+        else:
+            rounding.stochastic_sub_(params[a:b], step[a:b], generator)
 
 
 def kahan_buffers(ctx: StepContext, start: int, stop: int) -> list[Tensor]:

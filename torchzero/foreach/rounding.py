@@ -23,9 +23,12 @@ def wide_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
-def flat_like(tensors: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor, list[Tensor]]:
+def flat_like(tensors: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor | None, list[Tensor]]:
     """One contiguous buffer of ``dtype`` holding as many elements as ``tensors``, and its views shaped like them
-    (one allocation for a whole bucket; contents undefined)."""
+    (one allocation for a whole bucket; contents undefined).  Sharded tensors (DTensors) get one buffer each, of
+    their own kind (the flat buffer is None then)."""
+    if any(_is_dtensor(t) for t in tensors):
+        return None, [torch.empty_like(t, dtype=dtype) for t in tensors]
     sizes = [t.numel() for t in tensors]
     flat = torch.empty(sum(sizes), dtype=dtype, device=tensors[0].device)
     return flat, [v.view(t.shape) for v, t in zip(flat.split(sizes), tensors, strict=True)]
@@ -39,6 +42,7 @@ def kahan_sub_(params: list[Tensor], comp: list[Tensor], delta: Sequence[Tensor]
     """
     if not params:
         return
+    params, comp, delta = _local(params), _local(comp), _local(delta)
     _, y = flat_like(params, wide_dtype(params[0].dtype))
     ops.copy_(y, comp)
     ops.sub_(y, list(delta))
@@ -62,7 +66,9 @@ def stochastic_sub_(params: list[Tensor], delta: Sequence[Tensor], generator: to
     if dtype not in (torch.bfloat16, torch.float16):
         ops.sub_(params, list(delta))
         return
+    params, delta = _local(params), _local(delta)  # each rank rounds its own shard
     flat, y = flat_like(params, torch.float32)
+    assert flat is not None
     ops.copy_(y, params)
     ops.sub_(y, list(delta))
     if dtype == torch.bfloat16:
@@ -84,3 +90,13 @@ def _round_half_stochastic_(x: Tensor, generator: torch.Generator) -> None:
     chance = torch.where(spacing != 0, gap / spacing, 0.0)  # NaN for inf/NaN inputs: they stay as they are
     take = torch.rand(x.shape, generator=generator, device=x.device) < chance
     torch.where(take, other, near.float(), out=x)
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    return type(t).__name__ == "DTensor"  # no import of torch.distributed on the step path
+
+
+def _local(ts: Sequence[Tensor]) -> list[Tensor]:
+    """The local shards of sharded tensors (FSDP2 DTensors: parameters, updates and buffers share placements, and
+    the math here is elementwise), the tensors themselves otherwise."""
+    return [t.to_local() if _is_dtensor(t) else t for t in ts]  # type: ignore[attr-defined]
