@@ -117,7 +117,7 @@ abs_ = _make("abs_")
 neg_ = _make("neg_")
 sign_ = _make("sign_")
 zero_ = _make("zero_")
-copy_ = _make("copy_")
+_copy_ = _make("copy_")
 maximum_ = _make("maximum_", lambda x, y: x.copy_(torch.maximum(_safe(x), y)))
 minimum_ = _make("minimum_", lambda x, y: x.copy_(torch.minimum(_safe(x), y)))
 clamp_min_ = _make("clamp_min_")
@@ -141,6 +141,16 @@ minimum = _make("minimum")
 pow = _make("pow", saves_output=True)  # noqa: A001 - mirrors torch's name
 addcmul = _make("addcmul", lambda x, a, b, value=1: x.addcmul(a, b, value=value))
 addcdiv = _make("addcdiv", lambda x, a, b, value=1: x.addcdiv(a, b, value=value))
+
+
+def copy_(xs: Sequence[Tensor], src: Sequence[Tensor]) -> None:
+    """``torch._foreach_copy_`` (dtypes may differ); tensor by tensor for DTensors (FSDP2 shards), which have no
+    sharding rule for the foreach copy."""
+    if xs and type(xs[0]).__name__ == "DTensor":
+        for x, y in zip(xs, src, strict=True):
+            x.copy_(y)
+        return
+    _copy_(xs, src)
 
 
 def lerp_(xs: Sequence[Tensor], ends: Sequence[Tensor], weight: Any) -> None:
