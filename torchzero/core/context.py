@@ -474,7 +474,10 @@ class StepContext:
         """Per-parameter state of ``module`` for params ``[start:stop]``, created on first use.
 
         State lives in ``optimizer.state[param][module.key][name]`` (torch's format, so Lightning and
-        Accelerate can move, cast, save and load it).
+        Accelerate can move, cast, save and load it).  In a param group with ``state_dtype`` it is stored in that
+        dtype and handed out in the compute dtype (see :mod:`torchzero.core.precision`): the tensors returned may
+        then be temporaries, written back when the module is done with its segment, so a module reads and writes
+        its state through them within one step and keeps no reference to them across steps.
         """
         key = module.key
         assert key is not None, "module is not bound to an optimizer"
