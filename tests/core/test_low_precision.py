@@ -428,3 +428,35 @@ def test_every_module_writes_bf16_parameters_with_compensation(e: Entry, mode: s
     err = max(float((r - g.float()).abs().max()) for r, g in zip(ref, got, strict=True))
     plain_err = max(float((r - g.float()).abs().max()) for r, g in zip(ref, plain, strict=True))
     assert err <= 2 * plain_err + 0.05 * move, f"{e.id}: {err:.3g} vs plain bf16 {plain_err:.3g}"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: [m.Adam(), m.LR(1e-2)],
+        lambda: [m.SGD(momentum=0.9), m.LR(1e-2)],
+        lambda: [m.Adafactor(), m.LR(1e-2)],
+        lambda: [m.Shampoo(), m.LR(1e-2)],
+        lambda: [m.Adam(), m.LR(1e-2), m.Lookahead(k=2)],
+    ],
+    ids=["adam", "sgd", "adafactor", "shampoo", "lookahead"],
+)
+def test_a_plain_group_beside_a_low_precision_one_is_unchanged(make):
+    """The group without low-precision settings steps bit for bit as in an optimizer of its own (its state is
+    neither converted nor copied because another group keeps bf16 state and writes with compensation)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 3, generator=gen).requires_grad_()
+    b = torch.randn(5, 2, dtype=torch.float64, generator=gen).requires_grad_()
+    alone = b.detach().clone().requires_grad_()
+    opt = tz.Modular([{"params": [a], "state_dtype": "bfloat16", "param_update": "kahan"}, {"params": [b]}], *make())
+    ref = tz.Modular([alone], *make())
+    for _ in range(4):
+        a.grad = torch.randn(a.shape, generator=gen)
+        b.grad = torch.randn(b.shape, generator=gen, dtype=torch.float64)
+        alone.grad = b.grad.clone()
+        opt.step()
+        ref.step()
+    assert torch.equal(b, alone)
+    assert {t.dtype for t in opt.state[b]["0"].values() if isinstance(t, Tensor) and t.is_floating_point()} == {
+        torch.float64
+    }

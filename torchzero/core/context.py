@@ -541,11 +541,11 @@ class StepContext:
                 stored_as, compute = storage[i]
                 t = ms.get(name)
                 if t is None:  # handed to the module as made (SGD knows its new buffers), in the compute dtype
-                    if fn is None:
+                    if fn is None:  # (compute is v's dtype where the group keeps state as the parameter)
                         t = torch.zeros_like(v, dtype=compute, memory_format=torch.preserve_format)
                     else:
                         t = fn(v)
-                        if t.is_floating_point() and t.dtype != compute:
+                        if stored_as is not None and t.is_floating_point() and t.dtype != compute:
                             t = t.to(compute)
                     if stored_as is None or not t.is_floating_point() or t.dtype == stored_as:
                         ms[name] = t
@@ -556,7 +556,7 @@ class StepContext:
                     continue
                 if stored_as is not None and t.is_floating_point() and t.dtype != stored_as:
                     t = ms[name] = t.to(stored_as)  # the group's state_dtype changed since the state was made
-                if t.is_floating_point() and t.dtype != compute:
+                if stored_as is not None and t.is_floating_point() and t.dtype != compute:
                     narrow.append(i)
                 tensors.append(t)
             if narrow:
