@@ -175,11 +175,9 @@ class Segment:
     def fused_ok(self, scale: Any, dtypes: Any, *, sharded_ok: bool = True) -> bool:
         """Whether a fused kernel may run on this segment (the one policy: :func:`torchzero.foreach.policy.fused_ok`);
         ``sharded_ok=False`` for a kernel with no sharding rule for DTensor parameters."""
-        prec = self.precision
         return policy.fused_ok(
-            self.device, self.dtype, scale, dtypes, self.params, sharded_ok,
-            state_dtype=prec.storage, param_update=prec.param_update,
-        )  # fmt: skip
+            self.device, self.dtype, scale, dtypes, self.params, sharded_ok, state_dtype=self.precision.storage
+        )
 
     def emit_kernel(self, scale: Any, kernel: Callable[[list[Tensor], Any], None]) -> None:
         """Emit through a fused kernel ``kernel(target, lr)`` that computes ``target -= lr * direction``."""
