@@ -24,7 +24,9 @@ decay may be a 0-dim tensor (a tensor lr): it never leaves the device.
 Parameters of a group with ``param_update="kahan"`` or ``"stochastic_rounding"`` (see :mod:`torchzero.core.precision`)
 are written by :func:`compensated_sub` instead: the step is built first (the same terms), then subtracted with Kahan
 summation or stochastic rounding (:mod:`torchzero.foreach.rounding`).  Every write path goes through it: a fused
-kernel writes into a zero buffer first, a wrapped torch optimizer's move is measured and written again.
+kernel writes its step into a zero buffer first, a line search that would keep its last trial point hands on its
+step instead (:meth:`StepContext.keep_trial_point`), and the core's final write takes it per run; a wrapped torch
+optimizer, which writes the parameters itself, is refused (``Module.writes_params``).
 """
 
 from __future__ import annotations
