@@ -343,7 +343,7 @@ def test_state_dtype_on_a_chain_without_state_is_an_error():
 def test_a_wrapped_optimizer_refuses_low_precision():
     """It writes the parameters (rounded) and keeps its own state: neither setting could apply."""
     w = torch.randn(3, requires_grad=True)
-    for options in ({"param_update": "kahan"}, {"state_dtype": "bfloat16"}):
+    for options in ({"param_update": "kahan"}, {"state_dtype": "bfloat16"}, {"state_dtype": "float32"}):
         with pytest.raises(ValueError, match="moves the parameters itself"):
             tz.Modular([w], m.Adam(), m.Wrap(torch.optim.SGD, lr=1e-2), **options)
 

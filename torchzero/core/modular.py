@@ -230,6 +230,9 @@ class Modular(torch.optim.Optimizer):
     def _check_precision(self, groups: list[dict[str, Any]]) -> None:
         """Refuse low-precision settings that would change nothing or cannot apply (before anything changes)."""
         for i, group in enumerate(groups):
+            default = group.get("state_dtype") is None and group.get("param_update", "plain") == "plain"
+            if default:
+                continue
             if group.get("state_dtype") is not None and not any(m.keeps_state for m in self._leaves):
                 names = ", ".join(type(m).__name__ for m in self._leaves)
                 raise ValueError(
@@ -238,7 +241,7 @@ class Modular(torch.optim.Optimizer):
                     "Remove state_dtype, or add a module with state (tz.m.Adam(), tz.m.SGD(momentum=0.9), ...)."
                 )
             own = [type(m).__name__ for m in self._leaves if m.writes_params]
-            if own and not precision.of_group(group, torch.float32).plain:
+            if own:
                 raise ValueError(
                     f"param group {i} sets state_dtype={group.get('state_dtype')!r}, param_update="
                     f"{group.get('param_update', 'plain')!r}, but {', '.join(own)} moves the parameters itself and "
@@ -246,7 +249,7 @@ class Modular(torch.optim.Optimizer):
                     "is not created by torchzero. Leave both at their defaults with it, or use torchzero's module "
                     "for the rule (tz.m.SGD, tz.m.Adam, ...)."
                 )
-            if self.differentiable and not precision.of_group(group, torch.float32).plain:
+            if self.differentiable:
                 raise ValueError(
                     f"param group {i} sets state_dtype={group.get('state_dtype')!r}, param_update="
                     f"{group.get('param_update', 'plain')!r}, which differentiable=True does not support (rounding "
