@@ -30,6 +30,17 @@ CHAINS = {
         lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, nesterov=True),
         None,
     ),
+    # low precision on sharded parameters: the reference is the same chain on the unsharded model
+    "adam_bf16_state": (
+        lambda p: tz.Modular(p, tz.m.Adam(), tz.m.LR(1e-2), state_dtype="bfloat16"),
+        lambda p: tz.Modular(p, tz.m.Adam(), tz.m.LR(1e-2), state_dtype="bfloat16"),
+        None,
+    ),
+    "sgd_kahan": (
+        lambda p: tz.Modular(p, tz.m.SGD(momentum=0.9), tz.m.LR(1e-2), param_update="kahan"),
+        lambda p: tz.Modular(p, tz.m.SGD(momentum=0.9), tz.m.LR(1e-2), param_update="kahan"),
+        None,
+    ),
     "clipnorm_global": (
         lambda p: tz.Modular(p, tz.m.ClipNorm(0.1), tz.m.SGD(), tz.m.LR(0.1)),
         lambda p: torch.optim.SGD(p, lr=0.1),

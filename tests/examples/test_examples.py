@@ -21,6 +21,7 @@ CASES = {
     "schedulers": 40,
     "wrap_external": 40,
     "checkpoint": 40,
+    "bf16_compensated": 40,
 }
 
 
@@ -76,3 +77,9 @@ def test_checkpoint_example_resumes_exactly(examples_on_path):
     h = _load("checkpoint").train(10)
     # compared bit for bit: a resumed run must not differ from the uninterrupted one at all
     assert h["resumed"] == h["loss"], f"resumed {h['resumed']}\nstraight {h['loss']}"
+
+
+def test_bf16_compensated_example_keeps_bf16_params_and_fp32_state(examples_on_path, capsys):
+    _load("bf16_compensated").train(3)
+    out = capsys.readouterr().out
+    assert "parameters torch.bfloat16, Adam's moments torch.float32, Kahan buffer torch.bfloat16" in out, out

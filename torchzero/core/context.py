@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..foreach import Layout, ops, policy, shard
-from . import sink
+from ..foreach import Layout, ops, policy, rounding, shard
+from . import precision, sink
 from .closure import Closure, check_finite
+from .precision import RunPrecision
 
 if TYPE_CHECKING:
     from .modular import Modular
@@ -34,6 +35,11 @@ def _tags(whats: list[tuple[Any, ...]], fields: list[int]) -> list[str]:
     return out
 
 
+def _exact(module: Module, name: str) -> bool:
+    """``name`` is in ``module.exact_state`` (an entry ending in ``*`` is a prefix: ``"pre_cond_*"``)."""
+    return any(name == e or (e.endswith("*") and name.startswith(e[:-1])) for e in module.exact_state)
+
+
 class Segment:
     """A contiguous slice of the step's tensors: one device, one dtype, one set of settings.
 
@@ -42,7 +48,9 @@ class Segment:
     parameter in the segment, counting this step, for modules that declare ``counts_steps`` (else None).
     """
 
-    __slots__ = ("ctx", "module", "start", "stop", "device", "dtype", "settings", "scale", "groups", "_step")
+    __slots__ = (
+        "ctx", "module", "start", "stop", "device", "dtype", "settings", "scale", "groups", "_step", "precision"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -56,9 +64,12 @@ class Segment:
         scale: float,
         group: int,
         step: int | None = None,
+        precision: RunPrecision | None = None,
     ) -> None:
         self.ctx = ctx
         self._step = step
+        self.precision = precision or RunPrecision(None, dtype, "plain")
+        """the state dtype and parameter writes of the segment's param group (see :mod:`torchzero.core.precision`)"""
         self.module = module
         self.start = start
         self.stop = stop
@@ -194,7 +205,9 @@ class Segment:
     def fused_ok(self, scale: Any, dtypes: Any, *, sharded_ok: bool = True) -> bool:
         """Whether a fused kernel may run on this segment (the one policy: :func:`torchzero.foreach.policy.fused_ok`);
         ``sharded_ok=False`` for a kernel with no sharding rule for DTensor parameters."""
-        return policy.fused_ok(self.device, self.dtype, scale, dtypes, self.params, sharded_ok)
+        return policy.fused_ok(
+            self.device, self.dtype, scale, dtypes, self.params, sharded_ok, state_dtype=self.precision.storage
+        )
 
     def emit_kernel(self, scale: Any, kernel: Callable[[list[Tensor], Any], None]) -> None:
         """Emit through a fused kernel ``kernel(target, lr)`` that computes ``target -= lr * direction``."""
@@ -247,6 +260,12 @@ class StepContext:
         self.segment_reports: dict[tuple[int, Module, str], dict[tuple[Any, ...], Any]] = {}
         """this step's per-segment metrics (``Segment.report``): ``(group, module, name) -> {segment: value}``"""
         self.deferred_global_state: list[tuple[Module, str, Any]] = []
+        self.precisions: list[RunPrecision] = precision.of_runs(layout.runs, opt.param_groups)
+        """per run of the layout, its state dtype and parameter writes (see :mod:`torchzero.core.precision`)"""
+        self.low_precision = not all(p.plain for p in self.precisions)
+        """some run keeps state in another dtype or writes its parameters with compensation"""
+        self._upcast: dict[tuple[str, int, str], tuple[Tensor, Tensor]] = {}
+        """``(module key, index, name) -> (stored state, its temporary in the compute dtype)``, until written back"""
         self.pending_scalars: dict[tuple[Module, str, str], list[list[Any]]] = {}
         """``Segment.scalar`` values of this step, stored in the modules' global state when the step ends"""
         """``(module, key, value)`` for ``module.global_state`` when the step ends (:meth:`set_global_state_at_end`)"""
@@ -306,9 +325,22 @@ class StepContext:
                 if index:
                     for i, g in zip(index, ops.neg([grads[i] for i in index]), strict=True):
                         grads[i] = g
+        if self.low_precision:
+            grads = self._widen(grads)  # type: ignore[arg-type,assignment]
         self._grad_lists.append(grads)  # type: ignore[arg-type]
         self._grad = grads  # type: ignore[assignment]
         return self._grad  # type: ignore[return-value]
+
+    def _widen(self, grads: list[Tensor]) -> list[Tensor]:
+        """The gradient in the compute dtype of each run (wider than the parameters' where state is kept wider:
+        fp32 state of bf16 parameters), so that the whole chain computes in it; new tensors, ``.grad`` stays."""
+        runs = [(r, p.compute) for r, p in zip(self.layout.runs, self.precisions, strict=True) if p.compute != r.dtype]
+        if not runs:
+            return grads
+        grads = list(grads)
+        for run, dtype in runs:
+            grads[run.start : run.stop] = [g.to(dtype) for g in grads[run.start : run.stop]]
+        return grads
 
     def evaluate(self, backward: bool = True, *, check: bool = False) -> Tensor:
         """Evaluate the closure at the current parameters and return the loss (0-dim tensor).
@@ -336,8 +368,8 @@ class StepContext:
         the parameters stay and this returns True; else False, and the caller restores ``x0`` and hands on
         ``t u`` as usual.
         """
-        if not (self.is_last and self.opt.reuse_evaluation):
-            return False
+        if not (self.is_last and self.opt.reuse_evaluation) or self._compensated():
+            return False  # compensated writes: the caller restores x0 and the sink writes x0 - t u
         self.params_written = True
         self.final_loss = loss
         return True
@@ -364,6 +396,10 @@ class StepContext:
             update.extend(moved)
         self.update = update
 
+    def _compensated(self) -> bool:
+        """Some parameters are written with compensation (``param_update`` other than ``"plain"``)."""
+        return self.low_precision and any(p.param_update != "plain" for p in self.precisions)
+
     def run_stage(self, module: Module, fused: Module | None = None, *, last: bool = False) -> None:
         """Run one stage of a chain: ``module`` (with the ``LR`` fused into it, if any), as the last stage or not.
 
@@ -377,6 +413,7 @@ class StepContext:
             if module.modifies_update_inplace:
                 self.own_update()
             module.step(self)
+            self.flush_state(module)
         finally:
             self.is_last, self.fused, self.fused_owner = saved
 
@@ -487,10 +524,17 @@ class StepContext:
         key = module.key
         assert key is not None, "module is not bound to an optimizer"
         state = self.opt.state
-        for p, t in zip(self.layout.originals[start : start + len(tensors)], tensors, strict=True):
+        storage = self._storage(start, start + len(tensors)) if self.low_precision else None
+        if storage is not None and _exact(module, name):
+            storage = [(c if s is not None else None, c) for s, c in storage]
+        for i, (p, t) in enumerate(zip(self.layout.originals[start : start + len(tensors)], tensors, strict=True)):
             ms = state[p].get(key)
             if ms is None:
                 ms = state[p][key] = {}
+            if storage is not None:
+                self._upcast.pop((key, start + i, name), None)  # replaced: nothing to write back
+                if storage[i][0] is not None and t.is_floating_point():
+                    t = t.to(storage[i][0])
             ms[name] = t
 
     def state(
@@ -504,7 +548,10 @@ class StepContext:
         """Per-parameter state of ``module`` for params ``[start:stop]``, created on first use.
 
         State lives in ``optimizer.state[param][module.key][name]`` (torch's format, so Lightning and
-        Accelerate can move, cast, save and load it).
+        Accelerate can move, cast, save and load it).  In a param group with ``state_dtype`` it is stored in that
+        dtype and handed out in the compute dtype (see :mod:`torchzero.core.precision`): the tensors returned may
+        then be temporaries, written back when the module is done with its segment, so a module reads and writes
+        its state through them within one step and keeps no reference to them across steps.
         """
         key = module.key
         assert key is not None, "module is not bound to an optimizer"
@@ -513,6 +560,8 @@ class StepContext:
         originals = self.layout.originals[start:stop]
         views = self.params[start:stop]
         out: list[list[Tensor]] = [[] for _ in names]
+        if self.low_precision:
+            return self._state_low_precision(module, names, init, start, stop)
         for p, v in zip(originals, views, strict=True):
             ms = state[p].get(key)
             if ms is None:
@@ -524,3 +573,83 @@ class StepContext:
                     t = ms[name] = torch.zeros_like(v, memory_format=torch.preserve_format) if fn is None else fn(v)
                 lst.append(t)
         return out
+
+    # ---------------------------------------------------------------- low-precision state (core/precision.py)
+    def _storage(self, start: int, stop: int) -> list[tuple[torch.dtype | None, torch.dtype]]:
+        """Per parameter of ``[start:stop]``: the dtype its state is stored in (None: its own) and computed in."""
+        out: list[tuple[torch.dtype | None, torch.dtype]] = []
+        for run, prec in zip(self.layout.runs, self.precisions, strict=True):
+            n = min(stop, run.stop) - max(start, run.start)
+            if n > 0:
+                out.extend([(prec.storage, prec.compute)] * n)
+        return out
+
+    def _state_low_precision(
+        self, module: Module, names: Sequence[str], init: StateInit | dict[str, StateInit] | None, start: int, stop: int
+    ) -> list[list[Tensor]]:
+        """:meth:`state` where some parameters keep state in another dtype than they compute in.
+
+        State is created (or, if it was kept in another dtype, converted once) in the storage dtype; where that
+        is narrower than the compute dtype the module gets temporaries in the compute dtype (one buffer per name
+        and segment), which :meth:`flush_state` writes back when the module is done with them.
+        """
+        state, key = self.opt.state, module.key
+        assert key is not None
+        every = self._storage(start, stop)
+        originals, views = self.layout.originals[start:stop], self.params[start:stop]
+        out: list[list[Tensor]] = []
+        for name in names:
+            # copies of the parameters and shared scalars are kept in the compute dtype (module.exact_state)
+            storage = [(c if s is not None else None, c) for s, c in every] if _exact(module, name) else every
+            fn = init.get(name) if isinstance(init, dict) else init
+            tensors: list[Tensor] = []
+            narrow: list[int] = []
+            for i, (p, v) in enumerate(zip(originals, views, strict=True)):
+                ms = state[p].get(key)
+                if ms is None:
+                    ms = state[p][key] = {}
+                kept = self._upcast.get((key, start + i, name))
+                if kept is not None:
+                    tensors.append(kept[1])
+                    continue
+                stored_as, compute = storage[i]
+                t = ms.get(name)
+                if t is None:  # handed to the module as made (SGD knows its new buffers), in the compute dtype
+                    if fn is None:  # (compute is v's dtype where the group keeps state as the parameter)
+                        t = torch.zeros_like(v, dtype=compute, memory_format=torch.preserve_format)
+                    else:
+                        t = fn(v)
+                        if stored_as is not None and t.is_floating_point() and t.dtype != compute:
+                            t = t.to(compute)
+                    if stored_as is None or not t.is_floating_point() or t.dtype == stored_as:
+                        ms[name] = t
+                    else:
+                        ms[name] = t.to(stored_as)
+                        self._upcast[(key, start + i, name)] = (ms[name], t)
+                    tensors.append(t)
+                    continue
+                if stored_as is not None and t.is_floating_point() and t.dtype != stored_as:
+                    t = ms[name] = t.to(stored_as)  # the group's state_dtype changed since the state was made
+                if stored_as is not None and t.is_floating_point() and t.dtype != compute:
+                    narrow.append(i)
+                tensors.append(t)
+            if narrow:
+                for dtype in {storage[i][1] for i in narrow}:
+                    index = [i for i in narrow if storage[i][1] == dtype]
+                    _, wide = rounding.flat_like([tensors[i] for i in index], dtype)
+                    ops.copy_(wide, [tensors[i] for i in index])
+                    for i, w in zip(index, wide, strict=True):
+                        self._upcast[(key, start + i, name)] = (tensors[i], w)
+                        tensors[i] = w
+            out.append(tensors)
+        return out
+
+    def flush_state(self, module: Module | None = None) -> None:
+        """Write the compute-dtype temporaries of ``module``'s state (every module's, for None) back into the
+        stored state (rounding to the storage dtype), and drop them."""
+        if not self._upcast:
+            return
+        done = [k for k in self._upcast if module is None or k[0] == module.key]
+        if done:
+            pairs = [self._upcast.pop(k) for k in done]
+            ops.copy_([p[0] for p in pairs], [p[1] for p in pairs])

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..foreach import Layout, ops
-from . import schema, sink
+from . import precision, schema, sink
 from . import settings as S
 from .closure import Closure, check_finite
 from .context import StepContext
@@ -65,6 +65,15 @@ class Modular(torch.optim.Optimizer):
             e.g. ``opt.metrics()["0/0.Adam/update_rms"]``.  It is kept as a 0-dim tensor (no host sync) and
             costs one norm per tensor a step, plus an update-sized buffer for a fused kernel, which then writes
             the parameters in a second pass.  Off by default.
+        state_dtype: the dtype modules keep their per-parameter state in, for every group that does not set its
+            own (``"bfloat16"`` moments for fp32 parameters, ``"float32"`` moments for bf16 parameters); None keeps
+            it in the parameter's dtype.  Modules compute in the wider of the two dtypes.  See
+            :mod:`torchzero.core.precision` and the "Low precision" section of the state guide.
+        param_update: how the parameters are written, for every group that does not set its own: ``"plain"``
+            (round to nearest, as torch.optim), ``"kahan"`` (Kahan summation, a buffer per parameter) or
+            ``"stochastic_rounding"`` (bf16/fp16 parameters rounded up or down at random, unbiased).
+        rounding_seed: the seed of the generators ``param_update="stochastic_rounding"`` draws from (one per
+            device, saved in ``state_dict``).
         differentiable: run the step with autograd enabled so the new parameters are differentiable with
             respect to the old ones, the gradients and the settings given as tensors (meta-learning), like
             torch's ``differentiable=True``. Parameters must then be non-leaf tensors (or not require grad);
@@ -91,6 +100,9 @@ class Modular(torch.optim.Optimizer):
         grad_as_scratch: bool = False,
         differentiable: bool = False,
         update_rms: bool = False,
+        state_dtype: str | torch.dtype | None = None,
+        param_update: str = "plain",
+        rounding_seed: int = 0,
     ) -> None:
         if isinstance(params, (set, frozenset)):
             raise TypeError(
@@ -103,6 +115,16 @@ class Modular(torch.optim.Optimizer):
                 "tz.Modular needs at least one module, e.g. tz.Modular(params, tz.m.Adam(), tz.m.LR(1e-3))"
             )
         self._root = root
+        given = {"state_dtype": state_dtype, "param_update": param_update}
+        schema.check_optimizer_settings(given, " (a tz.Modular argument)")
+        if isinstance(rounding_seed, bool) or not isinstance(rounding_seed, int):
+            raise TypeError(f"rounding_seed must be an int, got {rounding_seed!r}")
+        self._precision_defaults = {
+            "state_dtype": precision.state_dtype_name(state_dtype), "param_update": param_update
+        }  # fmt: skip
+        """what ``state_dtype``/``param_update`` given to the constructor put into every group (when not default)"""
+        self.rounding_seed = rounding_seed
+        self._rounding_rng: dict[str, torch.Generator] = {}
         self.differentiable = differentiable
         self.reuse_evaluation = reuse_evaluation
         self.grad_as_scratch = grad_as_scratch
@@ -130,6 +152,7 @@ class Modular(torch.optim.Optimizer):
         schema.check_groups(self, self.param_groups)
         S.closure_negated(self.param_groups, self._root.requires_closure)
         self.plan.check_uniform(self.param_groups, self.defaults)
+        self._check_precision(self.param_groups)
         for m in self._leaves:
             bind = getattr(m, "bind", None)
             if bind is not None:
@@ -143,7 +166,7 @@ class Modular(torch.optim.Optimizer):
         schema.check_new_group(self, param_group, len(self.param_groups))
         given = frozenset(k for k in param_group if k not in S.FRAMEWORK_KEYS)
         super().add_param_group(param_group)
-        for key, value in (self.plan.inert | S.OPTIMIZER_KEYS).items():
+        for key, value in (self.plan.inert | S.OPTIMIZER_KEYS | self._given_precision()).items():
             self.param_groups[-1].setdefault(key, value)
         if self._lr_missing_error:
             self.param_groups[-1] = ParamGroup(self.param_groups[-1])
@@ -155,6 +178,7 @@ class Modular(torch.optim.Optimizer):
             self.plan.adopt(self.param_groups, [*old, given])
             S.closure_negated(self.param_groups, self._root.requires_closure)
             self.plan.check_uniform(self.param_groups, self.defaults)
+            self._check_precision(self.param_groups)
         except ValueError:
             self.param_groups.pop()
             self.plan.adopt(self.param_groups, old)
@@ -206,7 +230,7 @@ class Modular(torch.optim.Optimizer):
             plan.adopt(known, old)
             raise
         for i, group in enumerate(groups):
-            for key, value in (self.defaults | plan.inert | S.OPTIMIZER_KEYS).items():
+            for key, value in (self.defaults | plan.inert | S.OPTIMIZER_KEYS | self._given_precision()).items():
                 group.setdefault(key, value)
             if "params" in group and not isinstance(group["params"], list):
                 group["params"] = list(group["params"])
@@ -215,6 +239,48 @@ class Modular(torch.optim.Optimizer):
         plan.adopt(groups, given)
         S.closure_negated(groups, self._root.requires_closure)
         plan.check_uniform(groups, self.defaults)
+
+    def _given_precision(self) -> dict[str, Any]:
+        """The low-precision settings given to the constructor that differ from the default (put in every group)."""
+        return {k: v for k, v in self._precision_defaults.items() if v != precision.KEYS[k]}
+
+    def _check_precision(self, groups: list[dict[str, Any]]) -> None:
+        """Refuse low-precision settings that would change nothing or cannot apply (before anything changes)."""
+        for i, group in enumerate(groups):
+            default = group.get("state_dtype") is None and group.get("param_update", "plain") == "plain"
+            if default:
+                continue
+            if group.get("state_dtype") is not None and not any(m.keeps_state for m in self._leaves):
+                names = ", ".join(type(m).__name__ for m in self._leaves)
+                raise ValueError(
+                    f"param group {i} sets state_dtype={group['state_dtype']!r}, but no module of this chain "
+                    f"({names}) keeps per-parameter state (declares keeps_state), so it would change nothing. "
+                    "Remove state_dtype, or add a module with state (tz.m.Adam(), tz.m.SGD(momentum=0.9), ...)."
+                )
+            own = [type(m).__name__ for m in self._leaves if m.writes_params]
+            if own:
+                raise ValueError(
+                    f"param group {i} sets state_dtype={group.get('state_dtype')!r}, param_update="
+                    f"{group.get('param_update', 'plain')!r}, but {', '.join(own)} moves the parameters itself and "
+                    "keeps its own state: its writes are rounded before they reach torchzero's sink and its state "
+                    "is not created by torchzero. Leave both at their defaults with it, or use torchzero's module "
+                    "for the rule (tz.m.SGD, tz.m.Adam, ...)."
+                )
+            if self.differentiable:
+                raise ValueError(
+                    f"param group {i} sets state_dtype={group.get('state_dtype')!r}, param_update="
+                    f"{group.get('param_update', 'plain')!r}, which differentiable=True does not support (rounding "
+                    "and compensated writes have no useful derivative). Leave them at their defaults."
+                )
+
+    def rounding_generator(self, device: torch.device) -> torch.Generator:
+        """The generator stochastic rounding draws from on ``device`` (seeded with ``rounding_seed`` when first
+        used, saved in ``state_dict``)."""
+        key = str(device)
+        gen = self._rounding_rng.get(key)
+        if gen is None:
+            gen = self._rounding_rng[key] = torch.Generator(device).manual_seed(self.rounding_seed)
+        return gen
 
     @property
     def root(self) -> Chain:
@@ -303,6 +369,7 @@ class Modular(torch.optim.Optimizer):
     def _check_ready(self, closure: Any) -> None:
         self._sync_groups()
         S.check_inert_keys(self.param_groups, self.plan.declared)
+        self._check_precision(self.param_groups)
         if closure is None and self._root.requires_closure:
             names = ", ".join(type(m).__name__ for m in self._leaves if m.needs_closure)
             raise RuntimeError(
@@ -393,6 +460,7 @@ class Modular(torch.optim.Optimizer):
             sink.final_write(ctx)
         for m in self._leaves:
             m.after_step(ctx)
+        ctx.flush_state()
         # a stepped optimizer has state, if only an empty entry: torch.distributed.checkpoint steps an optimizer
         # without state once with zero gradients "to create it", which would move a stateless chain's counters
         if not self.state:
@@ -480,6 +548,8 @@ class Modular(torch.optim.Optimizer):
             "modules": {m.key: m.get_global_state() for m in self._leaves},
             "entries": _entries(sd["state"], len(self._all_params())),
         }
+        if self._rounding_rng:
+            extra["rounding_rng"] = {k: g.get_state() for k, g in self._rounding_rng.items()}
         sd[_STATE_KEY] = extra
         if sd["param_groups"]:
             sd["param_groups"][0] = {**sd["param_groups"][0], _STATE_KEY: _encode(extra)}
@@ -516,14 +586,24 @@ class Modular(torch.optim.Optimizer):
             )
         schema.check_groups(self, saved_groups, "the state dict's param group")
         _check_entries(extra.get("entries"), state_dict.get("state", {}), saved_groups)
-        plain = {k: v for k, v in state_dict.items() if k != _STATE_KEY}
+        keep = _state_keeping_dtype(state_dict)
+        plain = {k: v for k, v in state_dict.items() if k not in (_STATE_KEY, "state")}
         plain["param_groups"] = saved_groups
+        plain["state"] = {k: v for k, v in state_dict.get("state", {}).items() if k not in keep}
         super().load_state_dict(plain)
+        if keep:  # torch casts floating state to the parameter's dtype: not that of groups that set state_dtype
+            for saved, group in zip(saved_groups, self.param_groups, strict=True):
+                for pid, p in zip(saved["params"], group["params"], strict=True):
+                    if pid in keep:
+                        self.state[p] = _moved(keep[pid], p.device)
         if self._lr_missing_error:
             self.param_groups[:] = [ParamGroup(g) for g in self.param_groups]
         self._sync_groups()  # the loaded dicts replace the groups (and a host may have replaced the list before)
         for m in self._leaves:
             m.set_global_state(extra["modules"].get(m.key, {}))
+        self._rounding_rng = {}
+        for device, rng_state in extra.get("rounding_rng", {}).items():
+            self.rounding_generator(torch.device(device)).set_state(rng_state)
         for m in self._leaves:
             on_load = getattr(m, "on_load", None)
             if on_load is not None:
@@ -564,6 +644,24 @@ def _run(opt: Modular, closure: Callable[..., Any] | None) -> Tensor | None:
 
 
 _run_eagerly = torch.compiler.disable(_run)  # a graph break under torch.compile
+
+
+def _state_keeping_dtype(state_dict: dict[str, Any]) -> dict[Any, Any]:
+    """The saved state of the parameters in groups that set ``state_dtype``, by parameter id: loaded in the dtype
+    it was saved in (torch would cast it to the parameter's dtype)."""
+    ids = {pid for g in state_dict["param_groups"] if g.get("state_dtype") is not None for pid in g["params"]}
+    return {pid: v for pid, v in state_dict["state"].items() if pid in ids}
+
+
+def _moved(value: Any, device: torch.device) -> Any:
+    """A copy of saved state on ``device``, dtypes kept (nested dicts and lists as torch's own loader walks them)."""
+    if isinstance(value, Tensor):
+        return value.to(device=device, copy=True)
+    if isinstance(value, dict):
+        return {k: _moved(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_moved(v, device) for v in value)
+    return value
 
 
 def _bind(root: Chain, fuse: bool) -> list[Module]:

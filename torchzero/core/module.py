@@ -38,6 +38,15 @@ class Module:
     * ``uniform_settings``: the module treats all parameters as one vector (a line search, L-BFGS, finite
       differences) and reads its settings with ``ctx.settings``, so they must be equal in every param
       group; the optimizer checks this when it is built, when a group is added and before each step.
+    * ``keeps_state``: the module keeps tensors per parameter (moments, buffers) through ``seg.state`` /
+      ``ctx.state``, which the optimizer's ``state_dtype`` setting stores in that dtype.  A chain none of whose
+      modules declares it refuses ``state_dtype`` (it would change nothing).  ``exact_state`` names the state
+      that is kept in the dtype the module computes in whatever ``state_dtype`` says: copies of the parameters
+      and shared scalars, whose rounding would move the parameters or the step size, unlike a moment's, and
+      matrix preconditioners whose roots or eigenbases bf16 would spoil (an entry ending in ``*`` is a prefix).
+    * ``writes_params``: the module moves the parameters itself (a wrapped torch optimizer) and keeps state the
+      core does not create, so the optimizer refuses ``state_dtype`` and compensated ``param_update`` with it
+      (the move is rounded to the parameters' dtype before the sink could see what was lost).
     * ``counts_steps``: the module needs each parameter's step count (bias corrections).  The optimizer
       keeps it per parameter in ``state[p][key]["step"]`` (like torch.optim) and hands it to the module
       as ``seg.step``; segments never mix parameters with different counts, so a parameter that joins
@@ -72,6 +81,9 @@ class Module:
     needs_raw_grad: ClassVar[bool] = False
     modifies_update_inplace: ClassVar[bool] = True
     counts_steps: ClassVar[bool] = False
+    keeps_state: ClassVar[bool] = False
+    exact_state: ClassVar[frozenset[str]] = frozenset()
+    writes_params: ClassVar[bool] = False
     uniform_settings: ClassVar[bool] = False
     full_matrices: ClassVar[bool] = False
     """the module computes on whole tensors through ``ctx.map_full`` (matrix functions); see the class docstring"""
@@ -219,6 +231,7 @@ class Transform(Module):
     def step(self, ctx: StepContext) -> None:
         for seg in ctx.segments(self):
             self.apply(ctx, seg)
+            ctx.flush_state(self)  # low-precision state: one segment's temporaries alive at a time
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement apply(ctx, seg)")

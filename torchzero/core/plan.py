@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..foreach import Layout, shard
+from . import precision
 from . import settings as S
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ class Plan:
         prev_bucket = -1
         counts = self.step_counts(ctx, module) if module.counts_steps else None
         branches = module.branches
-        for run in ctx.layout.runs:
+        for run, prec in zip(ctx.layout.runs, ctx.precisions, strict=True):
             if branches and any(run.sig[split.partition] != b for split, b in branches):  # type: ignore[index]
                 continue
             settings = self.resolve(module, groups, defaults, run.group, run.sig)
@@ -192,14 +193,19 @@ class Plan:
                     and prev._step == step
                     and S.same_value(prev.scale, scale)
                     and S.same_settings(prev.settings, settings)
+                    and prev.precision == prec
                 ):
                     prev.stop = stop
                     if prev.groups[-1] != run.group:
                         prev.groups.append(run.group)
                 else:
-                    prev = Segment(ctx, module, start, stop, run.device, run.dtype, settings, scale, run.group, step)
+                    prev = Segment(
+                        ctx, module, start, stop, run.device, run.dtype, settings, scale, run.group, step, prec
+                    )
                     out.append(prev)
                 prev_bucket = run.bucket
+        if ctx.low_precision:
+            out = [piece for seg in out for piece in _narrow_pieces(ctx, seg)]
         return out
 
     def check_uniform(self, groups: Groups, defaults: dict[str, Any], layout: Layout | None = None) -> None:
@@ -305,6 +311,29 @@ def _check_sharded(leaves: list[Module], params: list[Tensor]) -> None:
             f"{reasons}. Train these without fully_shard (DDP), or, for matrix preconditioners, send the matrices "
             "to one that gathers them (tz.m.Muon, tz.m.Shampoo, tz.m.PSGDKron) with tz.m.Split. Nothing was changed."
         )
+
+
+def _narrow_pieces(ctx: StepContext, seg: Segment) -> list[Segment]:
+    """``seg`` cut into pieces of at most ``precision.CHUNK`` elements when its state is stored narrower than it
+    is computed (the module's temporaries then cover one piece at a time), else ``[seg]``."""
+    from .context import Segment
+
+    prec = seg.precision
+    if prec.storage is None or prec.storage == prec.compute:
+        return [seg]
+    ranges = precision.pieces([p.numel() for p in ctx.params[seg.start : seg.stop]], precision.CHUNK)
+    if len(ranges) == 1:
+        return [seg]
+    out = []
+    for a, b in ranges:
+        start, stop = seg.start + a, seg.start + b
+        groups = [r.group for r in ctx.layout.runs if r.start < stop and start < r.stop]
+        piece = Segment(
+            ctx, seg.module, start, stop, seg.device, seg.dtype, seg.settings, seg.scale, groups[0], seg._step, prec
+        )
+        piece.groups = list(dict.fromkeys(groups))
+        out.append(piece)
+    return out
 
 
 def _pieces(start: int, stop: int, counts: list[int] | None) -> list[tuple[int, int, int | None]]:

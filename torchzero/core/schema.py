@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from . import precision
+
 if TYPE_CHECKING:
     from .modular import Modular
     from .module import Module
@@ -387,6 +389,19 @@ DAMPENING = Setting(in_range(0, 1), "Use 0 (no dampening) or a fraction such as 
 FLAG = Setting(boolean())
 
 OPTIMIZER_SCHEMA: Schema = {
-    "maximize": Setting(boolean(), "maximize=True ascends the loss (as torch.optim's maximize); the default is False.")
+    "maximize": Setting(boolean(), "maximize=True ascends the loss (as torch.optim's maximize); the default is False."),
+    "state_dtype": Setting(
+        Satisfies(
+            precision.is_state_dtype,
+            "{name} one of 'bfloat16', 'float16', 'float32', 'float64' (or the torch dtype), or None",
+            precision.state_dtype_name,
+        ),
+        "state_dtype is the dtype modules keep their per-parameter state in; None keeps it in the parameter's dtype.",
+    ),
+    "param_update": Setting(
+        one_of(*precision.PARAM_UPDATES),
+        "'kahan' or 'stochastic_rounding' keep the small steps that rounding bf16/fp16 parameters would lose; "
+        "'plain' (the default) rounds to nearest, as torch.optim.",
+    ),
 }
 """the optimizer's own settings (``settings.OPTIMIZER_KEYS``), checked in every param group"""

@@ -26,6 +26,11 @@ written later by a scheduler or by hand) is refused with an error instead of bei
 (``optimizer.defaults`` keeps only the chain's exposed keys).  The core reads it where it collects the gradient and calls the closure; it never reaches a
 module, even one with a setting of the same name (``Wrap(torch.optim.SGD, maximize=True)`` keeps its own).
 
+**Low-precision keys.**  ``state_dtype`` and ``param_update`` (see :mod:`torchzero.core.precision`) are
+settings of the optimizer too, per group, read by the core where state is created and parameters are written.
+Unlike ``maximize`` they are in a group only when given (in the group, or for all groups to ``tz.Modular``):
+absent, the default applies (state in the parameter's dtype, plain writes).
+
 **Metadata keys.**  Keys that torch, its schedulers, SWA and hosts keep in groups (``initial_lr``,
 ``swa_lr``, Lightning's ``name``, ...) are accepted and never reach a module; any other key that no module
 declares is a misspelt setting and is refused.
@@ -38,6 +43,7 @@ from typing import Any
 
 from torch import Tensor
 
+from . import precision
 from .module import Module
 from .schema import check_optimizer_settings
 
@@ -67,6 +73,9 @@ INERT_KEYS: dict[str, Any] = {"weight_decay": 0}  # torch.optim.SGD/Adam default
 
 OPTIMIZER_KEYS: dict[str, Any] = {"maximize": False}
 """settings of the optimizer itself, in every group (see :func:`closure_negated`)"""
+
+PRECISION_KEYS: dict[str, Any] = dict(precision.KEYS)
+"""settings of the optimizer itself, in a group only when given (see :mod:`torchzero.core.precision`)"""
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -103,6 +112,7 @@ def check_group_keys(group: Mapping[str, Any], index: int, leaves: list[Module])
         if k not in declared
         and k not in FRAMEWORK_KEYS
         and k not in OPTIMIZER_KEYS
+        and k not in PRECISION_KEYS
         and not (k in INERT_KEYS and same_value(group[k], INERT_KEYS[k]))
     ]
     if not unknown:
@@ -146,7 +156,7 @@ def resolve(
     """Settings of ``module`` for one run of parameters (see the module docstring for the rules)."""
     settings = dict(module.defaults)
     for key in settings:
-        if key in group and key not in OPTIMIZER_KEYS:
+        if key in group and key not in OPTIMIZER_KEYS and key not in PRECISION_KEYS:
             owner = owners.get(key)
             if owner is None or owner is module or key in given or not same_value(group[key], defaults[key]):
                 settings[key] = group[key]

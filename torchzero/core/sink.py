@@ -20,6 +20,13 @@ An emission is a sum of *terms*, each subtracted from the parameters (last stage
 ``("add", x, s)`` is ``s * x``, ``("div", n, d, s)`` is ``s * n / d`` and ``("mul", a, b, s)`` is ``s * a * b``;
 ``decay`` adds ``decay * theta`` (as ``theta <- theta (1 - decay)`` when the parameters are written).  A scale or
 decay may be a 0-dim tensor (a tensor lr): it never leaves the device.
+
+Parameters of a group with ``param_update="kahan"`` or ``"stochastic_rounding"`` (see :mod:`torchzero.core.precision`)
+are written by :func:`compensated_sub` instead: the step is built first (the same terms), then subtracted with Kahan
+summation or stochastic rounding (:mod:`torchzero.foreach.rounding`).  Every write path goes through it: a fused
+kernel writes its step into a zero buffer first, a line search that would keep its last trial point hands on its
+step instead (:meth:`StepContext.keep_trial_point`), and the core's final write takes it per run; a wrapped torch
+optimizer, which writes the parameters itself, is refused (``Module.writes_params``).
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..foreach import ops
+from ..foreach import ops, rounding
+from . import precision
 
 if TYPE_CHECKING:
     from .context import Segment, StepContext
@@ -59,6 +67,10 @@ def write(seg: Segment, terms: Sequence[Term], decay: Any = 0.0, scratch: Sequen
         report_rms(seg, _term_norms(terms))  # before the terms' tensors are reused as the update
     if not ctx.is_last:
         seg.update = _as_update(seg, terms, decay, scratch)
+        return
+    if seg.precision.param_update != "plain":
+        compensated_sub(ctx, seg.start, seg.stop, _as_update(seg, terms, decay, scratch), seg.precision.param_update)
+        ctx.params_written = True
         return
     params = seg.params
     tensors = isinstance(decay, Tensor) or any(isinstance(t[-1], Tensor) for t in terms)
@@ -219,6 +231,11 @@ def write_per_tensor(seg: Segment, direction: Sequence[Tensor], scales: Sequence
         report_rms(
             seg, [n * (s.abs() if isinstance(s, Tensor) else abs(s)) for n, s in zip(norms, scales, strict=True)]
         )
+    if ctx.is_last and seg.precision.param_update != "plain":
+        steps = [d * s if not is_one(s) else d for d, s in zip(direction, scales, strict=True)]
+        compensated_sub(ctx, seg.start, seg.stop, steps, seg.precision.param_update)
+        ctx.params_written = True
+        return
     if ctx.is_last:
         for p, d, s in zip(seg.params, direction, scales, strict=True):
             if isinstance(s, Tensor):
@@ -248,7 +265,8 @@ def write_kernel(seg: Segment, scale: Any, kernel: Callable[[list[Tensor], Any],
     """
     ctx = seg.ctx
     rms = ctx.opt.update_rms and not seg.module.modifies_update_inplace
-    if ctx.is_last and not rms:
+    compensated = seg.precision.param_update != "plain"
+    if ctx.is_last and not rms and not compensated:
         kernel(seg.params, scale)
         ctx.params_written = True
         return
@@ -256,10 +274,13 @@ def write_kernel(seg: Segment, scale: Any, kernel: Callable[[list[Tensor], Any],
     kernel(target, -scale)
     if rms:  # the kernel's step is measured in a buffer first, then subtracted
         report_rms(seg, ops.norm(target, 2, dtype=_norm_dtype(target)))
-        if ctx.is_last:
+    if ctx.is_last:  # the kernel's step, written with compensation where the group asks for it
+        if compensated:
+            compensated_sub(ctx, seg.start, seg.stop, target, seg.precision.param_update)
+        else:
             ops.sub_(seg.params, target)
-            ctx.params_written = True
-            return
+        ctx.params_written = True
+        return
     seg.update = target
 
 
@@ -268,5 +289,46 @@ def final_write(ctx: StepContext) -> None:
     params, update = ctx.params, ctx.update
     if len(update) != len(params):
         raise RuntimeError(f"the chain produced {len(update)} update tensors for {len(params)} parameters")
+    if ctx.low_precision and any(p.param_update != "plain" for p in ctx.precisions):
+        for run, prec in zip(ctx.layout.runs, ctx.precisions, strict=True):
+            a, b = run.start, run.stop
+            if prec.param_update == "plain":
+                ops.sub_(params[a:b], update[a:b])
+            else:
+                compensated_sub(ctx, a, b, update[a:b], prec.param_update)
+        return
     for a, b in ctx.layout.buckets:
         ops.sub_(params[a:b], update[a:b])
+
+
+# ---------------------------------------------------------------- compensated writes (core/precision.py)
+def compensated_sub(ctx: StepContext, start: int, stop: int, step: Sequence[Tensor], mode: str) -> None:
+    """``theta -= step`` for the parameters ``[start:stop]`` (one device and dtype) with ``param_update`` ``mode``:
+    Kahan summation with a buffer per parameter kept in ``opt.state``, or stochastic rounding."""
+    params = ctx.params[start:stop]
+    if not params:
+        return
+    step = list(step)
+    comp = kahan_buffers(ctx, start, stop) if mode == "kahan" else []
+    generator = ctx.opt.rounding_generator(params[0].device) if mode != "kahan" else None
+    for a, b in precision.pieces([p.numel() for p in params], precision.CHUNK):  # bounded temporaries
+        if generator is None:
+            rounding.kahan_sub_(params[a:b], comp[a:b], step[a:b])
+        else:
+            rounding.stochastic_sub_(params[a:b], step[a:b], generator)
+
+
+def kahan_buffers(ctx: StepContext, start: int, stop: int) -> list[Tensor]:
+    """The Kahan buffers of the parameters ``[start:stop]`` (``state[p]["param_update"]["kahan"]``, the parameter's
+    dtype, zeros at first)."""
+    state = ctx.opt.state
+    out = []
+    for p, v in zip(ctx.layout.originals[start:stop], ctx.params[start:stop], strict=True):
+        ms = state[p].get(precision.STATE_KEY)
+        if ms is None:
+            ms = state[p][precision.STATE_KEY] = {}
+        buf = ms.get("kahan")
+        if buf is None or buf.dtype != v.dtype:
+            buf = ms["kahan"] = torch.zeros_like(v) if buf is None else buf.to(v.dtype)
+        out.append(buf)
+    return out

@@ -168,13 +168,13 @@ mul_ = _make("mul_")
 div_ = _make("div_")
 addcmul_ = _make("addcmul_", lambda x, a, b, value=1: x.addcmul_(a, b, value=value))
 addcdiv_ = _make("addcdiv_", lambda x, a, b, value=1: x.addcdiv_(a, b, value=value))
-lerp_ = _make("lerp_")
+_lerp_ = _make("lerp_")
 sqrt_ = _make("sqrt_")
 abs_ = _make("abs_")
 neg_ = _make("neg_")
 sign_ = _make("sign_")
 zero_ = _make("zero_")
-copy_ = _make("copy_")
+_copy_ = _make("copy_")
 maximum_ = _make("maximum_", lambda x, y: x.copy_(torch.maximum(_safe(x), y)))
 minimum_ = _make("minimum_", lambda x, y: x.copy_(torch.minimum(_safe(x), y)))
 clamp_min_ = _make("clamp_min_")
@@ -188,7 +188,7 @@ add = _make("add")
 sub = _make("sub")
 mul = _make("mul")
 div = _make("div")
-lerp = _make("lerp")
+_lerp = _make("lerp")
 sqrt = _make("sqrt", saves_output=True)
 abs = _make("abs")  # noqa: A001 - mirrors torch's name
 sign = _make("sign")
@@ -198,6 +198,39 @@ minimum = _make("minimum")
 pow = _make("pow", saves_output=True)  # noqa: A001 - mirrors torch's name
 addcmul = _make("addcmul", lambda x, a, b, value=1: x.addcmul(a, b, value=value))
 addcdiv = _make("addcdiv", lambda x, a, b, value=1: x.addcdiv(a, b, value=value))
+
+
+def copy_(xs: Sequence[Tensor], src: Sequence[Tensor]) -> None:
+    """``torch._foreach_copy_`` (dtypes may differ); tensor by tensor for DTensors (FSDP2 shards), which have no
+    sharding rule for the foreach copy."""
+    if xs and type(xs[0]).__name__ == "DTensor":
+        for x, y in zip(xs, src, strict=True):
+            x.copy_(y)
+        return
+    _copy_(xs, src)
+
+
+def lerp_(xs: Sequence[Tensor], ends: Sequence[Tensor], weight: Any) -> None:
+    """``torch._foreach_lerp_``, also where ``ends`` has another dtype than ``xs`` (state kept in another dtype
+    than the parameters, see ``state_dtype``): ``ends`` is cast to the dtype of ``xs``, as the other in-place ops
+    promote their arguments (torch's lerp refuses mixed dtypes)."""
+    _lerp_(xs, _as_dtype(ends, xs), weight)
+
+
+def lerp(xs: Sequence[Tensor], ends: Sequence[Tensor], weight: Any) -> TensorList:
+    """``torch._foreach_lerp``; with mixed dtypes both sides are cast to the wider one, as the other ops promote."""
+    if xs and ends and xs[0].dtype != ends[0].dtype:
+        wide = torch.promote_types(xs[0].dtype, ends[0].dtype)
+        return _lerp([x.to(wide) for x in xs], [e.to(wide) for e in ends], weight)
+    return _lerp(xs, ends, weight)
+
+
+def _as_dtype(ys: Sequence[Tensor], like: Sequence[Tensor]) -> Sequence[Tensor]:
+    if ys and like and ys[0].dtype != like[0].dtype:
+        return [y.to(like[0].dtype) for y in ys]
+    return ys
+
+
 _norm = _make("norm", lambda x, ord=2, dtype=None: torch.linalg.vector_norm(x, ord, dtype=dtype), elementwise=False)
 
 

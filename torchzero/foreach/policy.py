@@ -23,6 +23,8 @@ def fused_ok(
     dtypes: Collection[torch.dtype],
     tensors: Sequence[Tensor] = (),
     sharded_ok: bool = True,
+    *,
+    state_dtype: torch.dtype | None = None,
 ) -> bool:
     """True when a fused kernel may run for tensors on ``device`` of ``dtype`` with step size ``scale``.
 
@@ -32,6 +34,12 @@ def fused_ok(
     Not for a tensor scale (a capturable-style lr takes the foreach path), not in :func:`ops.reference_mode`,
     not with autograd on (differentiable mode: fused kernels have no derivative) and not under torch.compile
     (Inductor fuses the foreach ops itself).
+
+    Not when state is kept in another dtype than the tensors (``state_dtype``: a fused kernel would compute on
+    the stored state in its dtype, without the upcast the foreach path does).  Compensated writes
+    (``param_update``) do not stop it: the sink gives such a kernel a zero buffer to write its step into and
+    adds the step to the parameters itself (``core.sink.write_kernel``); a kernel that wrote the parameters
+    directly would bypass that, so a module runs a fused kernel only through ``seg.emit_kernel``.
     """
     return (
         not isinstance(scale, torch.Tensor)
@@ -41,4 +49,5 @@ def fused_ok(
         and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
         and (sharded_ok or not shard.any_dtensor(tensors))
+        and (state_dtype is None or state_dtype == dtype)
     )

@@ -32,6 +32,7 @@ class Adadelta(Transform):
     Reference: Zeiler, "ADADELTA: An Adaptive Learning Rate Method", arXiv:1212.5701, 2012.
     """
 
+    keeps_state = True
     fuses_lr = True
     schema = {"rho": Setting(in_range(0, 1), "Use a value such as 0.9."), "eps": EPS, "alpha": ALPHA}
 

@@ -67,6 +67,7 @@ class Adafactor(Transform):
     Reference: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", ICML 2018.
     """
 
+    keeps_state = True
     counts_steps = True
     modifies_update_inplace = False  # emits new tensors through the sink
     full_matrices = True  # row and column statistics need whole matrices (ctx.map_full under FSDP2)

@@ -38,6 +38,7 @@ class Adagrad(Transform):
     Optimization", JMLR 2011.
     """
 
+    keeps_state = True
     fuses_lr = True
     counts_steps = True
     schema = {

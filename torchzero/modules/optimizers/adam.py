@@ -44,6 +44,7 @@ class Adam(Transform):
     Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
     """
 
+    keeps_state = True
     fuses_lr = True
     modifies_update_inplace = False
     counts_steps = True

@@ -32,6 +32,7 @@ class Adamax(Transform):
     Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, section 7.1.
     """
 
+    keeps_state = True
     fuses_lr = True
     counts_steps = True
     schema = {"betas": BETAS, "eps": EPS, "alpha": ALPHA}

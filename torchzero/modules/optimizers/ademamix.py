@@ -61,6 +61,7 @@ class AdEMAMix(Transform):
     Reference: Pagliardini, Ablin & Grangier, "The AdEMAMix Optimizer: Better, Faster, Older", ICLR 2025.
     """
 
+    keeps_state = True
     fuses_lr = True
     modifies_update_inplace = False
     counts_steps = True

@@ -52,6 +52,7 @@ class ADOPT(Transform):
     NeurIPS 2024.
     """
 
+    keeps_state = True
     fuses_lr = True
     modifies_update_inplace = False
     counts_steps = True

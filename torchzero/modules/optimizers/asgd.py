@@ -62,6 +62,8 @@ class ASGD(Transform):
     Optim. 30(4), 1992.
     """
 
+    keeps_state = True
+    exact_state = frozenset({"ax"})  # kept in the compute dtype whatever state_dtype says
     counts_steps = True
     modifies_update_inplace = False  # emits new tensors through the sink
     schema = {

@@ -69,6 +69,8 @@ class DAdaptAdam(Module):
     Reference: Defazio & Mishchenko, "Learning-Rate-Free Learning by D-Adaptation", ICML 2023.
     """
 
+    keeps_state = True
+    exact_state = frozenset(_SCALARS)  # kept in the compute dtype whatever state_dtype says
     modifies_update_inplace = False
     counts_steps = True
     schema = {

@@ -63,6 +63,7 @@ class Lamb(Transform):
     Reference: You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes", ICLR 2020.
     """
 
+    keeps_state = True
     counts_steps = True
     modifies_update_inplace = False  # emits new tensors through the sink
     schema = {

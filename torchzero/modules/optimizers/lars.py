@@ -50,6 +50,7 @@ class LARS(Transform):
     Reference: You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", arXiv:1708.03888, 2017.
     """
 
+    keeps_state = True
     fuses_lr = True
     modifies_update_inplace = False  # emits new tensors through the sink
     schema = {

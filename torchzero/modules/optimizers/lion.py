@@ -33,6 +33,7 @@ class Lion(Transform):
     Reference: Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023.
     """
 
+    keeps_state = True
     fuses_lr = True
     schema = {"betas": BETAS, "alpha": ALPHA}
 

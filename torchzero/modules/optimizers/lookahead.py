@@ -44,6 +44,8 @@ class Lookahead(Transform):
     Reference: Zhang, Lucas, Hinton, Ba, "Lookahead Optimizer: k steps forward, 1 step back", NeurIPS 2019.
     """
 
+    keeps_state = True
+    exact_state = frozenset({"slow"})  # kept in the compute dtype whatever state_dtype says
     counts_steps = True
     modifies_update_inplace = False
     schema = {

@@ -56,6 +56,7 @@ class MARS(Transform):
     2024 (arXiv:2411.10438).
     """
 
+    keeps_state = True
     fuses_lr = True
     modifies_update_inplace = False
     counts_steps = True

@@ -33,6 +33,7 @@ class HeavyBall(Transform):
     Reference: Polyak, "Some methods of speeding up the convergence of iteration methods", 1964.
     """
 
+    keeps_state = True
     fuses_lr = True
     modifies_update_inplace = False  # reads the update and emits a new one through the sink
     schema = {"momentum": MOMENTUM, "dampening": DAMPENING, "alpha": ALPHA}
@@ -67,6 +68,7 @@ class NesterovMomentum(Transform):
     ICML 2013.
     """
 
+    keeps_state = True
     fuses_lr = True
     modifies_update_inplace = False  # reads the update and emits a new one through the sink
     schema = {"momentum": MOMENTUM, "dampening": DAMPENING, "alpha": ALPHA}

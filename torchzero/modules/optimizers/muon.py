@@ -45,6 +45,7 @@ class Muon(Orthogonalize):
     https://kellerjordan.github.io/posts/muon/
     """
 
+    keeps_state = True
     schema = {"momentum": Setting(in_range(0, 1, closed="left"), "Use e.g. 0.95."), "nesterov": FLAG, **NS_SCHEMA}
 
     def __init__(

@@ -39,6 +39,7 @@ class NAdam(Transform):
     Reference: Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop.
     """
 
+    keeps_state = True
     fuses_lr = True
     counts_steps = True
     schema = {"betas": BETAS, "eps": EPS, "momentum_decay": Setting(at_least(0), "Use e.g. 4e-3."), "alpha": ALPHA}

@@ -70,6 +70,8 @@ class Prodigy(Module):
     Reference: Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive Parameter-Free Learner", ICML 2024.
     """
 
+    keeps_state = True
+    exact_state = frozenset({"p0", *_SCALARS})  # kept in the compute dtype whatever state_dtype says
     modifies_update_inplace = False
     counts_steps = True
     schema = {

@@ -257,6 +257,7 @@ class PSGDKron(Transform):
     "Black box Lie group preconditioners for SGD", 2022; https://github.com/evanatyourservice/kron_torch
     """
 
+    keeps_state = True
     counts_steps = True
     modifies_update_inplace = False  # hands on new tensors
     full_matrices = True  # the Kronecker factors need whole tensors (ctx.map_full under FSDP2)

@@ -40,6 +40,7 @@ class RAdam(Transform):
     Reference: Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020.
     """
 
+    keeps_state = True
     fuses_lr = True
     counts_steps = True
     schema = {"betas": BETAS, "eps": EPS, "alpha": ALPHA}

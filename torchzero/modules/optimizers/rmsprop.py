@@ -39,6 +39,7 @@ class RMSprop(Transform):
     Graves, "Generating Sequences With Recurrent Neural Networks", 2013 (centered form).
     """
 
+    keeps_state = True
     fuses_lr = True
     schema = {
         "smoothing": Setting(in_range(0, 1), "Use a value such as 0.99."),

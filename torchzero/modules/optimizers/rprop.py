@@ -43,6 +43,7 @@ class Rprop(Transform):
     RPROP algorithm", ICNN 1993.
     """
 
+    keeps_state = True
     fuses_lr = True
     schema = {
         "etas": Setting(

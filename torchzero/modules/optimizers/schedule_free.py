@@ -25,6 +25,8 @@ _DECAY = Setting(at_least(0), "Use 0 for no decay, or a value such as 1e-2.")
 class _ScheduleFree(Transform):
     """What both forms share: the weights, the ``z`` state, the emitted ``y_old - y_new``, the eval/train swap."""
 
+    keeps_state = True
+    exact_state = frozenset({"z"})  # kept in the compute dtype whatever state_dtype says
     fuses_lr = True
     counts_steps = True
     modifies_update_inplace = False

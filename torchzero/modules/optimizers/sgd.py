@@ -38,6 +38,7 @@ class SGD(Transform):
         opt = tz.Modular(model.parameters(), tz.m.SGD(momentum=0.9), tz.m.LR(0.1))  # == torch.optim.SGD(lr=0.1, momentum=0.9)
     """
 
+    keeps_state = True
     fuses_lr = True
     schema = {
         "momentum": MOMENTUM, "dampening": DAMPENING, "nesterov": FLAG, "alpha": ALPHA,
@@ -75,8 +76,8 @@ class SGD(Transform):
         if momentum != 0:
             new: list[Tensor] = []
 
-            def fresh(v: Tensor) -> Tensor:
-                new.append(torch.empty_like(v, memory_format=torch.preserve_format))
+            def fresh(v: Tensor) -> Tensor:  # in the dtype the segment computes in (see state_dtype)
+                new.append(torch.empty_like(v, dtype=seg.precision.compute, memory_format=torch.preserve_format))
                 return new[-1]
 
             (buf,) = seg.state("momentum_buffer", init=fresh)

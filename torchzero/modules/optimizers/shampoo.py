@@ -84,6 +84,8 @@ class Shampoo(Transform):
     https://arxiv.org/abs/1802.09568
     """
 
+    keeps_state = True
+    exact_state = frozenset({"pre_cond_*", "inv_pre_cond_*"})  # kept in the compute dtype whatever state_dtype says
     counts_steps = True
     modifies_update_inplace = False  # emits new tensors through the sink
     full_matrices = True  # the Kronecker factors need whole tensors (ctx.map_full under FSDP2)

@@ -104,6 +104,8 @@ class SOAP(Transform):
     Reference: Vyas et al., "SOAP: Improving and Stabilizing Shampoo using Adam", arXiv:2409.11321, 2024.
     """
 
+    keeps_state = True
+    exact_state = frozenset({"GG*", "Q*"})  # kept in the compute dtype whatever state_dtype says
     counts_steps = True
     modifies_update_inplace = False  # emits new tensors through the sink
     supports_sharding = False

@@ -27,6 +27,8 @@ class DenseQuasiNewton(Module):
     :meth:`update_inverse`.
     """
 
+    keeps_state = True
+    exact_state = frozenset({"prev_params"})  # kept in the compute dtype whatever state_dtype says
     uniform_settings = True
 
     def __init__(self, defaults: dict[str, Any]) -> None:
@@ -70,7 +72,6 @@ class DenseQuasiNewton(Module):
         settings = ctx.settings(self)
         params, grad = ctx.params, ctx.update
         layout = self._check_layout(ctx)
-        first = params[0]
         n = sum(p.numel() for p in params)
         hs, prev_xs, prev_gs = ctx.state(
             self,
@@ -92,7 +93,7 @@ class DenseQuasiNewton(Module):
                 f"{type(self).__name__} holds a {tuple(h.shape)} inverse Hessian, but the parameters have {n} "
                 "elements in total. The parameters changed since the state was made; build a new optimizer."
             )
-        x, g = flatten(params, first), flatten(grad, first)
+        x, g = flatten(params, h), flatten(grad, h)  # in the state's dtype (wider than bf16 params: state_dtype)
         step = self.global_state.get("step", 0) + 1
         if step == 1:  # fresh, or after reset(): the matrix may hold an earlier run's estimate
             h.copy_(torch.eye(n, dtype=h.dtype, device=h.device))
@@ -110,7 +111,7 @@ class DenseQuasiNewton(Module):
         prev_g.copy_(g)
         ctx.set_global_state_at_end(self, "step", step)  # counted once the whole chain succeeded
         self.global_state["layout"] = layout
-        ctx.update = unflatten(u, params)
+        ctx.update = unflatten(u, grad)
 
     def reset(self) -> None:
         """Start again from the identity on the next step."""

@@ -66,6 +66,8 @@ class LBFGS(Module):
     Liu & Nocedal, "On the limited memory BFGS method for large scale optimization" (1989).
     """
 
+    keeps_state = True
+    exact_state = frozenset({"prev_params"})  # kept in the compute dtype whatever state_dtype says
     uniform_settings = True
 
     schema = {

@@ -64,6 +64,7 @@ class Sophia(Transform):
     Model Pre-training", ICLR 2024.
     """
 
+    keeps_state = True
     needs_closure = True
     supports_sharding = False
     sharding_note = (

@@ -32,6 +32,7 @@ class EMA(Transform):
         opt = tz.Modular(model.parameters(), tz.m.EMA(0.9), tz.m.Sign(), tz.m.LR(1e-3))  # signum
     """
 
+    keeps_state = True
     counts_steps = True  # the debiasing uses each parameter's own step count
 
     schema = {
