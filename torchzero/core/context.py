@@ -469,6 +469,7 @@ class StepContext:
             for tag, value in zip(tags, values.values(), strict=True):
                 out[f"{group}/{label}.{tag}/{name}"] = value
         return out
+
     def map_full(self, module: Module, tensors: Sequence[Tensor], fn: Callable[[int, Tensor], Tensor]) -> list[Tensor]:
         """``fn(i, whole_i)`` for each tensor, on whole tensors also when the parameters are FSDP2 shards.
 
