@@ -100,11 +100,13 @@ class Closure:
         """how many times the closure was evaluated during this step"""
         self.negate = negate
         """the chain maximizes: every evaluation returns ``-loss``"""
-        self.sharded: bool | None = None if decides else False
-        """whether the parameters are FSDP2 shards (then each loss is checked to agree across ranks).  Only for a
-        chain that ``decides`` by the loss (line searches, trust tests, finite differences): a first-order chain
-        evaluates the closure once for its gradient, and each rank's own loss (Lightning's closure under FSDP2
-        returns the local batch's) takes no decision, so it is neither checked nor synced."""
+        self.sharded: bool | None = None
+        """whether the parameters are FSDP2 shards (then each loss is checked across ranks)"""
+        self.decides = decides
+        """the chain takes decisions by the loss's value (line searches, trust tests, finite differences): on shards
+        every rank must see the same value.  A first-order chain evaluates the closure once for its gradient and
+        each rank may return its own batch's loss (Lightning's closure under FSDP2 does); only a non-finite loss on
+        any rank must then reach every rank, so that all reject the step alike."""
 
     @overload
     def signed(self, loss: Tensor) -> Tensor: ...
@@ -117,7 +119,9 @@ class Closure:
     def __call__(self, backward: bool = True) -> Tensor:
         loss = self._call(backward)
         if loss is not None and self._sharded():
-            loss = shard.agreed_loss(loss)  # every rank of an FSDP2 run sees the same loss (or the same NaN)
+            loss = shard.agreed_loss(
+                loss, same_value=self.decides
+            )  # every rank of an FSDP2 run sees the same loss (or the same NaN)
         return self.signed(loss)  # None from a closure that may return it stays None
 
     def _sharded(self) -> bool:

@@ -226,8 +226,10 @@ def local_index(t: Tensor, index: tuple[int, ...]) -> tuple[int, ...] | None:
     return out if all(0 <= i < n for i, n in zip(out, shape, strict=True)) else None
 
 
-def agreed_loss(loss: Tensor) -> Tensor:
+def agreed_loss(loss: Tensor, same_value: bool = True) -> Tensor:
     """The closure's loss, checked to be the same on every process (one all-reduce of three numbers).
+
+    ``same_value=False`` (a chain that takes no decision by the loss): only non-finite losses are made to agree.
 
     Every decision a closure module takes (accepting a trial point, rejecting a non-finite loss) must come out
     the same on every rank of a sharded run, or the ranks fall out of lockstep.  If any rank's loss is not
@@ -250,7 +252,7 @@ def agreed_loss(loss: Tensor) -> Tensor:
     nonfinite, high, low = float(stats[0]), float(stats[1]), -float(stats[2])
     if nonfinite:
         return torch.full_like(loss, math.nan)
-    if high != low:
+    if same_value and high != low:
         raise ValueError(
             f"the closure returned different losses on the ranks of this sharded run (from {low} to {high}). "
             "Every rank must take the same decisions: return the loss averaged over the ranks, e.g. "
