@@ -145,13 +145,15 @@ class Segment:
         scale: Any = 1.0,
         *more: tuple[Sequence[Tensor], Any],
         scratch: bool = False,
+        decay: Any = 0.0,
     ) -> None:
-        """Emit ``scale * num / den`` (plus ``s2 * num2 / den`` for each ``(num2, s2)`` in ``more``).
+        """Emit ``scale * num / den`` (plus ``s2 * num2 / den`` for each ``(num2, s2)`` in ``more``, and
+        ``decay * theta`` as in :meth:`emit`).
 
         ``den`` is only read, unless ``scratch=True`` says it is a fresh buffer the update may be built in.
         """
         terms = [("div", num, den, scale)] + [("div", n, den, c) for n, c in more]
-        sink.write(self, terms, scratch=den if scratch else None)
+        sink.write(self, terms, decay, scratch=den if scratch else None)
 
     def emit_mul(self, a: Sequence[Tensor], b: Sequence[Tensor], scale: Any = 1.0) -> None:
         """Emit ``scale * a * b``."""

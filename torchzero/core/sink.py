@@ -59,11 +59,13 @@ def write(seg: Segment, terms: Sequence[Term], decay: Any = 0.0, scratch: Sequen
         seg.update = _as_update(seg, terms, decay, scratch)
         return
     params = seg.params
-    tensors = isinstance(decay, Tensor) or any(isinstance(t[-1], Tensor) for t in terms)
-    if tensors:  # foreach ops with a scalar argument take Python numbers only: build the update, then subtract
+    if any(isinstance(t[-1], Tensor) for t in terms):
+        # foreach addcdiv/addcmul/add take Python numbers as their scale: build the update, then subtract
         ops.sub_(params, _as_update(seg, terms, decay, scratch))
     else:
-        if decay != 0:
+        if isinstance(decay, Tensor):  # a 0-dim tensor factor stays on the device (foreach mul_ takes one)
+            ops.mul_(params, 1 - decay.to(params[0].device, params[0].dtype))
+        elif decay != 0:
             ops.mul_(params, 1 - decay)
         for term in terms:
             kind, s = term[0], term[-1]
