@@ -172,6 +172,12 @@ class Segment:
         """Emit through a fused kernel ``kernel(target, lr)`` that computes ``target -= lr * direction``."""
         sink.write_kernel(self, scale, kernel)
 
+    def emit_move(self, move: Callable[[list[Tensor]], None]) -> None:
+        """Emit the step that lands the parameters where ``move(x)`` takes ``x`` (in place, from their current
+        values): the last stage moves the parameters themselves in one pass, any other hands on
+        ``theta - move(theta)`` (:func:`~torchzero.core.sink.write_move`)."""
+        sink.write_move(self, move)
+
     def __len__(self) -> int:
         return self.stop - self.start
 

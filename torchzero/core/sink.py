@@ -1,7 +1,8 @@
 """The write sink: the one place where parameters are written and updates are handed on.
 
 Modules compute directions and give them to the sink through their segment (:meth:`Segment.emit`,
-:meth:`Segment.emit_div`, :meth:`Segment.emit_mul`, :meth:`Segment.emit_kernel`) or, for whole-vector
+:meth:`Segment.emit_div`, :meth:`Segment.emit_mul`, :meth:`Segment.emit_kernel`, :meth:`Segment.emit_move`) or,
+for whole-vector
 modules, through the context (:meth:`StepContext.keep_trial_point`, :meth:`StepContext.external_step`).
 Whether the running stage is the last one of the chain is the core's business, not the module's:
 
@@ -202,6 +203,25 @@ def write_kernel(seg: Segment, scale: Any, kernel: Callable[[list[Tensor], Any],
     target = ops.zeros_like(seg.update)
     kernel(target, -scale)
     seg.update = target
+
+
+def write_move(seg: Segment, move: Callable[[list[Tensor]], None]) -> None:
+    """Emit the step that lands the parameters where ``move(x)`` takes ``x``, a list holding their current values.
+
+    The last stage hands ``move`` the parameters themselves, which it changes in place: no direction is built and
+    no second pass subtracts it (a rule that computes its new point, as schedule-free's interpolation, writes it
+    directly).  Any other stage hands it a copy of the parameters, and ``theta - move(theta)`` becomes the update
+    handed on.
+    """
+    ctx = seg.ctx
+    params = seg.params
+    if ctx.is_last:
+        move(params)
+        ctx.params_written = True
+        return
+    landed = ops.clone(params)
+    move(landed)
+    seg.update = ops.sub(params, landed)
 
 
 def final_write(ctx: StepContext) -> None:
