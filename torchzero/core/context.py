@@ -159,9 +159,9 @@ class Segment:
         """Emit ``scale * a * b``."""
         sink.write(self, [("mul", a, b, scale)])
 
-    def emit_per_tensor(self, direction: Sequence[Tensor], scales: Sequence[Any]) -> None:
-        """Emit ``scales[i] * direction[i]`` (a step size per tensor)."""
-        sink.write_per_tensor(self, direction, scales)
+    def emit_per_tensor(self, direction: Sequence[Tensor], scales: Sequence[Any], *, decay: Any = 0.0) -> None:
+        """Emit ``scales[i] * direction[i]`` (a step size per tensor), plus ``decay * theta`` as in :meth:`emit`."""
+        sink.write_per_tensor(self, direction, scales, decay)
 
     def fused_ok(self, scale: Any, dtypes: Any, *, sharded_ok: bool = True) -> bool:
         """Whether a fused kernel may run on this segment (the one policy: :func:`torchzero.foreach.policy.fused_ok`);
@@ -395,6 +395,17 @@ class StepContext:
             scale_from = self.fused
         opt = self.opt
         return opt.plan.segments(self, module, scale_from, opt.param_groups, opt.defaults)
+
+    def segments_with_lr(self, module: Module) -> tuple[list[Segment], bool]:
+        """The segments of a rule whose math needs the learning rate itself (ASGD's schedule, Adafactor's
+        relative step, Lamb's decay), with ``seg.scale`` the lr of the ``LR`` after it (``plan.lr_after``), and
+        whether that ``LR`` is fused into the running stage.
+
+        Fused (the rule declares ``fuses_lr``), the rule applies the lr itself and its emission can write the
+        parameters in one pass; otherwise it hands on an lr-free update that the ``LR`` scales afterwards.
+        """
+        fused = self.fused is not None and self.fused_owner is module
+        return self.segments(module, None if fused else self.opt.plan.lr_after(module)), fused
 
     def settings(self, module: Module) -> dict[str, Any]:
         """Settings of a module that works on all parameters at once (one history, one line search).

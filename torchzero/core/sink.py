@@ -165,13 +165,18 @@ def _add(out: list[Tensor], x: list[Tensor], s: Any) -> None:
         ops.add_(out, x, alpha=s)
 
 
-def write_per_tensor(seg: Segment, direction: Sequence[Tensor], scales: Sequence[Any]) -> None:
-    """Emit ``scales[i] * direction[i]`` tensor by tensor (per-tensor step sizes, as Muon's adjusted lr)."""
+def write_per_tensor(seg: Segment, direction: Sequence[Tensor], scales: Sequence[Any], decay: Any = 0.0) -> None:
+    """Emit ``scales[i] * direction[i] + decay * theta_i`` tensor by tensor (per-tensor step sizes, as Muon's
+    adjusted lr or Adafactor's relative step); a 0-dim tensor scale stays on the device."""
     ctx = seg.ctx
+    decays = isinstance(decay, Tensor) or decay != 0
     if ctx.is_last:
-        for p, d, s in zip(seg.params, direction, scales, strict=True):
+        params = seg.params
+        if decays:
+            ops.mul_(params, 1 - (decay.to(params[0].device, params[0].dtype) if isinstance(decay, Tensor) else decay))
+        for p, d, s in zip(params, direction, scales, strict=True):
             if isinstance(s, Tensor):
-                p.sub_(d.to(p.dtype) * s)
+                p.addcmul_(d.to(p.dtype), s.to(p.device, p.dtype), value=-1)  # one pass, no product tensor
             else:
                 p.add_(d, alpha=-s)
         ctx.params_written = True
@@ -180,12 +185,17 @@ def write_per_tensor(seg: Segment, direction: Sequence[Tensor], scales: Sequence
     owned = seg.module.modifies_update_inplace and ctx.owns(update, seg.start)
     out: list[Tensor] = []
     for u, d, s in zip(update, direction, scales, strict=True):
-        t = u if owned else torch.empty_like(u)
-        if t is not d:
-            t.copy_(d)
-        if not is_one(s):
-            t.mul_(s)
+        if not owned and not is_one(s) and d.dtype == u.dtype and d.shape == u.shape:
+            t = d * s  # one pass into a new tensor
+        else:
+            t = u if owned else torch.empty_like(u)
+            if t is not d:
+                t.copy_(d)  # also casts a direction computed in another dtype
+            if not is_one(s):
+                t.mul_(s)
         out.append(t)
+    if decays:
+        _add(out, seg.params, decay)
     seg.update = out
 
 

@@ -79,9 +79,8 @@ class ASGD(Transform):
     def step(self, ctx: StepContext) -> None:
         # seg.scale is the learning rate of the LR after this rule, which the schedule needs: fused with it, the
         # rule applies it (one pass over the parameters); otherwise it hands on an lr-free update that LR scales
-        fused = ctx.fused is not None and ctx.fused_owner is self
-        scale_from = None if fused else ctx.opt.plan.lr_after(self)
-        for seg in ctx.segments(self, scale_from=scale_from):
+        segs, fused = ctx.segments_with_lr(self)
+        for seg in segs:
             self._apply(ctx, seg, fused)
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:
