@@ -191,7 +191,7 @@ def _more_workloads() -> dict[str, Callable[[], list[torch.Size]]]:
     return {"transformer 2L (d=128)": small_transformer}
 
 
-MORE_WORKLOADS = ("transformer 2L (d=128)", "transformer 6L", "300 one-element", "4 large (~20M)")
+MORE_WORKLOADS = ("transformer 2L (d=128)", "300 one-element", "4 large (~20M)")
 """the default workloads of ``--more`` (matrix modules skip the ones with large dimensions)"""
 MATRIX_MAX_DIM = 1024
 """``--more`` runs a matrix module only on workloads whose tensors have no dimension larger than this"""
