@@ -251,6 +251,7 @@ class PSGDKron(Transform):
     """
 
     counts_steps = True
+    fuses_lr = True  # fused with the LR after it, the sink writes the parameters in one pass
     modifies_update_inplace = False  # hands on new tensors
     schema = {
         "beta": Setting(in_range(0, 1, closed="left"), "Use e.g. 0.9."),

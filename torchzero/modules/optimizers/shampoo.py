@@ -85,6 +85,7 @@ class Shampoo(Transform):
     """
 
     counts_steps = True
+    fuses_lr = True  # fused with the LR after it, the sink writes theta - lr alpha P(u) in one pass
     modifies_update_inplace = False  # emits new tensors through the sink
     schema = {
         "momentum": Setting(in_range(0, 1, closed="left"), "Use a value such as 0.9 (0 disables momentum)."),
