@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ...core.settings import same_value
-from ...foreach import ops
+from ...foreach import ops, reduce
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -92,11 +92,12 @@ def dot(xs: Sequence[Tensor], ys: Sequence[Tensor], device: torch.device) -> Ten
     return sums.to(device, scalar_dtype(device)).sum()
 
 
-def l1(xs: Sequence[Tensor], device: torch.device) -> Tensor:
-    """``sum_i |x_i|_1``: each tensor's l1 norm in its dtype, added in the scalar dtype on ``device``."""
+def l1(xs: Sequence[Tensor], device: torch.device, scratch: Sequence[Tensor] | None = None) -> Tensor:
+    """``sum_i |x_i|_1``: each tensor's l1 norm in its dtype, added in the scalar dtype on ``device``
+    (``scratch``: buffers like ``xs`` that :func:`~torchzero.foreach.reduce.l1_norms` may overwrite)."""
     if not xs:
         return torch.zeros((), dtype=scalar_dtype(device), device=device)
-    return torch.stack(ops.norm(xs, 1)).detach().to(device, scalar_dtype(device)).sum()
+    return torch.stack(reduce.l1_norms(xs, scratch)).detach().to(device, scalar_dtype(device)).sum()
 
 
 def on(value: Tensor, seg: Segment) -> Tensor:

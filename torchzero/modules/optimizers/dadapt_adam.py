@@ -130,10 +130,11 @@ class DAdaptAdam(Module):
             if wd != 0 and not s["decouple"]:
                 g = ops.add(g, x, alpha=wd)
             exp_avg, exp_avg_sq, s_sum = seg.state("exp_avg", "exp_avg_sq", "s")
-            denom = ops.sqrt(exp_avg_sq)
-            ops.add_(denom, st["eps"])
-            acc = acc + r * D.dot(g, ops.div(s_sum, denom), device)
-            gd = ops.mul(g, D.on(dlr, seg))
+            # temporaries in one reused buffer (a new parameter-sized tensor each step costs its page faults)
+            buf = ops.into(seg.scratch(), "sqrt", exp_avg_sq)
+            ops.add_(buf, st["eps"])
+            acc = acc + r * D.dot(g, ops.into(seg.scratch("ratio"), "div", s_sum, buf), device)
+            gd = buf = ops.into(buf, "mul", g, D.on(dlr, seg))
             if r == 1:
                 ops.lerp_(exp_avg, gd, 1 - beta1)  # beta1 m + (1 - beta1) dlr g
             else:
@@ -143,7 +144,7 @@ class DAdaptAdam(Module):
             ops.addcmul_(exp_avg_sq, g, g, 1 - beta2)
             ops.mul_(s_sum, b)
             ops.add_(s_sum, gd, alpha=1 - b)
-            l1 = l1 + r * D.l1(s_sum, device)
+            l1 = l1 + r * D.l1(s_sum, device, scratch=buf)
 
         # the new estimate, kept where nothing moved yet (no gradient so far: the reference returns early)
         numerator = b * scalars["numerator_weighted"] + (1 - b) * (dlr * acc)
@@ -158,7 +159,7 @@ class DAdaptAdam(Module):
         # pass 2: the step (its size is inside m; m is zero while nothing moved)
         for seg in segs:
             exp_avg, exp_avg_sq = seg.state("exp_avg", "exp_avg_sq")
-            denom = ops.sqrt(exp_avg_sq)
+            denom = ops.into(seg.scratch(), "sqrt", exp_avg_sq)
             ops.add_(denom, seg.settings["eps"])
             wd = seg.settings["weight_decay"]
             decay: Any = 0.0

@@ -136,8 +136,10 @@ class Prodigy(Module):
             names = ("exp_avg_sq", "s", "p0", "exp_avg") if beta1 > 0 else ("exp_avg_sq", "s", "p0")
             states = seg.state(*names, init={"p0": lambda v: v.detach().clone()})
             exp_avg_sq, s_sum, p0 = states[0], states[1], states[2]
-            delta = delta + D.dot(g, ops.sub(p0, x), device)
-            gd = ops.mul(g, D.on(d, seg))
+            # temporaries in one reused buffer (a new parameter-sized tensor each step costs its page faults)
+            buf = ops.into(seg.scratch(), "sub", p0, x)
+            delta = delta + D.dot(g, buf, device)
+            gd = buf = ops.into(buf, "mul", g, D.on(d, seg))
             if beta1 > 0:
                 ops.lerp_(states[3], gd, 1 - beta1)  # beta1 m + (1 - beta1) d g
             ops.mul_(exp_avg_sq, beta2)
@@ -145,7 +147,7 @@ class Prodigy(Module):
             ops.mul_(gd, D.on(s_over_d, seg))
             ops.mul_(s_sum, beta3)
             ops.add_(s_sum, gd)
-            l1 = l1 + D.l1(s_sum, device)
+            l1 = l1 + D.l1(s_sum, device, scratch=buf)
 
         # the new estimate, kept where nothing moved yet (no gradient so far: the reference returns early)
         numerator = scalars["d_numerator"] * beta3 + ratio * dlr * delta
@@ -167,7 +169,7 @@ class Prodigy(Module):
         # pass 2: the step, with the new d in the denominator and the step size of this step's d
         for seg in segs:
             states = seg.state(*(("exp_avg_sq", "exp_avg") if beta1 > 0 else ("exp_avg_sq",)))
-            denom = ops.sqrt(states[0])
+            denom = ops.into(seg.scratch(), "sqrt", states[0])
             D.add_(denom, D.on(new["d"] * seg.settings["eps"], seg))
             ops.div_(denom, D.on(den_scale, seg))
             wd = seg.settings["weight_decay"]
