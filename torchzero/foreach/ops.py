@@ -162,9 +162,17 @@ def into(out: Sequence[Tensor] | None, name: str, xs: Sequence[Tensor], *args: A
     ``out`` are buffers shaped like ``xs`` whose contents are not needed (``Segment.scratch``).  On CPU a new
     parameter-sized tensor costs its page faults (a fresh allocation is about four times a pass over it), so the op
     writes into the buffers tensor by tensor (``torch.<name>(..., out=b)``, one pass each).  On other devices (a
-    caching allocator makes new tensors cheap), with autograd on and in reference mode, it is the foreach op.
+    caching allocator makes new tensors cheap), for sharded (DTensor) tensors, with autograd on and in reference
+    mode, it is the foreach op.
     """
-    if out is None or not xs or xs[0].device.type != "cpu" or torch.is_grad_enabled() or is_reference_mode():
+    if (
+        out is None
+        or not xs
+        or xs[0].device.type != "cpu"
+        or type(xs[0]).__name__ == "DTensor"
+        or torch.is_grad_enabled()
+        or is_reference_mode()
+    ):
         return globals()[name](xs, *args, **kwargs)
     fn = getattr(torch, name)
     for i, (x, b) in enumerate(zip(xs, out, strict=True)):

@@ -95,7 +95,13 @@ def l1_norms(xs: Sequence[Tensor], scratch: Sequence[Tensor] | None = None) -> l
     One foreach norm, except on CPU with ``scratch`` (buffers shaped like ``xs``, free to overwrite): torch's CPU
     l1-norm kernel is not vectorized (about ten times a sum), so ``|x|`` is written into the buffer and summed.
     """
-    if scratch is not None and xs and xs[0].device.type == "cpu" and not torch.is_grad_enabled():
+    if (
+        scratch is not None
+        and xs
+        and xs[0].device.type == "cpu"
+        and type(xs[0]).__name__ != "DTensor"  # sharded: the foreach norm has the sharding rule
+        and not torch.is_grad_enabled()
+    ):
         return [torch.abs(x, out=b).sum() for x, b in zip(xs, scratch, strict=True)]
     return ops.norm(xs, 1)
 

@@ -104,6 +104,9 @@ def dot(xs: Sequence[Tensor], ys: Sequence[Tensor], device: torch.device) -> Ten
     """
     if not xs:
         return torch.zeros((), dtype=scalar_dtype(device), device=device)
+    if any(type(x).__name__ == "DTensor" for x in xs):  # sharded: elementwise product and sum keep the shards
+        sums = torch.stack([p.sum() for p in ops.mul(xs, ys)])
+        return sums.detach().to(device, scalar_dtype(device)).sum()
     # torch.dot, as the references: one pass, no product tensor (a reduction, so one call per tensor)
     sums = torch.stack([torch.dot(x.detach().reshape(-1), y.detach().reshape(-1)) for x, y in zip(xs, ys, strict=True)])
     return sums.to(device, scalar_dtype(device)).sum()
