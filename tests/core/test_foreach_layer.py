@@ -237,6 +237,11 @@ def test_into_equals_the_foreach_op_and_writes_cpu_buffers(name):
         got = ops.into(buffers, name, xs, *args)
     assert all(g is b for g, b in zip(got, buffers, strict=True))
     assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+    with torch.no_grad():  # buffers from a function (Segment.scratch), asked for only where they are written
+        called = []
+        got = ops.into(lambda: called.append(1) or buffers, name, xs, *args)
+    assert called == [1] and all(g is b for g, b in zip(got, buffers, strict=True))
+    assert ops.into(lambda: called.append(2) or buffers, name, xs, *args) is not buffers and called == [1]
     assert all(torch.equal(g, e) for g, e in zip(ops.into(None, name, xs, *args), expected, strict=True))
     with ops.reference_mode():  # the per-tensor reference path never writes into the buffers
         ref = ops.into([torch.full_like(x, 7.0) for x in xs], name, xs, *args)

@@ -155,11 +155,18 @@ def norm(xs: Sequence[Tensor], ord: float = 2, dtype: torch.dtype | None = None)
     return [next(norms) if x.numel() > 0 else x.new_zeros((), dtype=dtype or x.dtype) for x in xs]
 
 
-def into(out: Sequence[Tensor] | None, name: str, xs: Sequence[Tensor], *args: Any, **kwargs: Any) -> TensorList:
+def into(
+    out: Sequence[Tensor] | Callable[[], Sequence[Tensor]] | None,
+    name: str,
+    xs: Sequence[Tensor],
+    *args: Any,
+    **kwargs: Any,
+) -> TensorList:
     """The out-of-place op ``name`` (``"sub"``, ``"mul"``, ``"sqrt"``...) of this module, written into ``out``
     where that is cheaper than new tensors; returns the list holding the result.
 
-    ``out`` are buffers shaped like ``xs`` whose contents are not needed (``Segment.scratch``).  On CPU a new
+    ``out`` are buffers shaped like ``xs`` whose contents are not needed, or a function that returns them
+    (``Segment.scratch``, called only where the buffers are used: it keeps them between steps).  On CPU a new
     parameter-sized tensor costs its page faults (a fresh allocation is about four times a pass over it), so the op
     writes into the buffers tensor by tensor (``torch.<name>(..., out=b)``, one pass each).  On other devices (a
     caching allocator makes new tensors cheap), for sharded (DTensor) tensors, with autograd on and in reference
@@ -174,6 +181,8 @@ def into(out: Sequence[Tensor] | None, name: str, xs: Sequence[Tensor], *args: A
         or is_reference_mode()
     ):
         return globals()[name](xs, *args, **kwargs)
+    if callable(out):
+        out = out()
     fn = getattr(torch, name)
     for i, (x, b) in enumerate(zip(xs, out, strict=True)):
         fn(x, *[arg[i] if _is_list(arg) else arg for arg in args], out=b, **kwargs)

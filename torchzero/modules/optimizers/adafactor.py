@@ -113,9 +113,12 @@ class Adafactor(Transform):
         if vectors:
             grads = [update[i] for i in vectors]
             variance = [ctx.state(self, "variance", start=seg.start + i, stop=seg.start + i + 1)[0][0] for i in vectors]
+
             # temporaries in a reused buffer on CPU (ops.into): a new tensor per step costs its page faults
-            buffers = seg.scratch()
-            buf = [buffers[i] for i in vectors]
+            def buf() -> list[Tensor]:
+                buffers = seg.scratch()
+                return [buffers[i] for i in vectors]
+
             ops.lerp_(variance, ops.into(buf, "mul", grads, grads), weight)
             inv = ops.into(buf, "clamp_min", variance, eps1 * eps1)
             ops.sqrt_(inv)

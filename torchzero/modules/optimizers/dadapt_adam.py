@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -131,9 +132,9 @@ class DAdaptAdam(Module):
                 g = ops.add(g, x, alpha=wd)
             exp_avg, exp_avg_sq, s_sum = seg.state("exp_avg", "exp_avg_sq", "s")
             # temporaries in one reused buffer (a new parameter-sized tensor each step costs its page faults)
-            buf = ops.into(seg.scratch(), "sqrt", exp_avg_sq)
+            buf = ops.into(seg.scratch, "sqrt", exp_avg_sq)
             ops.add_(buf, st["eps"])
-            acc = acc + r * D.dot(g, ops.into(seg.scratch("ratio"), "div", s_sum, buf), device)
+            acc = acc + r * D.dot(g, ops.into(functools.partial(seg.scratch, "ratio"), "div", s_sum, buf), device)
             gd = buf = ops.into(buf, "mul", g, D.on(dlr, seg))
             if r == 1:
                 ops.lerp_(exp_avg, gd, 1 - beta1)  # beta1 m + (1 - beta1) dlr g
@@ -159,7 +160,7 @@ class DAdaptAdam(Module):
         # pass 2: the step (its size is inside m; m is zero while nothing moved)
         for seg in segs:
             exp_avg, exp_avg_sq = seg.state("exp_avg", "exp_avg_sq")
-            denom = ops.into(seg.scratch(), "sqrt", exp_avg_sq)
+            denom = ops.into(seg.scratch, "sqrt", exp_avg_sq)
             ops.add_(denom, seg.settings["eps"])
             wd = seg.settings["weight_decay"]
             decay: Any = 0.0

@@ -137,7 +137,7 @@ class Prodigy(Module):
             states = seg.state(*names, init={"p0": lambda v: v.detach().clone()})
             exp_avg_sq, s_sum, p0 = states[0], states[1], states[2]
             # temporaries in one reused buffer (a new parameter-sized tensor each step costs its page faults)
-            buf = ops.into(seg.scratch(), "sub", p0, x)
+            buf = ops.into(seg.scratch, "sub", p0, x)
             delta = delta + D.dot(g, buf, device)
             gd = buf = ops.into(buf, "mul", g, D.on(d, seg))
             if beta1 > 0:
@@ -169,7 +169,7 @@ class Prodigy(Module):
         # pass 2: the step, with the new d in the denominator and the step size of this step's d
         for seg in segs:
             states = seg.state(*(("exp_avg_sq", "exp_avg") if beta1 > 0 else ("exp_avg_sq",)))
-            denom = ops.into(seg.scratch(), "sqrt", states[0])
+            denom = ops.into(seg.scratch, "sqrt", states[0])
             D.add_(denom, D.on(new["d"] * seg.settings["eps"], seg))
             ops.div_(denom, D.on(den_scale, seg))
             wd = seg.settings["weight_decay"]
