@@ -11,6 +11,7 @@ Also reported: bytes allocated by out-of-place ops during one step, in units of 
     python benchmarks/step_time.py --upstream /tmp/upstream_site   # also the upstream torchzero release
     python benchmarks/step_time.py --compiled           # also torch.compile(opt.step) rows (Inductor)
     python benchmarks/step_time.py --modern --threads 1  # the newer modules beside their reference optimizers
+    python benchmarks/step_time.py --more --threads 1    # Shampoo, SOAP, PSGDKron, Sophia, Lookahead likewise
 
 For ``--upstream``, install the release into its own folder first (it has the same import name):
 ``pip install --target /tmp/upstream_site torchzero==0.4.4 scipy numpy``.  It runs in a child process beside
@@ -178,6 +179,145 @@ def _modern_pairs() -> dict[str, tuple[str, Callable[[list[torch.Tensor]], Any],
     return pairs
 
 
+def _more_workloads() -> dict[str, Callable[[], list[torch.Size]]]:
+    """Workloads of ``--more``: matrix modules keep a preconditioner per dimension (a ``d x d`` matrix for each
+    dimension ``d`` of each tensor), so they run on layer-shaped tensors only."""
+
+    def small_transformer() -> list[torch.Size]:
+        layer = torch.nn.TransformerEncoderLayer(d_model=128, nhead=4, dim_feedforward=512, batch_first=True)
+        model = torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        return [p.shape for p in model.parameters()]
+
+    return {"transformer 2L (d=128)": small_transformer}
+
+
+MORE_WORKLOADS = ("transformer 2L (d=128)", "300 one-element", "4 large (~20M)")
+"""the default workloads of ``--more`` (matrix modules skip the ones with large dimensions)"""
+MATRIX_MAX_DIM = 1024
+"""``--more`` runs a matrix module only on workloads whose tensors have no dimension larger than this"""
+
+
+class _WithLoss:
+    """Steps ``opt`` on a fixed elementwise loss of its parameters, for rules that need second derivatives.
+
+    ``sum_i 0.5 |p_i|^2 + 0.1 sum_i cos(p_i)`` (a Hessian that changes with the parameters).  tz's chain gets a
+    closure (its ``Sophia`` differentiates the loss itself); a reference that reads Hessian-vector products from
+    ``p.grad`` (pytorch_optimizer's ``SophiaH``) gets ``loss.backward(create_graph=True)`` before its ``step()``.
+    Both timings include the loss and its backward pass.
+    """
+
+    def __init__(self, opt: Any, params: list[torch.Tensor], closure: bool) -> None:
+        self.opt, self.params, self.closure = opt, params, closure
+        self.state = opt.state
+
+    def loss(self) -> torch.Tensor:
+        return sum((0.5 * (p * p).sum() + 0.1 * torch.cos(p).sum() for p in self.params), torch.zeros(()))
+
+    def step(self) -> None:
+        if self.closure:
+
+            def closure(backward: bool = True) -> torch.Tensor:
+                loss = self.loss()
+                if backward:
+                    self.opt.zero_grad()
+                    loss.backward()
+                return loss
+
+            self.opt.step(closure)
+            return
+        self.opt.zero_grad()
+        self.loss().backward(create_graph=True)
+        self.opt.step()
+        for p in self.params:
+            p.grad = None  # drops the graph that create_graph kept
+
+
+class _Wrapped:
+    """A wrapping optimizer (pytorch_optimizer's ``Lookahead``) whose state counts the inner optimizer's too."""
+
+    def __init__(self, opt: Any) -> None:
+        self.opt = opt
+        self.state = {"outer": opt.state, "inner": opt.optimizer.state}
+
+    def step(self) -> None:
+        self.opt.step()
+
+
+class _Quiet:
+    """Runs ``opt.step()`` with stdout silenced (kron_torch prints its memory use on the first step)."""
+
+    def __init__(self, opt: Any) -> None:
+        self.opt, self.state = opt, opt.state
+
+    def step(self) -> None:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.opt.step()
+
+
+def _more_pairs() -> dict[
+    str, tuple[str, Callable[[list[torch.Tensor]], Any], Callable[[list[torch.Tensor]], Any], bool]
+]:
+    """``module: (reference name, make reference, make tz chain, is a matrix module)`` for the matrix modules,
+    Sophia and Lookahead, each with its reference's defaults (the settings the parity tests start from)."""
+    pairs: dict[str, tuple[str, Callable[[list[torch.Tensor]], Any], Callable[[list[torch.Tensor]], Any], bool]] = {}
+    try:
+        import pytorch_optimizer as po
+    except ImportError:
+        print("  skip Shampoo, SOAP, Sophia, Lookahead: pytorch_optimizer is not installed", file=sys.stderr)
+    else:
+        pairs.update({
+            "Shampoo": ("pytorch_optimizer.Shampoo", lambda p: po.Shampoo(p, lr=1e-2),
+                        lambda p: tz.Modular(p, tz.m.Shampoo(), tz.m.LR(1e-2)), True),
+            "SOAP": ("pytorch_optimizer.SOAP", lambda p: po.SOAP(p, lr=1e-2),
+                     lambda p: tz.Modular(p, tz.m.SOAP(), tz.m.LR(1e-2)), True),
+            "Sophia": ("pytorch_optimizer.SophiaH", lambda p: _WithLoss(po.SophiaH(p, lr=0.05), p, closure=False),
+                       lambda p: _WithLoss(tz.Modular(p, tz.m.Sophia(), tz.m.LR(0.05)), p, closure=True), False),
+            # pytorch_optimizer's Lookahead around torch's foreach Adam, against the same rule in one chain
+            "Lookahead(Adam)": ("pytorch_optimizer.Lookahead(Adam)",
+                                lambda p: _Wrapped(po.Lookahead(torch.optim.Adam(p, lr=1e-3, foreach=True), k=5, alpha=0.5)),
+                                lambda p: tz.Modular(p, tz.m.Adam(), tz.m.LR(1e-3), tz.m.Lookahead(k=5, alpha=0.5)),
+                                False),
+        })  # fmt: skip
+    try:
+        import kron_torch
+    except ImportError:
+        print("  skip PSGDKron: kron_torch is not installed", file=sys.stderr)
+    else:
+        pairs["PSGDKron"] = (
+            "kron_torch.Kron", lambda p: _Quiet(kron_torch.Kron(p, lr=1e-3)),
+            lambda p: tz.Modular(p, tz.m.PSGDKron(), tz.m.LR(1e-3)), True,
+        )  # fmt: skip
+    return pairs
+
+
+def bench_more(workload: str, steps: int, device: str, matrix_steps: int | None = None) -> list[dict]:
+    """:func:`bench_modern` for :func:`_more_pairs`: a matrix module only where every dimension is at most
+    :data:`MATRIX_MAX_DIM`; a matrix module's median is over ``matrix_steps`` steps (by default ``steps // 4``, at
+    least 8), since each of its steps costs a preconditioner update."""
+    shapes = _shapes(workload)
+    largest = max((max(s, default=1) for s in shapes), default=1)
+    rows = []
+    for module, (ref_name, make_ref, make_tz, matrix) in _more_pairs().items():
+        if matrix and largest > MATRIX_MAX_DIM:
+            print(f"  skip {module} on {workload}: a dimension of {largest} > {MATRIX_MAX_DIM}", file=sys.stderr)
+            continue
+        n = (max(8, steps // 4) if matrix_steps is None else matrix_steps) if matrix else steps
+        got = {r["optimizer"]: r for r in bench(workload, n, device, {"ref": make_ref, "tz": make_tz})}
+        if set(got) != {"ref", "tz"}:
+            continue
+        ref, ours = got["ref"], got["tz"]
+        rows.append({
+            "workload": workload, "module": module, "reference": ref_name,
+            "ref_ms": ref["median_ms"], "tz_ms": ours["median_ms"], "tz_over_ref": ours["median_ms"] / ref["median_ms"],
+            "ref_state_B_per_param": ref["state_bytes_per_param"], "tz_state_B_per_param": ours["state_bytes_per_param"],
+            "ref_alloc_x_params": ref["alloc_x_params"], "tz_alloc_x_params": ours["alloc_x_params"],
+        })  # fmt: skip
+    return rows
+
+
 def _train_mode(opt: Any) -> Any:
     opt.train()
     return opt
@@ -237,8 +377,12 @@ def state_bytes(opt: Any) -> int:
     return sum(seen.values())
 
 
+def _shapes(workload: str) -> list[torch.Size]:
+    return (WORKLOADS.get(workload) or _more_workloads()[workload])()
+
+
 def bench(workload: str, steps: int, device: str, chains: dict) -> list[dict]:
-    shapes = WORKLOADS[workload]()
+    shapes = _shapes(workload)
     runs = {}
     for name, make in chains.items():
         try:
@@ -343,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=60, help="timed steps per optimizer (median is reported)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
+    ap.add_argument("--workloads", nargs="+", choices=[*WORKLOADS, *_more_workloads()], default=None)
     ap.add_argument("--quick", action="store_true", help="few steps, small workloads only (smoke test)")
     ap.add_argument("--json", type=Path, help="also write the rows to this file")
     ap.add_argument("--compiled", action="store_true", help="add torch.compile(opt.step) rows (slow to start)")
@@ -353,16 +497,37 @@ def main(argv: list[str] | None = None) -> int:
         help="time the newer modules (ASGD, Adafactor, Lamb, LARS, ADOPT, AdEMAMix, MARS, ScheduleFreeAdamW, Prodigy, "
         "DAdaptAdam) beside their reference optimizers instead of the default chains",
     )
+    ap.add_argument(
+        "--more",
+        action="store_true",
+        help="time Shampoo, SOAP, PSGDKron (on layer-shaped tensors), Sophia and Lookahead beside their reference "
+        "optimizers instead of the default chains",
+    )
     ap.add_argument("--upstream", type=Path, help="folder with the upstream torchzero release installed (--target)")
     ap.add_argument("--impl", choices=["ours", "upstream"], default="ours", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.workloads is None:
+        args.workloads = list(MORE_WORKLOADS if args.more else WORKLOADS)
     if args.quick:
         args.steps, args.threads = 5, args.threads[:1]
-        args.workloads = ["300 mixed (~1M)", "300 one-element"]
+        args.workloads = (
+            ["transformer 2L (d=128)", "300 one-element"] if args.more else ["300 mixed (~1M)", "300 one-element"]
+        )
     all_rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
         rows = []
+        if args.more:
+            for w in args.workloads:
+                rows += bench_more(w, args.steps, args.device)
+            for r in rows:
+                r["threads"] = threads
+            render(
+                rows, f"matrix modules, Sophia and Lookahead against their references, {args.device}, {threads} "
+                f"thread(s), median of {args.steps} steps ({max(8, args.steps // 4)} for matrix modules)", MODERN_COLUMNS,
+            )  # fmt: skip
+            all_rows += rows
+            continue
         if args.modern:
             for w in args.workloads:
                 rows += bench_modern(w, args.steps, args.device)

@@ -389,6 +389,27 @@ def test_bench_modern_rows():
     assert step_time.state_bytes(opt) == 2 * 12 * 4 + 4
 
 
+def test_bench_more_rows():
+    # the --more rows (matrix modules, Sophia, Lookahead) on the smallest workload: each beside its reference, with
+    # the state of every tensor the reference keeps (pytorch_optimizer's Lookahead: its slow weights and Adam's)
+    step_time = _step_time_module()
+    rows = step_time.bench_more("300 one-element", 2, "cpu", matrix_steps=2)
+    modules = {r["module"] for r in rows}
+    expected = set(step_time._more_pairs())
+    assert {"Shampoo", "SOAP", "PSGDKron", "Sophia", "Lookahead(Adam)"} <= expected
+    assert modules == expected, f"missing rows: {expected - modules}"
+    for r in rows:
+        assert math.isfinite(r["tz_over_ref"]) and r["tz_over_ref"] > 0, r
+        assert r["tz_state_B_per_param"] > 0 and r["ref_state_B_per_param"] > 0, r
+    lookahead = next(r for r in rows if r["module"] == "Lookahead(Adam)")
+    assert lookahead["ref_state_B_per_param"] >= 12, lookahead  # slow weights + exp_avg + exp_avg_sq
+    # a matrix module is left out where a dimension is too large for a d x d preconditioner
+    matrix = {k: v for k, v in step_time._more_pairs().items() if v[3]}
+    assert set(matrix) == {"Shampoo", "SOAP", "PSGDKron"}
+    step_time._more_pairs, step_time.MATRIX_MAX_DIM = (lambda: matrix), 0
+    assert step_time.bench_more("300 one-element", 1, "cpu", matrix_steps=1) == []
+
+
 @pytest.mark.slow
 def test_bench_modern_quick_through_the_cli(capfd):
     assert cli.main(["bench", "--", "--modern", "--quick"]) == 0

@@ -186,21 +186,23 @@ class Segment:
         scale: Any = 1.0,
         *more: tuple[Sequence[Tensor], Any],
         scratch: bool = False,
+        decay: Any = 0.0,
     ) -> None:
-        """Emit ``scale * num / den`` (plus ``s2 * num2 / den`` for each ``(num2, s2)`` in ``more``).
+        """Emit ``scale * num / den`` (plus ``s2 * num2 / den`` for each ``(num2, s2)`` in ``more``, and
+        ``decay * theta`` as in :meth:`emit`).
 
         ``den`` is only read, unless ``scratch=True`` says it is a fresh buffer the update may be built in.
         """
         terms = [("div", num, den, scale)] + [("div", n, den, c) for n, c in more]
-        sink.write(self, terms, scratch=den if scratch else None)
+        sink.write(self, terms, decay, scratch=den if scratch else None)
 
     def emit_mul(self, a: Sequence[Tensor], b: Sequence[Tensor], scale: Any = 1.0) -> None:
         """Emit ``scale * a * b``."""
         sink.write(self, [("mul", a, b, scale)])
 
-    def emit_per_tensor(self, direction: Sequence[Tensor], scales: Sequence[Any]) -> None:
-        """Emit ``scales[i] * direction[i]`` (a step size per tensor)."""
-        sink.write_per_tensor(self, direction, scales)
+    def emit_per_tensor(self, direction: Sequence[Tensor], scales: Sequence[Any], *, decay: Any = 0.0) -> None:
+        """Emit ``scales[i] * direction[i]`` (a step size per tensor), plus ``decay * theta`` as in :meth:`emit`."""
+        sink.write_per_tensor(self, direction, scales, decay)
 
     def fused_ok(self, scale: Any, dtypes: Any, *, sharded_ok: bool = True) -> bool:
         """Whether a fused kernel may run on this segment (the one policy: :func:`torchzero.foreach.policy.fused_ok`);
@@ -212,6 +214,12 @@ class Segment:
     def emit_kernel(self, scale: Any, kernel: Callable[[list[Tensor], Any], None]) -> None:
         """Emit through a fused kernel ``kernel(target, lr)`` that computes ``target -= lr * direction``."""
         sink.write_kernel(self, scale, kernel)
+
+    def emit_move(self, move: Callable[[list[Tensor]], None]) -> None:
+        """Emit the step that lands the parameters where ``move(x)`` takes ``x`` (in place, from their current
+        values): the last stage moves the parameters themselves in one pass, any other hands on
+        ``theta - move(theta)`` (:func:`~torchzero.core.sink.write_move`)."""
+        sink.write_move(self, move)
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -501,6 +509,17 @@ class StepContext:
             scale_from = self.fused
         opt = self.opt
         return opt.plan.segments(self, module, scale_from, opt.param_groups, opt.defaults)
+
+    def segments_with_lr(self, module: Module) -> tuple[list[Segment], bool]:
+        """The segments of a rule whose math needs the learning rate itself (ASGD's schedule, Adafactor's
+        relative step, Lamb's decay), with ``seg.scale`` the lr of the ``LR`` after it (``plan.lr_after``), and
+        whether that ``LR`` is fused into the running stage.
+
+        Fused (the rule declares ``fuses_lr``), the rule applies the lr itself and its emission can write the
+        parameters in one pass; otherwise it hands on an lr-free update that the ``LR`` scales afterwards.
+        """
+        fused = self.fused is not None and self.fused_owner is module
+        return self.segments(module, None if fused else self.opt.plan.lr_after(module)), fused
 
     def settings(self, module: Module) -> dict[str, Any]:
         """Settings of a module that works on all parameters at once (one history, one line search).

@@ -1,7 +1,8 @@
 """The write sink: the one place where parameters are written and updates are handed on.
 
 Modules compute directions and give them to the sink through their segment (:meth:`Segment.emit`,
-:meth:`Segment.emit_div`, :meth:`Segment.emit_mul`, :meth:`Segment.emit_kernel`) or, for whole-vector
+:meth:`Segment.emit_div`, :meth:`Segment.emit_mul`, :meth:`Segment.emit_kernel`, :meth:`Segment.emit_move`) or,
+for whole-vector
 modules, through the context (:meth:`StepContext.keep_trial_point`, :meth:`StepContext.external_step`).
 Whether the running stage is the last one of the chain is the core's business, not the module's:
 
@@ -73,11 +74,13 @@ def write(seg: Segment, terms: Sequence[Term], decay: Any = 0.0, scratch: Sequen
         ctx.params_written = True
         return
     params = seg.params
-    tensors = isinstance(decay, Tensor) or any(isinstance(t[-1], Tensor) for t in terms)
-    if tensors:  # foreach ops with a scalar argument take Python numbers only: build the update, then subtract
+    if any(isinstance(t[-1], Tensor) for t in terms):
+        # foreach addcdiv/addcmul/add take Python numbers as their scale: build the update, then subtract
         ops.sub_(params, _as_update(seg, terms, decay, scratch))
     else:
-        if decay != 0:
+        if isinstance(decay, Tensor):  # a 0-dim tensor factor stays on the device (foreach mul_ takes one)
+            ops.mul_(params, 1 - decay.to(params[0].device, params[0].dtype))
+        elif decay != 0:
             ops.mul_(params, 1 - decay)
         for term in terms:
             kind, s = term[0], term[-1]
@@ -223,9 +226,11 @@ def _add(out: list[Tensor], x: list[Tensor], s: Any) -> None:
         ops.add_(out, x, alpha=s)
 
 
-def write_per_tensor(seg: Segment, direction: Sequence[Tensor], scales: Sequence[Any]) -> None:
-    """Emit ``scales[i] * direction[i]`` tensor by tensor (per-tensor step sizes, as Muon's adjusted lr)."""
+def write_per_tensor(seg: Segment, direction: Sequence[Tensor], scales: Sequence[Any], decay: Any = 0.0) -> None:
+    """Emit ``scales[i] * direction[i] + decay * theta_i`` tensor by tensor (per-tensor step sizes, as Muon's
+    adjusted lr or Adafactor's relative step); a 0-dim tensor scale stays on the device."""
     ctx = seg.ctx
+    decays = isinstance(decay, Tensor) or decay != 0
     if ctx.opt.update_rms and not seg.module.modifies_update_inplace:
         norms = ops.norm(list(direction), 2, dtype=_norm_dtype(direction))
         report_rms(
@@ -233,13 +238,18 @@ def write_per_tensor(seg: Segment, direction: Sequence[Tensor], scales: Sequence
         )
     if ctx.is_last and seg.precision.param_update != "plain":
         steps = [d * s if not is_one(s) else d for d, s in zip(direction, scales, strict=True)]
+        if decays:
+            steps = [st + p * decay for st, p in zip(steps, seg.params, strict=True)]
         compensated_sub(ctx, seg.start, seg.stop, steps, seg.precision.param_update)
         ctx.params_written = True
         return
     if ctx.is_last:
-        for p, d, s in zip(seg.params, direction, scales, strict=True):
+        params = seg.params
+        if decays:
+            ops.mul_(params, 1 - (decay.to(params[0].device, params[0].dtype) if isinstance(decay, Tensor) else decay))
+        for p, d, s in zip(params, direction, scales, strict=True):
             if isinstance(s, Tensor):
-                p.sub_(d.to(p.dtype) * s)
+                p.addcmul_(d.to(p.dtype), s.to(p.device, p.dtype), value=-1)  # one pass, no product tensor
             else:
                 p.add_(d, alpha=-s)
         ctx.params_written = True
@@ -248,12 +258,17 @@ def write_per_tensor(seg: Segment, direction: Sequence[Tensor], scales: Sequence
     owned = seg.module.modifies_update_inplace and ctx.owns(update, seg.start)
     out: list[Tensor] = []
     for u, d, s in zip(update, direction, scales, strict=True):
-        t = u if owned else torch.empty_like(u)
-        if t is not d:
-            t.copy_(d)
-        if not is_one(s):
-            t.mul_(s)
+        if not owned and not is_one(s) and d.dtype == u.dtype and d.shape == u.shape:
+            t = d * s  # one pass into a new tensor
+        else:
+            t = u if owned else torch.empty_like(u)
+            if t is not d:
+                t.copy_(d)  # also casts a direction computed in another dtype
+            if not is_one(s):
+                t.mul_(s)
         out.append(t)
+    if decays:
+        _add(out, seg.params, decay)
     seg.update = out
 
 
@@ -282,6 +297,25 @@ def write_kernel(seg: Segment, scale: Any, kernel: Callable[[list[Tensor], Any],
         ctx.params_written = True
         return
     seg.update = target
+
+
+def write_move(seg: Segment, move: Callable[[list[Tensor]], None]) -> None:
+    """Emit the step that lands the parameters where ``move(x)`` takes ``x``, a list holding their current values.
+
+    The last stage hands ``move`` the parameters themselves, which it changes in place: no direction is built and
+    no second pass subtracts it (a rule that computes its new point, as schedule-free's interpolation, writes it
+    directly).  Any other stage hands it a copy of the parameters, and ``theta - move(theta)`` becomes the update
+    handed on.
+    """
+    ctx = seg.ctx
+    params = seg.params
+    if ctx.is_last:
+        move(params)
+        ctx.params_written = True
+        return
+    landed = ops.clone(params)
+    move(landed)
+    seg.update = ops.sub(params, landed)
 
 
 def final_write(ctx: StepContext) -> None:

@@ -231,6 +231,7 @@ def _as_dtype(ys: Sequence[Tensor], like: Sequence[Tensor]) -> Sequence[Tensor]:
     return ys
 
 
+clamp_min = _make("clamp_min")
 _norm = _make("norm", lambda x, ord=2, dtype=None: torch.linalg.vector_norm(x, ord, dtype=dtype), elementwise=False)
 
 
@@ -270,6 +271,40 @@ def _sharded_norms(xs: Sequence[Tensor], ord: float, dtype: torch.dtype | None) 
         for k, i in enumerate(idx):
             out[i] = total[k].to(local_norms[k].dtype)
     return out  # type: ignore[return-value]
+
+
+def into(
+    out: Sequence[Tensor] | Callable[[], Sequence[Tensor]] | None,
+    name: str,
+    xs: Sequence[Tensor],
+    *args: Any,
+    **kwargs: Any,
+) -> TensorList:
+    """The out-of-place op ``name`` (``"sub"``, ``"mul"``, ``"sqrt"``...) of this module, written into ``out``
+    where that is cheaper than new tensors; returns the list holding the result.
+
+    ``out`` are buffers shaped like ``xs`` whose contents are not needed, or a function that returns them
+    (``Segment.scratch``, called only where the buffers are used: it keeps them between steps).  On CPU a new
+    parameter-sized tensor costs its page faults (a fresh allocation is about four times a pass over it), so the op
+    writes into the buffers tensor by tensor (``torch.<name>(..., out=b)``, one pass each).  On other devices (a
+    caching allocator makes new tensors cheap), for sharded (DTensor) tensors, with autograd on and in reference
+    mode, it is the foreach op.
+    """
+    if (
+        out is None
+        or not xs
+        or xs[0].device.type != "cpu"
+        or type(xs[0]).__name__ == "DTensor"
+        or torch.is_grad_enabled()
+        or is_reference_mode()
+    ):
+        return globals()[name](xs, *args, **kwargs)
+    if callable(out):
+        out = out()
+    fn = getattr(torch, name)
+    for i, (x, b) in enumerate(zip(xs, out, strict=True)):
+        fn(x, *[arg[i] if _is_list(arg) else arg for arg in args], out=b, **kwargs)
+    return list(out)
 
 
 def clone(xs: Sequence[Tensor]) -> TensorList:

@@ -98,6 +98,23 @@ def l1_tensor(buckets: Buckets, xs: Sequence[Tensor]) -> Tensor:
     return torch.zeros(()) if total is None else total
 
 
+def l1_norms(xs: Sequence[Tensor], scratch: Sequence[Tensor] | None = None) -> list[Tensor]:
+    """Each tensor's sum of absolute values (0-dim tensors, no host sync); the tensors share one device.
+
+    One foreach norm, except on CPU with ``scratch`` (buffers shaped like ``xs``, free to overwrite): torch's CPU
+    l1-norm kernel is not vectorized (about ten times a sum), so ``|x|`` is written into the buffer and summed.
+    """
+    if (
+        scratch is not None
+        and xs
+        and xs[0].device.type == "cpu"
+        and type(xs[0]).__name__ != "DTensor"  # sharded: the foreach norm has the sharding rule
+        and not torch.is_grad_enabled()
+    ):
+        return [torch.abs(x, out=b).sum() for x, b in zip(xs, scratch, strict=True)]
+    return ops.norm(xs, 1)
+
+
 def max_abs(buckets: Buckets, xs: Sequence[Tensor]) -> float:
     """Largest ``|x_i|`` over all tensors, as a Python float (closure modules only: one host sync per bucket).
 

@@ -21,7 +21,7 @@ import torch
 from prodigyopt import Prodigy as RefProdigy
 
 import torchzero as tz
-from tests.parity import DTYPES, Case, assert_resume_is_bit_exact, make_params, run_parity, set_grads
+from tests.parity import DTYPES, Case, assert_resume_is_bit_exact, make_params, run_parity, save_load, set_grads
 
 F32_DECAY = {"f32": {"atol": 2e-3, "rtol": 2e-3}}
 CASES = [
@@ -110,3 +110,30 @@ def test_prodigy_zero_gradients_move_nothing():
             p.grad = torch.zeros_like(p)
         opt.step()
     assert all(torch.equal(p, q) for p, q in zip(ps, before, strict=True))
+
+
+@pytest.mark.parametrize("module", ["Prodigy", "DAdaptAdam"])
+def test_the_estimate_is_kept_once_and_the_per_parameter_form_still_loads(module):
+    """The shared scalars (d and its sums) live in one parameter's state, as the references keep them once per
+    optimizer; a state dict of the earlier form, with a copy in every parameter, resumes bit-exactly (the widest
+    copy is read) and the first step drops the extra copies."""
+    names = {"Prodigy": ("d", "d_max", "d_numerator"), "DAdaptAdam": ("d", "numerator_weighted")}[module]
+    (ps,) = make_params(torch.float32, (((3, 2), (4,), (5,)),))
+    twin = [p.detach().clone().requires_grad_() for p in ps]
+    o1, o2 = (tz.Modular(x, getattr(tz.m, module)()) for x in (ps, twin))
+    for t in range(6):
+        set_grads(t, 0.5, ps, twin)
+        o1.step()
+        o2.step()
+        holders = [p for p in ps if names[0] in o1.state[p]["0"]]
+        assert len(holders) == 1, f"step {t}: {len(holders)} parameters hold {names[0]}"
+        if t == 2:  # save in the earlier form: every parameter holds a copy of each scalar
+            sd = save_load(o2.state_dict())
+            (held,) = [s["0"] for s in sd["state"].values() if names[0] in s["0"]]
+            for s in sd["state"].values():
+                s["0"].update({n: held[n].clone() for n in names})
+            o2 = tz.Modular(twin, getattr(tz.m, module)())
+            o2.load_state_dict(sd)
+    for p, q in zip(ps, twin, strict=True):
+        assert torch.equal(p, q)
+    assert sum(names[0] in o2.state[p]["0"] for p in twin) == 1

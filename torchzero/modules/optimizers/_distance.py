@@ -2,11 +2,11 @@
 
 Both estimate one step size :math:`d` for the whole optimizer from reductions over every parameter (dot
 products and l1 norms), as their references do over all param groups.  The estimate must stay on the device
-(no host sync), so it is a 0-dim tensor, kept in the state of every parameter of the step (a copy each, in
-the parameter's dtype, as torch casts state on load: the state then moves, casts and saves with the
-parameters, and a parameter that joins later starts from the current value).  Each step reads the copy of
-the widest dtype and computes in float64 (float32 on MPS, which has no float64), as the references' Python
-floats; so with float32 parameters the estimate is rounded to float32 between steps.
+(no host sync), so it is a 0-dim tensor, kept once in the state of one parameter, the first of the widest
+dtype (in that dtype, as torch casts state on load: the state then moves, casts and saves with the
+parameters), as the references keep one per optimizer.  Each step computes in float64 (float32 on MPS, which
+has no float64), as the references' Python floats; so with float32 parameters the estimate is rounded to
+float32 between steps.
 """
 
 from __future__ import annotations
@@ -45,38 +45,55 @@ def check_uniform(module: Module, segs: Sequence[Segment], keys: Sequence[str]) 
 
 def shared_scalars(
     ctx: StepContext, module: Module, segs: Sequence[Segment], init: dict[str, float]
-) -> tuple[dict[str, Tensor], list[list[list[Tensor]]]]:
-    """The current values of the shared scalars (on the first segment's device) and each segment's copies.
+) -> tuple[dict[str, Tensor], tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """The current values of the shared scalars (on the first segment's device, in the scalar dtype), and where
+    :func:`store` keeps the new ones: ``(holder, stale)``, the module state of the parameter that holds them after
+    this step and of every other parameter that holds a copy now.
 
-    A parameter without them yet gets a copy of the values another parameter holds (``init`` when none does).
+    The values are found in any parameter of the optimizer (one that has no gradient in this step too), the copy
+    of the widest dtype first; ``init`` where none holds them.  The holder is the first parameter of this step
+    with the widest dtype, so the values keep that dtype's precision between steps (torch casts state to its
+    parameter's dtype on load).  Checkpoints of the form with a copy in every parameter load too: the first step
+    reads the widest copy and :func:`store` removes the others.
     """
     names = tuple(init)
     key = module.key
+    state = ctx.opt.state
     source: dict[str, Any] | None = None
     width = 0
-    for p in ctx.layout.originals:  # bookkeeping only: the widest parameter that already holds the scalars
-        held = ctx.opt.state[p].get(key) if p in ctx.opt.state else None
-        if held is not None and names[0] in held and held[names[0]].element_size() > width:
-            source, width = held, held[names[0]].element_size()
+    held_by: list[dict[str, Any]] = []
+    for group in ctx.opt.param_groups:  # bookkeeping only: a dict lookup per parameter, no tensor is read
+        for p in group["params"]:
+            held = state[p].get(key) if p in state else None
+            if held is not None and names[0] in held:
+                held_by.append(held)
+                if held[names[0]].element_size() > width:
+                    source, width = held, held[names[0]].element_size()
     device = segs[0].device
     dtype = scalar_dtype(device)
-    current = {n: torch.tensor(v, dtype=dtype, device=device) if source is None else source[n] for n, v in init.items()}
+    values = {
+        n: torch.tensor(v, dtype=dtype, device=device) if source is None else source[n].to(device, dtype, copy=True)
+        for n, v in init.items()
+    }
+    params = ctx.params
+    index = max((i for seg in segs for i in range(seg.start, seg.stop)), key=lambda i: params[i].element_size())
+    ctx.state(module, *names, init={n: _copier(values[n]) for n in names}, start=index, stop=index + 1)
+    holder = state[ctx.layout.originals[index]][key]
+    return values, (holder, [h for h in held_by if h is not holder])
 
-    def copier(name: str) -> Callable[[Tensor], Tensor]:
-        return lambda v: current[name].to(v.device, v.dtype, copy=True)
 
-    inits = {n: copier(n) for n in names}
-    copies = [seg.state(*names, init=inits) for seg in segs]
-    values = {n: current[n].to(device, dtype) for n in names}
-    return values, copies
+def _copier(value: Tensor) -> Callable[[Tensor], Tensor]:
+    return lambda v: value.to(v.device, v.dtype, copy=True)
 
 
-def store(copies: list[list[list[Tensor]]], names: Sequence[str], values: dict[str, Tensor]) -> None:
-    """Write the new values into every parameter's copy."""
-    for lists in copies:
-        for name, tensors in zip(names, lists, strict=True):
-            if tensors:
-                ops.copy_(tensors, [values[name].to(tensors[0].device)] * len(tensors))
+def store(place: tuple[dict[str, Any], list[dict[str, Any]]], names: Sequence[str], values: dict[str, Tensor]) -> None:
+    """Write the new values into the holder (:func:`shared_scalars`) and drop every other copy."""
+    holder, stale = place
+    for name in names:
+        holder[name].copy_(values[name])
+    for held in stale:
+        for name in names:
+            held.pop(name, None)
 
 
 def dot(xs: Sequence[Tensor], ys: Sequence[Tensor], device: torch.device) -> Tensor:
@@ -89,15 +106,17 @@ def dot(xs: Sequence[Tensor], ys: Sequence[Tensor], device: torch.device) -> Ten
         return torch.zeros((), dtype=scalar_dtype(device), device=device)
     if shard.any_dtensor(xs):  # FSDP2 shards: local sums, one all-reduce over the mesh
         return reduce.dot_tensor([(0, len(xs))], xs, ys).detach().to(device, scalar_dtype(device))
-    sums = torch.stack([p.sum() for p in ops.mul(xs, ys)])
-    return sums.detach().to(device, scalar_dtype(device)).sum()
+    # torch.dot, as the references: one pass, no product tensor (a reduction, so one call per tensor)
+    sums = torch.stack([torch.dot(x.detach().reshape(-1), y.detach().reshape(-1)) for x, y in zip(xs, ys, strict=True)])
+    return sums.to(device, scalar_dtype(device)).sum()
 
 
-def l1(xs: Sequence[Tensor], device: torch.device) -> Tensor:
-    """``sum_i |x_i|_1``: each tensor's l1 norm in its dtype, added in the scalar dtype on ``device``."""
+def l1(xs: Sequence[Tensor], device: torch.device, scratch: Sequence[Tensor] | None = None) -> Tensor:
+    """``sum_i |x_i|_1``: each tensor's l1 norm in its dtype, added in the scalar dtype on ``device``
+    (``scratch``: buffers like ``xs`` that :func:`~torchzero.foreach.reduce.l1_norms` may overwrite)."""
     if not xs:
         return torch.zeros((), dtype=scalar_dtype(device), device=device)
-    return torch.stack(ops.norm(xs, 1)).detach().to(device, scalar_dtype(device)).sum()
+    return torch.stack(reduce.l1_norms(xs, scratch)).detach().to(device, scalar_dtype(device)).sum()
 
 
 def on(value: Tensor, seg: Segment) -> Tensor:

@@ -69,6 +69,7 @@ class Adafactor(Transform):
 
     keeps_state = True
     counts_steps = True
+    fuses_lr = True  # fused with the LR after it, the rule applies the lr and writes each parameter in one pass
     modifies_update_inplace = False  # emits new tensors through the sink
     full_matrices = True  # row and column statistics need whole matrices (ctx.map_full under FSDP2)
     schema = {
@@ -94,12 +95,13 @@ class Adafactor(Transform):
         originals = ctx.layout.originals
         if any(originals[i].is_complex() for seg in ctx.segments(self) for i in range(seg.start, seg.stop)):
             raise TypeError("Adafactor supports real parameters only (as torch.optim.Adafactor); nothing was changed")
-        # seg.scale is the learning rate of the LR after this rule, which the relative step needs (LR applies it afterwards)
-        lr_module = ctx.opt.plan.lr_after(self)
-        for seg in ctx.segments(self, scale_from=lr_module):
-            self.apply(ctx, seg)
+        # seg.scale is the learning rate of the LR after this rule, which the relative step needs: fused with that
+        # LR the rule applies it too (one pass over the parameters), else the LR scales the update afterwards
+        segs, fused = ctx.segments_with_lr(self)
+        for seg in segs:
+            self.apply(ctx, seg, fused)
 
-    def apply(self, ctx: StepContext, seg: Segment) -> None:
+    def apply(self, ctx: StepContext, seg: Segment, fused: bool = False) -> None:
         s = seg.settings
         t = seg.step
         eps1, eps2 = s["eps"]
@@ -113,9 +115,14 @@ class Adafactor(Transform):
         if vectors:
             grads = [update[i] for i in vectors]
             variance = [ctx.state(self, "variance", start=seg.start + i, stop=seg.start + i + 1)[0][0] for i in vectors]
-            ops.lerp_(variance, ops.mul(grads, grads), weight)
-            inv = ops.clone(variance)
-            ops.clamp_min_(inv, eps1 * eps1)
+
+            # temporaries in a reused buffer on CPU (ops.into): a new tensor per step costs its page faults
+            def buf() -> list[Tensor]:
+                buffers = seg.scratch()
+                return [buffers[i] for i in vectors]
+
+            ops.lerp_(variance, ops.into(buf, "mul", grads, grads), weight)
+            inv = ops.into(buf, "clamp_min", variance, eps1 * eps1)
             ops.sqrt_(inv)
             ops.reciprocal_(inv)
             ops.mul_(inv, grads)
@@ -164,4 +171,6 @@ class Adafactor(Transform):
         param_rms = torch.stack(ops.norm([p.detach() for p in params])) / sizes
         update_rms = torch.stack(ops.norm([u.detach() for u in direction])) / (sizes * s["d"])
         scales = param_rms.clamp(min=eps2) * (s["alpha"] * relative) / update_rms.clamp(min=1.0)
+        if fused:
+            scales = scales * seg.scale
         seg.emit_per_tensor(direction, list(scales.unbind()))

@@ -65,6 +65,7 @@ class ASGD(Transform):
     keeps_state = True
     exact_state = frozenset({"ax"})  # kept in the compute dtype whatever state_dtype says
     counts_steps = True
+    fuses_lr = True  # fused with the LR after it, the rule writes theta (1 - lambda eta_t) - eta_t g as torch does
     modifies_update_inplace = False  # emits new tensors through the sink
     schema = {
         "lambd": Setting(at_least(0), "Use a small decay such as 1e-4 (0 disables it)."),
@@ -78,24 +79,29 @@ class ASGD(Transform):
         self._pending: tuple[Any, list[tuple[int, int, float, list[Tensor]]]] | None = None
 
     def step(self, ctx: StepContext) -> None:
-        # seg.scale is the learning rate of the LR after this rule, which the schedule needs (LR applies it afterwards)
-        lr_module = ctx.opt.plan.lr_after(self)
-        for seg in ctx.segments(self, scale_from=lr_module):
-            self.apply(ctx, seg)
+        # seg.scale is the learning rate of the LR after this rule, which the schedule needs: fused with it, the
+        # rule applies it (one pass over the parameters); otherwise it hands on an lr-free update that LR scales
+        segs, fused = ctx.segments_with_lr(self)
+        for seg in segs:
+            self._apply(ctx, seg, fused)
 
     def apply(self, ctx: StepContext, seg: Segment) -> None:
+        self._apply(ctx, seg, False)
+
+    def _apply(self, ctx: StepContext, seg: Segment, fused: bool) -> None:
         s = seg.settings
         lambd, alpha, t = s["lambd"], s["alpha"], seg.step
         eta = alpha * seg.scale  # torch's lr
-        factor = alpha * (1 + lambd * eta * (t - 1)) ** (-s["power"])  # eta_t / lr
-        update = seg.update
-        direction = ops.add(update, seg.params, alpha=lambd) if lambd != 0 else update
+        step = alpha * (1 + lambd * eta * (t - 1)) ** (-s["power"])  # eta_t / lr
+        if fused:
+            step = step * seg.scale  # eta_t
         (ax,) = seg.state("ax")
         mu = 1.0 / max(1.0, t - 1 - s["t0"])
         if self._pending is None or self._pending[0] is not ctx:
             self._pending = (ctx, [])
         self._pending[1].append((seg.start, seg.stop, mu, ax))
-        seg.emit(direction, factor)
+        # step (g + lambda theta) as a decay term: written as theta (1 - lambda step) - step g (torch's two passes)
+        seg.emit(seg.update, step, decay=lambd * step if lambd != 0 else 0.0)
 
     def after_step(self, ctx: StepContext) -> None:
         pending, self._pending = self._pending, None

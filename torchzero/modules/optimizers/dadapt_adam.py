@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -121,7 +122,9 @@ class DAdaptAdam(Module):
         ctx.report(self, "d", d)
         ctx.report(self, "d_lr", dlr)  # this step's d * lr (times the bias correction, if used)
 
-        # pass 1: the numerator with the previous s and v, then the moments and s, over every segment
+        # pass 1: the numerator with the previous s and v, then the moments and s, over every segment.  Both
+        # moments' coefficients carry dlr (a tensor: foreach scales take Python numbers), so the gradient is
+        # scaled by it once and the moments take Python-number coefficients of it
         acc = d.new_zeros(())
         l1 = d.new_zeros(())
         for seg in segs:
@@ -130,16 +133,21 @@ class DAdaptAdam(Module):
             if wd != 0 and not s["decouple"]:
                 g = ops.add(g, x, alpha=wd)
             exp_avg, exp_avg_sq, s_sum = seg.state("exp_avg", "exp_avg_sq", "s")
-            denom = ops.sqrt(exp_avg_sq)
-            ops.add_(denom, st["eps"])
-            acc = acc + r * D.dot(g, ops.div(s_sum, denom), device)
-            ops.mul_(exp_avg, beta1)
-            ops.add_(exp_avg, ops.mul(g, D.on(r * dlr * (1 - beta1), seg)))
+            # temporaries in one reused buffer (a new parameter-sized tensor each step costs its page faults)
+            buf = ops.into(seg.scratch, "sqrt", exp_avg_sq)
+            ops.add_(buf, st["eps"])
+            acc = acc + r * D.dot(g, ops.into(functools.partial(seg.scratch, "ratio"), "div", s_sum, buf), device)
+            gd = buf = ops.into(buf, "mul", g, D.on(dlr, seg))
+            if r == 1:
+                ops.lerp_(exp_avg, gd, 1 - beta1)  # beta1 m + (1 - beta1) dlr g
+            else:
+                ops.mul_(exp_avg, beta1)
+                ops.add_(exp_avg, gd, alpha=r * (1 - beta1))
             ops.mul_(exp_avg_sq, beta2)
             ops.addcmul_(exp_avg_sq, g, g, 1 - beta2)
             ops.mul_(s_sum, b)
-            ops.add_(s_sum, ops.mul(g, D.on(dlr * (1 - b), seg)))
-            l1 = l1 + r * D.l1(s_sum, device)
+            ops.add_(s_sum, gd, alpha=1 - b)
+            l1 = l1 + r * D.l1(s_sum, device, scratch=buf)
 
         # the new estimate, kept where nothing moved yet (no gradient so far: the reference returns early)
         numerator = b * scalars["numerator_weighted"] + (1 - b) * (dlr * acc)
@@ -154,12 +162,11 @@ class DAdaptAdam(Module):
         # pass 2: the step (its size is inside m; m is zero while nothing moved)
         for seg in segs:
             exp_avg, exp_avg_sq = seg.state("exp_avg", "exp_avg_sq")
-            denom = ops.sqrt(exp_avg_sq)
+            denom = ops.into(seg.scratch, "sqrt", exp_avg_sq)
             ops.add_(denom, seg.settings["eps"])
             wd = seg.settings["weight_decay"]
+            decay: Any = 0.0
             if wd != 0 and s["decouple"]:
-                decay: Any = D.on(torch.where(moved, dlr, torch.zeros_like(dlr)) * wd, seg)
-                seg.emit(ops.div(exp_avg, denom), 1.0, decay=decay)
-            else:
-                seg.emit_div(exp_avg, denom, 1.0, scratch=True)
+                decay = D.on(torch.where(moved, dlr, torch.zeros_like(dlr)) * wd, seg)
+            seg.emit_div(exp_avg, denom, 1.0, scratch=True, decay=decay)
         D.store(copies, _SCALARS, new)

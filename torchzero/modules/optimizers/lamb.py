@@ -65,6 +65,7 @@ class Lamb(Transform):
 
     keeps_state = True
     counts_steps = True
+    fuses_lr = True  # fused with the LR after it, the sink writes theta (1 - c) - lr r u in one pass
     modifies_update_inplace = False  # emits new tensors through the sink
     schema = {
         "betas": BETAS, "eps": EPS, "weight_decay": Setting(at_least(0), "Use e.g. 1e-2 (0 disables it)."),
@@ -90,12 +91,13 @@ class Lamb(Transform):
         )  # fmt: skip
 
     def step(self, ctx: StepContext) -> None:
-        # seg.scale is the learning rate of the LR after this rule, which the decay needs (LR applies it afterwards)
-        lr_module = ctx.opt.plan.lr_after(self)
-        for seg in ctx.segments(self, scale_from=lr_module):
-            self.apply(ctx, seg)
+        # seg.scale is the learning rate of the LR after this rule, which the decay needs: fused with that LR the
+        # rule applies it too (the sink writes the parameters in one pass), else the LR scales the update afterwards
+        segs, fused = ctx.segments_with_lr(self)
+        for seg in segs:
+            self.apply(ctx, seg, fused)
 
-    def apply(self, ctx: StepContext, seg: Segment) -> None:
+    def apply(self, ctx: StepContext, seg: Segment, fused: bool = False) -> None:
         s = seg.settings
         beta1, beta2 = s["betas"]
         eps, wd, alpha, t = s["eps"], s["weight_decay"], s["alpha"], seg.step
@@ -131,8 +133,10 @@ class Lamb(Transform):
                 torch.where((weight_norms != 0) & (update_norms != 0), weight_norms / (update_norms + eps), 1.0)
                 * step_size
             )
-            for d, r in zip(direction, ratios.unbind(), strict=True):
-                d.mul_(r)
+            ops.mul_(direction, list(ratios.unbind()))
+        if fused:  # eta r u / (1 - beta1^t), with theta decayed by c
+            seg.emit(direction, lr, decay=decay if decoupled else 0.0)
+            return
         # LR multiplies this by lr: eta r u / (1 - beta1^t) + c theta
         coefficient: Any = 0.0
         if decoupled:

@@ -125,9 +125,12 @@ class Prodigy(Module):
         ctx.report(self, "d", d)
         ctx.report(self, "d_lr", dlr)  # this step's d * lr (times the bias correction, if used)
         ratio = d / d0
-        s_coef = ratio * (d if s["safeguard_warmup"] else dlr)
 
-        # pass 1: the moments and the running sums, and the two reductions, over every segment
+        # pass 1: the moments and the running sums, and the two reductions, over every segment.  The three
+        # coefficients all carry d (a tensor: foreach scales take Python numbers), so the gradient is scaled
+        # by d once and the moments take Python-number coefficients of it; s's coefficient over d is ratio * lr
+        # (ratio with safeguard_warmup), applied to the same buffer once the moments are done
+        s_over_d = ratio if s["safeguard_warmup"] else ratio * D.as_scalar(s["lr"], d) * bias_correction
         delta = torch.zeros((), dtype=d.dtype, device=device)
         l1 = torch.zeros((), dtype=d.dtype, device=device)
         for seg in segs:
@@ -135,15 +138,18 @@ class Prodigy(Module):
             names = ("exp_avg_sq", "s", "p0", "exp_avg") if beta1 > 0 else ("exp_avg_sq", "s", "p0")
             states = seg.state(*names, init={"p0": lambda v: v.detach().clone()})
             exp_avg_sq, s_sum, p0 = states[0], states[1], states[2]
-            delta = delta + D.dot(g, ops.sub(p0, x), device)
+            # temporaries in one reused buffer (a new parameter-sized tensor each step costs its page faults)
+            buf = ops.into(seg.scratch, "sub", p0, x)
+            delta = delta + D.dot(g, buf, device)
+            gd = buf = ops.into(buf, "mul", g, D.on(d, seg))
             if beta1 > 0:
-                ops.mul_(states[3], beta1)
-                ops.add_(states[3], ops.mul(g, D.on(d * (1 - beta1), seg)))
+                ops.lerp_(states[3], gd, 1 - beta1)  # beta1 m + (1 - beta1) d g
             ops.mul_(exp_avg_sq, beta2)
-            ops.add_(exp_avg_sq, ops.mul(ops.mul(g, g), D.on(d * d * (1 - beta2), seg)))
+            ops.addcmul_(exp_avg_sq, gd, gd, value=1 - beta2)
+            ops.mul_(gd, D.on(s_over_d, seg))
             ops.mul_(s_sum, beta3)
-            ops.add_(s_sum, ops.mul(g, D.on(s_coef, seg)))
-            l1 = l1 + D.l1(s_sum, device)
+            ops.add_(s_sum, gd)
+            l1 = l1 + D.l1(s_sum, device, scratch=buf)
 
         # the new estimate, kept where nothing moved yet (no gradient so far: the reference returns early)
         numerator = scalars["d_numerator"] * beta3 + ratio * dlr * delta
@@ -158,17 +164,17 @@ class Prodigy(Module):
             "d_numerator": torch.where(moved, numerator, scalars["d_numerator"]),
         }
         step_size = torch.where(moved, dlr, torch.zeros_like(dlr))
+        # the step size divides the denominator (one pass, no host sync): the parameters are then written with
+        # one addcdiv (torch Adam's capturable form); 0 while nothing moved, where the numerator is 0 too
+        den_scale = step_size if beta1 > 0 else step_size * new["d"]
 
         # pass 2: the step, with the new d in the denominator and the step size of this step's d
         for seg in segs:
             states = seg.state(*(("exp_avg_sq", "exp_avg") if beta1 > 0 else ("exp_avg_sq",)))
-            denom = ops.sqrt(states[0])
+            denom = ops.into(seg.scratch, "sqrt", states[0])
             D.add_(denom, D.on(new["d"] * seg.settings["eps"], seg))
-            if beta1 > 0:
-                direction, scale = ops.div(states[1], denom), D.on(step_size, seg)
-            else:
-                direction, scale = ops.div(seg.update, denom), D.on(step_size * new["d"], seg)
+            ops.div_(denom, D.on(den_scale, seg))
             wd = seg.settings["weight_decay"]
             decay: Any = D.on(step_size * wd, seg) if wd != 0 else 0.0
-            seg.emit(direction, scale, decay=decay)
+            seg.emit_div(states[1] if beta1 > 0 else seg.update, denom, 1.0, scratch=True, decay=decay)
         D.store(copies, _SCALARS, new)

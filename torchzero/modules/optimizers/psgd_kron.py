@@ -259,6 +259,7 @@ class PSGDKron(Transform):
 
     keeps_state = True
     counts_steps = True
+    fuses_lr = True  # fused with the LR after it, the sink writes the parameters in one pass
     modifies_update_inplace = False  # hands on new tensors
     full_matrices = True  # the Kronecker factors need whole tensors (ctx.map_full under FSDP2)
     schema = {

@@ -23,7 +23,7 @@ _DECAY = Setting(at_least(0), "Use 0 for no decay, or a value such as 1e-2.")
 
 
 class _ScheduleFree(Transform):
-    """What both forms share: the weights, the ``z`` state, the emitted ``y_old - y_new``, the eval/train swap."""
+    """What both forms share: the weights, the ``z`` state, the move to ``y_new``, the eval/train swap."""
 
     keeps_state = True
     exact_state = frozenset({"z"})  # kept in the compute dtype whatever state_dtype says
@@ -54,7 +54,8 @@ class _ScheduleFree(Transform):
     def _momentum(self, settings: dict[str, Any]) -> float:
         raise NotImplementedError
 
-    def _direction(self, seg: Segment, update: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _direction(self, seg: Segment, update: list[torch.Tensor]) -> tuple[list[torch.Tensor], bool]:
+        """The direction before weight decay, and whether it is a new list of tensors the rule may change."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ the step
@@ -85,20 +86,28 @@ class _ScheduleFree(Transform):
 
         y = seg.params
         (z,) = seg.state("z", init=lambda p: p.detach().clone(memory_format=torch.preserve_format))
-        direction = self._direction(seg, seg.update)
+        direction, owned = self._direction(seg, seg.update)
         if s["weight_decay"] != 0:
-            ops.add_(direction, y, alpha=s["weight_decay"])
-        # y_new = lerp(y, z, c) + lr (beta (1 - c) - 1) d, built as the reference builds it; the sink then gets
-        # y_new - y with scale -1, so theta <- theta + (y_new - y), which lands on y_new exactly whenever the
-        # difference is exact (Sterbenz: y_new within a factor 2 of y)
-        y_new = ops.lerp(y, z, ckp1)
-        ops.add_(y_new, direction, alpha=lr * (self._momentum(s) * (1 - ckp1) - 1))
-        ops.sub_(z, direction, alpha=lr)
-        ops.sub_(y_new, y)
+            if owned:
+                ops.add_(direction, y, alpha=s["weight_decay"])
+            else:
+                direction = ops.add(direction, y, alpha=s["weight_decay"])
+        coef = lr * (self._momentum(s) * (1 - ckp1) - 1)
         if unfused:
+            # the LR after the rule multiplies by lr: hand on (y - y_new) / lr, y_new built as the reference builds
+            # it (the difference is exact whenever y_new is within a factor 2 of y: Sterbenz)
+            y_new = ops.lerp(y, z, ckp1)
+            ops.add_(y_new, direction, alpha=coef)
+            ops.sub_(y_new, y)
             seg.emit(y_new, -1.0 / base if base != 0 else 0.0)  # lr = 0 moves nothing: y_new = y
         else:
-            seg.emit(y_new, -1.0)
+
+            def move(x: list[torch.Tensor]) -> None:  # y_new = lerp(y, z, c) + coef d, the reference's two passes
+                ops.lerp_(x, z, ckp1)
+                ops.add_(x, direction, alpha=coef)
+
+            seg.emit_move(move)  # the last stage lands the parameters on y_new in place
+        ops.sub_(z, direction, alpha=lr)
 
     # ------------------------------------------------------------------ eval / train
     def set_train_mode(self, mode: bool) -> None:
@@ -134,9 +143,9 @@ class ScheduleFreeSGD(_ScheduleFree):
         y_{t+1} = (1-c_t)\, y_t + c_t z_t + \gamma_t\big(\beta (1-c_t) - 1\big) d_t, \qquad
         z_{t+1} = z_t - \gamma_t d_t,
 
-    with :math:`x = y + (1 - 1/\beta)(z - y)` and :math:`y = x + (1-\beta)(z-x)`.  The module emits
-    :math:`y_t - y_{t+1}`, which the core subtracts from the parameters (so it should be the chain's last stage,
-    with its ``LR``).  The learning rate :math:`\eta` is the lr of the ``tz.m.LR`` right after it (1 without
+    with :math:`x = y + (1 - 1/\beta)(z - y)` and :math:`y = x + (1-\beta)(z-x)`.  As the chain's last
+    stage (with its ``LR``, where it belongs) the module moves the parameters to :math:`y_{t+1}` in place, with
+    the reference's two passes; anywhere else it hands on :math:`y_t - y_{t+1}`.  The learning rate :math:`\eta` is the lr of the ``tz.m.LR`` right after it (1 without
     one, the reference's default), because the averaging weights use it; weight decay is part of the rule
     (evaluated at :math:`y`, as in the reference).  :math:`t` counts each parameter's steps; the sums are
     kept per param group, as in the reference, when every parameter steps every time.
@@ -185,8 +194,8 @@ class ScheduleFreeSGD(_ScheduleFree):
     def _momentum(self, settings: dict[str, Any]) -> float:
         return settings["momentum"]
 
-    def _direction(self, seg: Segment, update: list[torch.Tensor]) -> list[torch.Tensor]:
-        return ops.clone(update) if seg.settings["weight_decay"] != 0 else update
+    def _direction(self, seg: Segment, update: list[torch.Tensor]) -> tuple[list[torch.Tensor], bool]:
+        return update, False
 
 
 class ScheduleFreeAdamW(_ScheduleFree):
@@ -242,7 +251,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
     def _momentum(self, settings: dict[str, Any]) -> float:
         return settings["betas"][0]
 
-    def _direction(self, seg: Segment, update: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _direction(self, seg: Segment, update: list[torch.Tensor]) -> tuple[list[torch.Tensor], bool]:
         s = seg.settings
         beta2 = s["betas"][1]
         (exp_avg_sq,) = seg.state("exp_avg_sq")
@@ -251,4 +260,4 @@ class ScheduleFreeAdamW(_ScheduleFree):
         denom = ops.div(exp_avg_sq, 1 - beta2**seg.step)
         ops.sqrt_(denom)
         ops.add_(denom, s["eps"])
-        return ops.div(update, denom)
+        return ops.div(update, denom), True

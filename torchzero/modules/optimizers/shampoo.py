@@ -87,6 +87,7 @@ class Shampoo(Transform):
     keeps_state = True
     exact_state = frozenset({"pre_cond_*", "inv_pre_cond_*"})  # kept in the compute dtype whatever state_dtype says
     counts_steps = True
+    fuses_lr = True  # fused with the LR after it, the sink writes theta - lr alpha P(u) in one pass
     modifies_update_inplace = False  # emits new tensors through the sink
     full_matrices = True  # the Kronecker factors need whole tensors (ctx.map_full under FSDP2)
     schema = {

@@ -107,6 +107,7 @@ class SOAP(Transform):
     keeps_state = True
     exact_state = frozenset({"GG*", "Q*"})  # kept in the compute dtype whatever state_dtype says
     counts_steps = True
+    fuses_lr = True  # fused with the LR after it, the sink writes the step and the decay in one pass
     modifies_update_inplace = False  # emits new tensors through the sink
     supports_sharding = False
     sharding_note = "its moments live in a rotated basis, so every step needs whole tensors and their state"
@@ -150,10 +151,11 @@ class SOAP(Transform):
         originals = ctx.layout.originals
         if any(originals[i].is_complex() for seg in ctx.segments(self) for i in range(seg.start, seg.stop)):
             raise TypeError("SOAP supports real parameters only (as pytorch_optimizer.SOAP); nothing was changed")
-        # seg.scale is the learning rate of the LR after this rule, which the decay needs (LR applies it afterwards)
-        lr_module = ctx.opt.plan.lr_after(self)
-        for seg in ctx.segments(self, scale_from=lr_module):
-            self.apply(ctx, seg)
+        # seg.scale is the learning rate of the LR after this rule, which the decay needs: fused with that LR the
+        # rule applies it too (the sink writes the parameters in one pass), else the LR scales the update afterwards
+        segs, fused = ctx.segments_with_lr(self)
+        for seg in segs:
+            self.apply(ctx, seg, fused)
 
     # ---------------------------------------------------------------- shapes
     @staticmethod
@@ -258,7 +260,7 @@ class SOAP(Transform):
         exp_avg_sq.copy_(v)
 
     # ---------------------------------------------------------------- the step
-    def apply(self, ctx: StepContext, seg: Segment) -> None:
+    def apply(self, ctx: StepContext, seg: Segment, fused: bool = False) -> None:
         s = seg.settings
         beta1, beta2 = s["betas"]
         shampoo = 1.0 - (beta2 if s["shampoo_beta"] is None else s["shampoo_beta"])
@@ -298,6 +300,9 @@ class SOAP(Transform):
         if wd != 0:
             step_size = step_size * (1 - wd * alpha * seg.scale)  # the decay multiplies the stepped parameters
             decay = wd * alpha  # LR multiplies it by the learning rate
+        if fused:
+            step_size = step_size * seg.scale
+            decay = decay * seg.scale if wd != 0 else 0.0
         seg.emit(direction, step_size, decay=decay)
 
         # the preconditioner sees this gradient after the step; the bases are refreshed every few steps
