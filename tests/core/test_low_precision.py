@@ -395,7 +395,9 @@ def test_narrow_state_is_upcast_piece_by_piece_with_the_same_result(monkeypatch,
         calls = []
         apply = type(rule).apply if hasattr(rule, "apply") else None
         if apply is not None:
-            monkeypatch.setattr(rule, "apply", lambda ctx, seg: (calls.append(len(seg)), apply(rule, ctx, seg)))
+            monkeypatch.setattr(
+                rule, "apply", lambda ctx, seg, *rest: (calls.append(len(seg)), apply(rule, ctx, seg, *rest))[1]
+            )
         for _ in range(3):
             for p in params:
                 p.grad = torch.randn(p.shape, generator=gen)

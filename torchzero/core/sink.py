@@ -305,17 +305,32 @@ def write_move(seg: Segment, move: Callable[[list[Tensor]], None]) -> None:
     The last stage hands ``move`` the parameters themselves, which it changes in place: no direction is built and
     no second pass subtracts it (a rule that computes its new point, as schedule-free's interpolation, writes it
     directly).  Any other stage hands it a copy of the parameters, and ``theta - move(theta)`` becomes the update
-    handed on.
+    handed on; so does the last stage of a group with low-precision settings (``state_dtype`` wider than the
+    parameters: the copy is in the compute dtype; ``param_update``: the step is written with compensation).
     """
     ctx = seg.ctx
     params = seg.params
-    if ctx.is_last:
+    prec = seg.precision
+    if ctx.is_last and prec.plain:
         move(params)
         ctx.params_written = True
         return
-    landed = ops.clone(params)
+    # a copy: in the compute dtype where state is wider than the parameters (the move then reads it unrounded)
+    landed = ops.clone(params) if prec.compute == seg.dtype else [p.to(prec.compute) for p in params]
     move(landed)
-    seg.update = ops.sub(params, landed)
+    step = (
+        ops.sub(params, landed)
+        if prec.compute == seg.dtype
+        else [p.to(prec.compute) - q for p, q in zip(params, landed, strict=True)]
+    )
+    if ctx.is_last:  # written with compensation where the group asks for it
+        if prec.param_update != "plain":
+            compensated_sub(ctx, seg.start, seg.stop, step, prec.param_update)
+        else:
+            ops.sub_(params, step)
+        ctx.params_written = True
+        return
+    seg.update = step
 
 
 def final_write(ctx: StepContext) -> None:
