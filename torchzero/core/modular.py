@@ -587,13 +587,13 @@ class Modular(torch.optim.Optimizer):
         schema.check_groups(self, saved_groups, "the state dict's param group")
         _check_entries(extra.get("entries"), state_dict.get("state", {}), saved_groups)
         keep = _state_keeping_dtype(state_dict)
-        plain = {k: v for k, v in state_dict.items() if k not in (_STATE_KEY, "state")}
+        plain: dict[str, Any] = {k: v for k, v in state_dict.items() if k not in (_STATE_KEY, "state")}
         plain["param_groups"] = saved_groups
         plain["state"] = {k: v for k, v in state_dict.get("state", {}).items() if k not in keep}
         super().load_state_dict(plain)
         if keep:  # torch casts floating state to the parameter's dtype: not that of groups that set state_dtype
-            for saved, group in zip(saved_groups, self.param_groups, strict=True):
-                for pid, p in zip(saved["params"], group["params"], strict=True):
+            for saved_group, group in zip(saved_groups, self.param_groups, strict=True):
+                for pid, p in zip(saved_group["params"], group["params"], strict=True):
                     if pid in keep:
                         self.state[p] = _moved(keep[pid], p.device)
         if self._lr_missing_error:
