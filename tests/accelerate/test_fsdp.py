@@ -3,9 +3,10 @@
 Muon and Adam on the sharded model equal one process stepping the same chain on the concatenated batches, and
 ``save_state`` / ``load_state`` halfway resumes like an uninterrupted run.  The runs are in ``_fsdp_worker.py``.
 
-Accelerate 1.15 sets ``DistributedType.FSDP`` only in the GPU branch of ``AcceleratorState.__init__``
-(``accelerate/state.py``, the ``fsdp_plugin is not None`` test inside ``elif self.device.type in ("cuda", ...)``
-at ~line 1010); on CPU it keeps ``MULTI_CPU`` and silently drops the plugin.  Its FSDP2 preparation
+Accelerate 1.15 sets ``DistributedType.FSDP`` only for accelerators: in ``AcceleratorState.__init__``
+(``accelerate/state.py``) the ``fsdp_plugin is not None`` test (~line 1010) sits under
+``elif self.distributed_type in [MULTI_GPU, MULTI_MLU, ..., MULTI_NEURON]`` (~line 986), a list without
+``MULTI_CPU``; on CPU it keeps ``MULTI_CPU`` and silently drops the plugin.  Its FSDP2 preparation
 (``Accelerator._prepare_fsdp2``, ``fsdp2_prepare_model``, ``fsdp2_switch_optimizer_parameters``) and its FSDP2
 checkpointing (``save_fsdp_model`` / ``save_fsdp_optimizer`` with DCP) run on CPU with gloo, so the worker
 sets the state to FSDP with the plugin before ``prepare`` (only where Accelerate left it at MULTI_CPU).
