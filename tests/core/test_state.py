@@ -139,3 +139,24 @@ def test_deepcopy_and_pickle_of_optimizer():
     for clone in copies:
         for a, b in zip(clone.param_groups[0]["params"], params, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_fresh_round_trip_then_swapped_params_saves_like_torch():
+    """Accelerate's FSDP2 prepare round-trips a fresh optimizer's state dict (device placement), then puts new
+    tensors in the groups.  The empty per-parameter entries state_dict writes for DCP must not come back as
+    state keyed to the old tensors: torch's state_dict would meet keys in no group.  Reference: the same chain
+    never round-tripped, stepped on the new tensors (bit for bit)."""
+    old, new, ref = make_params(), make_params(seed=1), make_params(seed=1)
+    opt = tz.Modular(old, tz.m.NAdam(), tz.m.LR(1e-2))
+    plain = tz.Modular(ref, tz.m.NAdam(), tz.m.LR(1e-2))
+    opt.load_state_dict(opt.state_dict())
+    assert not any(p in opt.state for p in old)
+    opt.param_groups[0]["params"] = new
+    for i in range(2):
+        set_grads(i, new, ref)
+        opt.step()
+        plain.step()
+    sd, want = opt.state_dict(), plain.state_dict()
+    assert sd["state"].keys() == want["state"].keys()
+    for p, q in zip(new, ref, strict=True):
+        assert torch.equal(p, q)

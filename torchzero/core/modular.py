@@ -589,7 +589,14 @@ class Modular(torch.optim.Optimizer):
         keep = _state_keeping_dtype(state_dict)
         plain: dict[str, Any] = {k: v for k, v in state_dict.items() if k not in (_STATE_KEY, "state")}
         plain["param_groups"] = saved_groups
-        plain["state"] = {k: v for k, v in state_dict.get("state", {}).items() if k not in keep}
+        # the empty entries state_dict adds for DCP carry nothing: loading them would key state to tensors a host
+        # may swap out of the groups right after (Accelerate's FSDP2 prepare round-trips the state dict, then
+        # replaces the parameters), and state_dict would then meet keys that are in no group
+        plain["state"] = {
+            k: v
+            for k, v in state_dict.get("state", {}).items()
+            if k not in keep and not (isinstance(v, dict) and not v)
+        }
         super().load_state_dict(plain)
         if keep:  # torch casts floating state to the parameter's dtype: not that of groups that set state_dtype
             for saved_group, group in zip(saved_groups, self.param_groups, strict=True):
