@@ -309,7 +309,7 @@ def _check_sharded(leaves: list[Module], params: list[Tensor]) -> None:
         raise NotImplementedError(
             f"{', '.join(type(m).__name__ for m in refused)} cannot run on parameters sharded by FSDP2 (DTensors). "
             f"{reasons}. Train these without fully_shard (DDP), or, for matrix preconditioners, send the matrices "
-            "to one that gathers them (tz.m.Muon, tz.m.Shampoo, tz.m.PSGDKron) with tz.m.Split. Nothing was changed."
+            "to one that gathers them (tz.m.Muon, tz.m.Shampoo, tz.m.SOAP, tz.m.PSGDKron) with tz.m.Split. Nothing was changed."
         )
 
 

@@ -10,7 +10,6 @@ from torch import Tensor
 
 from ...core.module import Transform
 from ...core.schema import ALPHA, BETAS, EPS, FLAG, Setting, at_least, in_range, integer, one_of, optional
-from ...foreach import ops
 
 if TYPE_CHECKING:
     from ...core.context import Segment, StepContext
@@ -78,7 +77,10 @@ class SOAP(Transform):
     ``lr=3e-3``, ``weight_decay=1e-2``).  The step count is per parameter (the reference counts per param group:
     the same while every parameter gets a gradient at every step).
 
-    The matrix work is a loop over the tensors.  The eigendecomposition (first step) and the QR refreshes run
+    The whole step is a loop over the tensors.  On FSDP2 shards each tensor is gathered whole on one owner rank
+    (round-robin over the tensors, :meth:`~torchzero.core.context.StepContext.map_full`), its step runs there
+    and the direction's shards are scattered back: all of its state (:math:`m`, :math:`v`, :math:`L_i`,
+    :math:`Q_i`) is owner-local, kept whole on that rank only.  The eigendecomposition (first step) and the QR refreshes run
     on the schedule decided on the host from the step count, as in the reference; ``torch.linalg.eigh`` checks
     its convergence on the host (it falls back to float64 when it fails or does not support the dtype, as the
     reference does).  Complex parameters are refused, as in the reference.
@@ -109,8 +111,7 @@ class SOAP(Transform):
     counts_steps = True
     fuses_lr = True  # fused with the LR after it, the sink writes the step and the decay in one pass
     modifies_update_inplace = False  # emits new tensors through the sink
-    supports_sharding = False
-    sharding_note = "its moments live in a rotated basis, so every step needs whole tensors and their state"
+    full_matrices = True  # each tensor's whole step needs it whole (ctx.map_full under FSDP2), state owner-local
     schema = {
         "betas": BETAS,
         "shampoo_beta": Setting(optional(in_range(0, 1, closed="left")), "Use None (beta2) or e.g. 0.95."),
@@ -178,21 +179,18 @@ class SOAP(Transform):
             shape = merged_shape(shape, limit)
         return [n if 0 < n <= limit else None for n in shape]
 
-    def _factors(self, ctx: StepContext, seg: Segment, i: int, sizes: list[int | None]) -> list[Any]:
-        """``[(L_i, Q_i) or None]`` per dimension, the state of tensor ``i`` of the segment (created on first use)."""
+    def _factors(self, ctx: StepContext, index: int, sizes: list[int | None], like: Tensor) -> list[Any]:
+        """``[(L_i, Q_i) or None]`` per dimension, the state of parameter ``index`` (created on first use)."""
         out: list[Any] = []
         for d, n in enumerate(sizes):
             if n is None:
                 out.append(None)
                 continue
 
-            def square(v: Tensor, size: int = n) -> Tensor:
-                return v.new_zeros((size, size))
+            def square(v: Tensor, size: int = n) -> Tensor:  # a plain tensor also for a sharded v (owner-local)
+                return torch.zeros((size, size), dtype=v.dtype, device=like.device)
 
-            gg, q = (
-                x[0]
-                for x in ctx.state(self, f"GG{d}", f"Q{d}", init=square, start=seg.start + i, stop=seg.start + i + 1)
-            )
+            gg, q = (x[0] for x in ctx.state(self, f"GG{d}", f"Q{d}", init=square, start=index, stop=index + 1))
             out.append((gg, q))
         return out
 
@@ -263,34 +261,14 @@ class SOAP(Transform):
     def apply(self, ctx: StepContext, seg: Segment, fused: bool = False) -> None:
         s = seg.settings
         beta1, beta2 = s["betas"]
-        shampoo = 1.0 - (beta2 if s["shampoo_beta"] is None else s["shampoo_beta"])
         t = seg.step
-        update = seg.update
-        exp_avg, exp_avg_sq = seg.state("exp_avg", "exp_avg_sq")
-        factors = [self._factors(ctx, seg, i, self._sizes(g, s)) for i, g in enumerate(update)]
-
-        if t == 1:
-            # the first step only starts the preconditioner: L_i from this gradient, Q_i its eigenvectors
-            for g, fs in zip(update, factors, strict=True):
-                self._accumulate(g, fs, s, shampoo)
-                for f in fs:
-                    if f is not None:
-                        f[1].copy_(self._eigenbasis(f[0]))
-            seg.emit([torch.zeros_like(g) for g in update], 0.0)
-            return
-
         k = t - 1
-        rotated = [self._project(g, fs, s, True) for g, fs in zip(update, factors, strict=True)]
-        ops.lerp_(exp_avg, update, 1 - beta1)
-        ops.lerp_(exp_avg_sq, ops.mul(rotated, rotated), 1 - beta2)
-        denom = ops.sqrt(exp_avg_sq)
-        ops.add_(denom, s["eps"])
-        momentum = [self._project(m, fs, s, True) for m, fs in zip(exp_avg, factors, strict=True)]
-        ratio = ops.div(momentum, denom)
-        direction = [self._project(r, fs, s, False) for r, fs in zip(ratio, factors, strict=True)]
-        if s["normalize_gradient"]:
-            for d in direction:
-                d.div_(d.square().mean().sqrt_().add_(s["eps"]))
+        # whole tensors also for FSDP2 shards: each tensor's whole step runs on one owner rank, which keeps all of
+        # its state (moments, factors, bases); the direction's shards are scattered back
+        direction = ctx.map_full(self, seg.update, lambda j, g: self._direction(ctx, seg.start + j, g, s, t))
+        if t == 1:
+            seg.emit(direction, 0.0)  # the first step only starts the preconditioner (the parameters stay)
+            return
 
         alpha, wd = s["alpha"], s["weight_decay"]
         step_size: Any = alpha
@@ -305,9 +283,39 @@ class SOAP(Transform):
             decay = decay * seg.scale if wd != 0 else 0.0
         seg.emit(direction, step_size, decay=decay)
 
+    def _direction(self, ctx: StepContext, index: int, g: Tensor, s: dict[str, Any], t: int) -> Tensor:
+        """The whole tensor ``index``'s direction :math:`D` (zeros at the first step), its state updated."""
+        beta1, beta2 = s["betas"]
+        shampoo = 1.0 - (beta2 if s["shampoo_beta"] is None else s["shampoo_beta"])
+
+        def zeros(v: Tensor) -> Tensor:  # g's shape on g's device, also for a sharded parameter v (owner-local)
+            return torch.zeros_like(g, dtype=v.dtype, memory_format=torch.preserve_format)
+
+        exp_avg, exp_avg_sq = (
+            x[0] for x in ctx.state(self, "exp_avg", "exp_avg_sq", init=zeros, start=index, stop=index + 1)
+        )
+        factors = self._factors(ctx, index, self._sizes(g, s), g)
+
+        if t == 1:
+            # the first step only starts the preconditioner: L_i from this gradient, Q_i its eigenvectors
+            self._accumulate(g, factors, s, shampoo)
+            for f in factors:
+                if f is not None:
+                    f[1].copy_(self._eigenbasis(f[0]))
+            return torch.zeros_like(g)
+
+        k = t - 1
+        rotated = self._project(g, factors, s, True)
+        exp_avg.lerp_(g, 1 - beta1)
+        exp_avg_sq.lerp_(rotated * rotated, 1 - beta2)
+        denom = exp_avg_sq.sqrt().add_(s["eps"])
+        ratio = self._project(exp_avg, factors, s, True) / denom
+        direction = self._project(ratio, factors, s, False)
+        if s["normalize_gradient"]:
+            direction = direction / direction.square().mean().sqrt().add(s["eps"])
+
         # the preconditioner sees this gradient after the step; the bases are refreshed every few steps
-        refresh = k % s["precondition_frequency"] == 0
-        for i, (g, fs) in enumerate(zip(update, factors, strict=True)):
-            self._accumulate(g, fs, s, shampoo)
-            if refresh:
-                self._refresh(fs, exp_avg_sq[i], s)
+        self._accumulate(g, factors, s, shampoo)
+        if k % s["precondition_frequency"] == 0:
+            self._refresh(factors, exp_avg_sq, s)
+        return direction
