@@ -170,11 +170,12 @@ class Segment:
     def scratch(self, name: str = "scratch") -> list[Tensor]:
         """Buffers shaped like the segment's update, with undefined contents, for temporaries of this step.
 
-        They are kept by the plan and handed out again at the next step (no allocation per step, no page faults
-        on large tensors); they are not state and are never saved.  With autograd on (differentiable mode) they
-        are fresh tensors every time.
+        On CPU they are kept by the plan and handed out again at the next step (no allocation per step, no page
+        faults on large tensors); they are not state and are never saved, but they are memory the optimizer holds
+        (``plan.kept_scratch()``).  On other devices (a caching allocator hands the freed blocks of one step to
+        the next, and to the model in between) and with autograd on (differentiable mode) they are fresh tensors.
         """
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or self.device.type != "cpu":
             return [torch.empty_like(u) for u in self.update]
         return self.ctx.opt.plan.scratch((self.module.key, name, self.start, self.stop), self.update)
 
@@ -566,6 +567,12 @@ class StepContext:
             entries = self._entries = list(map(state.get, self.layout.originals))
             self._entries_of = state
         stop = len(entries) if stop is None else stop
+        if stop - start == 1 and entries[start] is not None:  # one tensor (matrix rules go tensor by tensor)
+            entry = entries[start]
+            ms = entry.get(key)  # type: ignore[union-attr]
+            if ms is None and create:
+                ms = entry[key] = {}  # type: ignore[index]
+            return [ms]
         part = entries[start:stop]
         if any(map(_is_none, part)):  # parameters without an entry when the step began (or after a load)
             originals = self.layout.originals
@@ -619,7 +626,7 @@ class StepContext:
         if self.low_precision:
             return self._state_low_precision(module, names, init, start, stop)
         states = self.module_states(module, start, stop)
-        out: list[list[Any]] = [[ms.get(name) for ms in states] for name in names]  # type: ignore[union-attr]
+        out: list[list[Any]] = [list(map(dict.get, states, itertools.repeat(name))) for name in names]  # type: ignore[arg-type]
         if any(any(map(_is_none, tensors)) for tensors in out):
             # first use: create the missing ones parameter by parameter (the order init functions that draw
             # random numbers were called in)

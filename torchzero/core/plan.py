@@ -15,6 +15,8 @@ methods; nothing outside the core reaches into ``Modular``'s private fields.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import operator
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
     from .module import Module
 
 Groups = Sequence[dict[str, Any]]
-_device_dtype = operator.attrgetter("device", "dtype")
 
 
 class Plan:
@@ -112,7 +113,7 @@ class Plan:
         and rebuilt when a parameter was replaced or moved to another device or dtype."""
         params = self.params(groups)
         cached = self._layout_params
-        meta = list(map(_device_dtype, params))
+        meta = [(p.device, p.dtype) for p in params]
         if len(params) != len(cached) or not all(map(operator.is_, params, cached)) or meta != self._layout_meta:
             self._layout_params, self._layout_meta, self._layouts = params, meta, {}
         include = list(map(include_fn, params))
@@ -235,7 +236,15 @@ class Plan:
         assert key is not None
         counts = ctx.step_counts.get(key)
         if counts is None:
-            counts = [(ms.get("step", 0) if ms else 0) + 1 for ms in ctx.module_states(key, create=False)]
+            states = ctx.module_states(key, create=False)
+            has = functools.partial(operator.is_not, None)
+            kept: list[Any] | None = None
+            if all(map(has, states)):
+                kept = list(map(dict.get, states, itertools.repeat("step")))  # type: ignore[arg-type]
+            if kept is None or not all(map(has, kept)):  # a parameter's first step
+                counts = [(ms.get("step", 0) if ms else 0) + 1 for ms in states]
+            else:
+                counts = [t + 1 for t in kept]
             ctx.step_counts[key] = counts
         return counts
 
@@ -255,10 +264,10 @@ class Plan:
                 for ms, t in zip(ctx.module_states(key), counts, strict=True):
                     ms["step"] = t  # type: ignore[index]
                 continue
-            for run in ctx.layout.runs:
-                if all(run.sig[split.partition] == b for split, b in branches):  # type: ignore[index]
-                    states = ctx.module_states(key, run.start, run.stop)
-                    for ms, t in zip(states, counts[run.start : run.stop], strict=True):
+            for r in ctx.layout.runs:
+                if all(r.sig[split.partition] == b for split, b in branches):  # type: ignore[index]
+                    states = ctx.module_states(key, r.start, r.stop)
+                    for ms, t in zip(states, counts[r.start : r.stop], strict=True):
                         ms["step"] = t  # type: ignore[index]
 
 

@@ -16,7 +16,6 @@ tensors in ``param_groups``, their devices or their dtypes change (Accelerate an
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -24,8 +23,6 @@ import torch
 from torch import Tensor
 
 from . import shard
-
-_grad = operator.attrgetter("grad")
 
 
 class Run(NamedTuple):
@@ -108,4 +105,4 @@ class Layout:
         """``.grad`` of each parameter in canonical order (real views for complex parameters)."""
         if self.has_complex:
             return [None if p.grad is None else real_view(p.grad) for p in self.originals]
-        return list(map(_grad, self.originals))
+        return [p.grad for p in self.originals]
