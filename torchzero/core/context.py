@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import operator
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,9 @@ def _tags(whats: list[tuple[Any, ...]], fields: list[int]) -> list[str]:
         parts = (device.replace(":", ""), dtype, f"step{step}")
         out.append(".".join(parts[i] for i in fields))
     return out
+
+
+_is_none = functools.partial(operator.is_, None)
 
 
 def _exact(module: Module, name: str) -> bool:
@@ -165,11 +170,12 @@ class Segment:
     def scratch(self, name: str = "scratch") -> list[Tensor]:
         """Buffers shaped like the segment's update, with undefined contents, for temporaries of this step.
 
-        They are kept by the plan and handed out again at the next step (no allocation per step, no page faults
-        on large tensors); they are not state and are never saved.  With autograd on (differentiable mode) they
-        are fresh tensors every time.
+        On CPU they are kept by the plan and handed out again at the next step (no allocation per step, no page
+        faults on large tensors); they are not state and are never saved, but they are memory the optimizer holds
+        (``plan.kept_scratch()``).  On other devices (a caching allocator hands the freed blocks of one step to
+        the next, and to the model in between) and with autograd on (differentiable mode) they are fresh tensors.
         """
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or self.device.type != "cpu":
             return [torch.empty_like(u) for u in self.update]
         return self.ctx.opt.plan.scratch((self.module.key, name, self.start, self.stop), self.update)
 
@@ -274,6 +280,10 @@ class StepContext:
         """some run keeps state in another dtype or writes its parameters with compensation"""
         self._upcast: dict[tuple[str, int, str], tuple[Tensor, Tensor]] = {}
         """``(module key, index, name) -> (stored state, its temporary in the compute dtype)``, until written back"""
+        self._entries: list[dict[str, Any] | None] = []
+        """each parameter's ``opt.state`` entry, None where it has none (see :meth:`module_states`)"""
+        self._entries_of: Any = None
+        """the ``opt.state`` that :attr:`_entries` were read from (a closure could load a state dict mid-step)"""
         self.pending_scalars: dict[tuple[Module, str, str], list[list[Any]]] = {}
         """``Segment.scalar`` values of this step, stored in the modules' global state when the step ends"""
         """``(module, key, value)`` for ``module.global_state`` when the step ends (:meth:`set_global_state_at_end`)"""
@@ -322,7 +332,7 @@ class StepContext:
         ``get_grad()`` returns it, so the whole chain minimizes ``-f`` for them.
         """
         grads = self.layout.grads()
-        if any(g is None for g in grads):
+        if any(map(_is_none, grads)):
             grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, self.params, strict=True)]
         groups = self.opt.param_groups
         runs = [r for r in self.layout.runs if groups[r.group].get("maximize", False)]
@@ -538,19 +548,58 @@ class StepContext:
                 )
         return first
 
+    def module_states(
+        self, module: Module | str, start: int = 0, stop: int | None = None, create: bool = True
+    ) -> list[dict[str, Any] | None]:
+        """``opt.state[p][module.key]`` of the params ``[start:stop]``: created where missing, or None there
+        (``create=False``, which adds nothing to ``opt.state``).
+
+        Each parameter's entry in ``opt.state`` is looked up once per step and shared by every module: a tensor
+        key's hash is a Python call, which on many small parameters costs more than the math.  Entries are read
+        again when ``opt.state`` was replaced (a closure that loads a state dict); within a step nothing else
+        replaces the entry of a parameter (modules and wrapped optimizers write the keys inside it).
+        """
+        key = module if isinstance(module, str) else module.key
+        assert key is not None, "module is not bound to an optimizer"
+        state = self.opt.state
+        entries = self._entries
+        if self._entries_of is not state:
+            entries = self._entries = list(map(state.get, self.layout.originals))
+            self._entries_of = state
+        stop = len(entries) if stop is None else stop
+        if stop - start == 1 and entries[start] is not None:  # one tensor (matrix rules go tensor by tensor)
+            entry = entries[start]
+            ms = entry.get(key)  # type: ignore[union-attr]
+            if ms is None and create:
+                ms = entry[key] = {}  # type: ignore[index]
+            return [ms]
+        part = entries[start:stop]
+        if any(map(_is_none, part)):  # parameters without an entry when the step began (or after a load)
+            originals = self.layout.originals
+            for i in range(start, stop):
+                if entries[i] is None:
+                    entries[i] = state[originals[i]] if create else state.get(originals[i])
+            part = entries[start:stop]
+            if not create:
+                return [None if e is None else e.get(key) for e in part]
+        out = list(map(dict.get, part, itertools.repeat(key)))  # type: ignore[arg-type]
+        if create and any(map(_is_none, out)):
+            for i, entry in enumerate(part):
+                if out[i] is None:
+                    out[i] = entry[key] = {}  # type: ignore[index]
+        return out
+
     def set_state(self, module: Module, name: str, tensors: Sequence[Tensor], start: int = 0) -> None:
         """Replace ``module``'s state tensor ``name`` of params ``[start:start+len(tensors)]`` by new tensors
         (for modules that build new state out of place, e.g. in differentiable mode)."""
         key = module.key
         assert key is not None, "module is not bound to an optimizer"
-        state = self.opt.state
         storage = self._storage(start, start + len(tensors)) if self.low_precision else None
         if storage is not None and _exact(module, name):
             storage = [(c if s is not None else None, c) for s, c in storage]
-        for i, (p, t) in enumerate(zip(self.layout.originals[start : start + len(tensors)], tensors, strict=True)):
-            ms = state[p].get(key)
-            if ms is None:
-                ms = state[p][key] = {}
+        states = self.module_states(key, start, start + len(tensors))
+        for i, (ms, t) in enumerate(zip(states, tensors, strict=True)):
+            assert ms is not None
             if storage is not None:
                 self._upcast.pop((key, start + i, name), None)  # replaced: nothing to write back
                 if storage[i][0] is not None and t.is_floating_point():
@@ -573,25 +622,21 @@ class StepContext:
         then be temporaries, written back when the module is done with its segment, so a module reads and writes
         its state through them within one step and keeps no reference to them across steps.
         """
-        key = module.key
-        assert key is not None, "module is not bound to an optimizer"
-        state = self.opt.state
         stop = len(self.params) if stop is None else stop
-        originals = self.layout.originals[start:stop]
-        views = self.params[start:stop]
-        out: list[list[Tensor]] = [[] for _ in names]
         if self.low_precision:
             return self._state_low_precision(module, names, init, start, stop)
-        for p, v in zip(originals, views, strict=True):
-            ms = state[p].get(key)
-            if ms is None:
-                ms = state[p][key] = {}
-            for lst, name in zip(out, names, strict=True):
-                t = ms.get(name)
-                if t is None:
-                    fn = init.get(name) if isinstance(init, dict) else init
-                    t = ms[name] = torch.zeros_like(v, memory_format=torch.preserve_format) if fn is None else fn(v)
-                lst.append(t)
+        states = self.module_states(module, start, stop)
+        out: list[list[Any]] = [list(map(dict.get, states, itertools.repeat(name))) for name in names]  # type: ignore[arg-type]
+        if any(any(map(_is_none, tensors)) for tensors in out):
+            # first use: create the missing ones parameter by parameter (the order init functions that draw
+            # random numbers were called in)
+            for i, (ms, v) in enumerate(zip(states, self.params[start:stop], strict=True)):
+                assert ms is not None
+                for tensors, name in zip(out, names, strict=True):
+                    if tensors[i] is None:
+                        fn = init.get(name) if isinstance(init, dict) else init
+                        t = torch.zeros_like(v, memory_format=torch.preserve_format) if fn is None else fn(v)
+                        tensors[i] = ms[name] = t
         return out
 
     # ---------------------------------------------------------------- low-precision state (core/precision.py)
@@ -613,10 +658,11 @@ class StepContext:
         is narrower than the compute dtype the module gets temporaries in the compute dtype (one buffer per name
         and segment), which :meth:`flush_state` writes back when the module is done with them.
         """
-        state, key = self.opt.state, module.key
+        key = module.key
         assert key is not None
         every = self._storage(start, stop)
-        originals, views = self.layout.originals[start:stop], self.params[start:stop]
+        views = self.params[start:stop]
+        states = self.module_states(key, start, stop)
         out: list[list[Tensor]] = []
         for name in names:
             # copies of the parameters and shared scalars are kept in the compute dtype (module.exact_state)
@@ -624,10 +670,8 @@ class StepContext:
             fn = init.get(name) if isinstance(init, dict) else init
             tensors: list[Tensor] = []
             narrow: list[int] = []
-            for i, (p, v) in enumerate(zip(originals, views, strict=True)):
-                ms = state[p].get(key)
-                if ms is None:
-                    ms = state[p][key] = {}
+            for i, (ms, v) in enumerate(zip(states, views, strict=True)):
+                assert ms is not None
                 kept = self._upcast.get((key, start + i, name))
                 if kept is not None:
                     tensors.append(kept[1])

@@ -15,6 +15,8 @@ methods; nothing outside the core reaches into ``Modular``'s private fields.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import operator
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -114,7 +116,7 @@ class Plan:
         meta = [(p.device, p.dtype) for p in params]
         if len(params) != len(cached) or not all(map(operator.is_, params, cached)) or meta != self._layout_meta:
             self._layout_params, self._layout_meta, self._layouts = params, meta, {}
-        include = [include_fn(p) for p in params]
+        include = list(map(include_fn, params))
         if all(include):
             key = None
         elif not any(include):
@@ -147,6 +149,11 @@ class Plan:
         ):
             buffers = self._scratch[key] = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in like]
         return buffers
+
+    def kept_scratch(self) -> list[Tensor]:
+        """The buffers :meth:`scratch` keeps between steps: memory the optimizer holds besides ``opt.state``
+        (not saved; dropped when the groups change)."""
+        return [t for buffers in self._scratch.values() for t in buffers]
 
     @staticmethod
     def run_keys(layout: Layout, start: int, stop: int) -> list[str]:
@@ -229,11 +236,15 @@ class Plan:
         assert key is not None
         counts = ctx.step_counts.get(key)
         if counts is None:
-            state = ctx.opt.state
-            counts = []
-            for p in ctx.layout.originals:
-                ms = state[p].get(key) if p in state else None
-                counts.append((ms.get("step", 0) if ms else 0) + 1)
+            states = ctx.module_states(key, create=False)
+            has = functools.partial(operator.is_not, None)
+            kept: list[Any] | None = None
+            if all(map(has, states)):
+                kept = list(map(dict.get, states, itertools.repeat("step")))  # type: ignore[arg-type]
+            if kept is None or not all(map(has, kept)):  # a parameter's first step
+                counts = [(ms.get("step", 0) if ms else 0) + 1 for ms in states]
+            else:
+                counts = [t + 1 for t in kept]
             ctx.step_counts[key] = counts
         return counts
 
@@ -247,24 +258,17 @@ class Plan:
             # lists compared with ==, not sets: torch.compile would specialise on the hashed step counts
             advanced_from = [t - 1 for t, _ in new]
             history[run] = [e for e in history.get(run, []) if e[0] not in advanced_from] + new
-        state = ctx.opt.state
-        originals = ctx.layout.originals
         for key, counts in ctx.step_counts.items():
             branches = self._branched.get(key)
-            pairs = zip(originals, counts, strict=True)
-            if branches:
-                mine = [
-                    i
-                    for run in ctx.layout.runs
-                    if all(run.sig[split.partition] == b for split, b in branches)  # type: ignore[index]
-                    for i in range(run.start, run.stop)
-                ]
-                pairs = ((originals[i], counts[i]) for i in mine)  # type: ignore[assignment]
-            for p, t in pairs:
-                ms = state[p].get(key)
-                if ms is None:
-                    ms = state[p][key] = {}
-                ms["step"] = t
+            if not branches:
+                for ms, t in zip(ctx.module_states(key), counts, strict=True):
+                    ms["step"] = t  # type: ignore[index]
+                continue
+            for r in ctx.layout.runs:
+                if all(r.sig[split.partition] == b for split, b in branches):  # type: ignore[index]
+                    states = ctx.module_states(key, r.start, r.stop)
+                    for ms, t in zip(states, counts[r.start : r.stop], strict=True):
+                        ms["step"] = t  # type: ignore[index]
 
 
 def uniform_settings_error(module: Module, first: dict[str, Any], other: dict[str, Any], ga: int, gb: int) -> None:

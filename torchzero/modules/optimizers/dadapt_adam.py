@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -136,7 +135,8 @@ class DAdaptAdam(Module):
             # temporaries in one reused buffer (a new parameter-sized tensor each step costs its page faults)
             buf = ops.into(seg.scratch, "sqrt", exp_avg_sq)
             ops.add_(buf, st["eps"])
-            acc = acc + r * D.dot(g, ops.into(functools.partial(seg.scratch, "ratio"), "div", s_sum, buf), device)
+            # s / (sqrt(v) + eps) written over its denominator, which the next line overwrites anyway
+            acc = acc + r * D.dot(g, ops.into(buf, "div", s_sum, buf), device)
             gd = buf = ops.into(buf, "mul", g, D.on(dlr, seg))
             if r == 1:
                 ops.lerp_(exp_avg, gd, 1 - beta1)  # beta1 m + (1 - beta1) dlr g

@@ -260,4 +260,4 @@ class ScheduleFreeAdamW(_ScheduleFree):
         denom = ops.div(exp_avg_sq, 1 - beta2**seg.step)
         ops.sqrt_(denom)
         ops.add_(denom, s["eps"])
-        return ops.div(update, denom), True
+        return ops.into(denom, "div", update, denom), True  # on CPU over the denominator: no new tensors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,6 +25,12 @@ def inverse_root(matrix: Tensor, root: int) -> Tensor:
     work = torch.float64 if matrix.dtype == torch.float64 else torch.float32
     u, s, vh = torch.linalg.svd(matrix.to(work), full_matrices=False)
     return ((u * s.pow(-1.0 / root).unsqueeze(-2)) @ vh).to(matrix.dtype)
+
+
+@functools.cache
+def _state_names(order: int) -> tuple[str, ...]:
+    """The state of a tensor with ``order`` dimensions: its preconditioner and inverse root per dimension."""
+    return tuple(f"{kind}_{i}" for i in range(order) for kind in ("pre_cond", "inv_pre_cond"))
 
 
 class Shampoo(Transform):
@@ -157,7 +164,7 @@ class Shampoo(Transform):
         if order == 0 or g.numel() == 0:  # a scalar has no preconditioner; an empty tensor nothing to precondition
             return g
         shape = g.shape
-        names = [f"{kind}_{i}" for i in range(order) for kind in ("pre_cond", "inv_pre_cond")]
+        names = _state_names(order)
         init: dict[str, Any] = {}
         for i, d in enumerate(shape):
             # plain tensors on g's device, also for a sharded parameter v (its owner rank keeps them)
@@ -174,9 +181,11 @@ class Shampoo(Transform):
                 ctx.set_state(self, f"pre_cond_{i}", [pre], start=index)
             else:
                 pre.addmm_(unfolded, unfolded.t())
-            if recompute:
+            if recompute and grad_on:
                 inv = inverse_root(pre, 2 * order)
                 ctx.set_state(self, f"inv_pre_cond_{i}", [inv], start=index)
+            elif recompute:
+                inv.copy_(inverse_root(pre, 2 * order))  # as the reference: no state bookkeeping per tensor
             # dimension i to the front, multiplied from the left; the last dimension from the right, which puts the
             # others back in their order (the reference's sequence of transposes)
             x = x.transpose(0, i).contiguous()
