@@ -126,9 +126,10 @@ class Segment:
 
         They are kept by the plan and handed out again at the next step (no allocation per step, no page faults
         on large tensors); they are not state and are never saved.  With autograd on (differentiable mode) they
-        are fresh tensors every time.
+        are fresh tensors every time, and so they are under torch.compile: a temporary of the graph, which Inductor
+        keeps in registers, where a kept buffer would be written to memory at every step (4 bytes per parameter).
         """
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return [torch.empty_like(u) for u in self.update]
         return self.ctx.opt.plan.scratch((self.module.key, name, self.start, self.stop), self.update)
 

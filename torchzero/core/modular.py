@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -79,6 +81,7 @@ class Modular(torch.optim.Optimizer):
         reuse_evaluation: bool = False,
         grad_as_scratch: bool = False,
         differentiable: bool = False,
+        compile: bool | dict[str, Any] = False,  # noqa: A002 - the name users look for
     ) -> None:
         if isinstance(params, (set, frozenset)):
             raise TypeError(
@@ -117,6 +120,8 @@ class Modular(torch.optim.Optimizer):
             bind = getattr(m, "bind", None)
             if bind is not None:
                 bind(self)
+        self._compile_options = _compile_options(self, compile)
+        self._compiled_run: Callable[..., Any] | None = None
 
     # ---------------------------------------------------------------- groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -262,10 +267,33 @@ class Modular(torch.optim.Optimizer):
     def step(self, closure: Callable[..., Any] | None = None) -> Tensor | None:  # type: ignore[override]
         """Run the chain once and update the parameters; returns the loss if a closure was given.
 
-        ``torch.compile(opt.step)`` compiles the chain's math (Inductor fuses the elementwise modules); a chain
-        without an ``LR`` module (line searches) has param groups torch.compile cannot trace, and runs eagerly.
+        ``tz.Modular(..., compile=True)`` compiles the step (see :attr:`compiled`); ``torch.compile(opt.step)``
+        also works.  A chain without an ``LR`` module (line searches) has param groups torch.compile cannot
+        trace, and runs eagerly.
         """
+        if self._compile_options is not None and closure is None:
+            return self._compiled()(self, closure)
         return (_run_eagerly if self._lr_missing_error else _run)(self, closure)
+
+    @property
+    def compiled(self) -> bool:
+        """True when ``step()`` (without a closure) runs compiled: ``tz.Modular(..., compile=True)``.
+
+        The whole step is one graph (``torch.compile(fullgraph=True)``): Inductor fuses the chain's elementwise
+        modules into one kernel per (device, dtype) bucket, computes the scalars that change from step to step
+        (bias corrections, a scheduled lr) once per step, and keeps temporaries in registers, so a chain such as
+        ``Adam, Cautious, LR, WeightDecay`` moves the bytes of torch's fused Adam.  The step count, the lr, betas
+        and momentum a scheduler changes do not recompile it.  A step given a closure runs eagerly.
+        """
+        return self._compile_options is not None
+
+    def _compiled(self) -> Callable[..., Any]:
+        if self._compiled_run is None:
+            # a code object of its own per optimizer: dynamo keeps its compiled graphs (and its recompile limit)
+            # per code object, so two optimizers must not share one
+            run = types.FunctionType(_run.__code__.replace(), _run.__globals__, "_compiled_step")
+            self._compiled_run = torch.compile(run, **(self._compile_options or {}))
+        return self._compiled_run
 
     def _init_group(self) -> None:
         """A hook for torch.compile, called at the start of a compiled step.
@@ -422,7 +450,9 @@ class Modular(torch.optim.Optimizer):
         self.plan.reusable = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        state = self.__dict__.copy()
+        state["_compiled_run"] = None  # compiled again by the copy on its first step
+        return state
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__}("]
@@ -450,6 +480,43 @@ def _run(opt: Modular, closure: Callable[..., Any] | None) -> Tensor | None:
 
 
 _run_eagerly = torch.compiler.disable(_run)  # a graph break under torch.compile
+
+
+def _compile_options(opt: Modular, compile: bool | dict[str, Any]) -> dict[str, Any] | None:  # noqa: A002
+    """The ``torch.compile`` options of ``tz.Modular(..., compile=...)``, or None to step eagerly.
+
+    Raises, naming the modules, for a chain that cannot be compiled; a chain that needs a closure steps eagerly,
+    with a warning that says so.
+    """
+    if compile is False:
+        return None
+    if not (compile is True or isinstance(compile, dict)):
+        raise TypeError(
+            f"compile must be True, False or a dict of torch.compile options (e.g. {{'mode': 'max-autotune'}}), "
+            f"got {compile!r}"
+        )
+    options = {"fullgraph": True, **(compile if isinstance(compile, dict) else {})}
+    if opt.differentiable:
+        raise ValueError(
+            "compile=True and differentiable=True cannot be combined: the compiled step runs without autograd. "
+            "Use one of them, or torch.compile your own differentiable training step."
+        )
+    blocked = [f"{m.key}: {type(m).__name__}" for m in opt.modules if not m.compilable]
+    if blocked:
+        raise ValueError(
+            f"compile=True cannot compile this chain: {', '.join(blocked)} run(s) outside the compiled graph "
+            "(a wrapped optimizer steps eagerly). Drop compile=True, or torch.compile(opt.step) to compile the "
+            "rest of the chain around it."
+        )
+    if opt.root.requires_closure or opt._lr_missing_error:
+        names = ", ".join(type(m).__name__ for m in opt.modules if m.needs_closure) or "a chain without tz.m.LR"
+        warnings.warn(
+            f"compile=True: {names} re-evaluates the loss with the closure, which cannot run inside a compiled "
+            "step, so this optimizer steps eagerly.",
+            stacklevel=3,
+        )
+        return None
+    return options
 
 
 def _bind(root: Chain, fuse: bool) -> list[Module]:

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import compiled
+
 TensorList = list[Tensor]
 
 _local = threading.local()
@@ -90,7 +92,12 @@ def _make(name: str, single: Callable[..., Any] | None = None, saves_output: boo
             # modifying their state in place, so give the op copies of arguments that carry a graph; and run the
             # per-tensor ops, which all have derivatives (not every foreach kernel does)
             args = tuple(_detach_safe(a) for a in args)
-        out = _loop(single, xs, args, kwargs) if differentiable or is_reference_mode() else multi(xs, *args, **kwargs)
+        if differentiable or is_reference_mode():
+            out = _loop(single, xs, args, kwargs)
+        elif torch.compiler.is_compiling() and _has_symbolic(args, kwargs) and compiled.realizes(xs[0]):
+            out = _with_realized_scalars(name, multi, single, xs, args, kwargs)
+        else:
+            out = multi(xs, *args, **kwargs)
         if inplace:
             return None
         if saves_output and torch.is_grad_enabled() and out[0].requires_grad:
@@ -102,6 +109,47 @@ def _make(name: str, single: Callable[..., Any] | None = None, saves_output: boo
     op.__name__ = name
     op.__doc__ = f"``torch._foreach_{name}`` with a per-tensor reference path."
     return op
+
+
+def _has_symbolic(args: tuple, kwargs: dict) -> bool:
+    return any(map(compiled.is_symbolic, args)) or any(map(compiled.is_symbolic, kwargs.values()))
+
+
+_TENSOR_SCALAR = frozenset({"mul", "mul_", "div", "div_"})
+"""foreach ops with an overload that takes the scalar as a 0-dim tensor (``_foreach_add_.Tensor`` also has one,
+but dynamo outside ``fullgraph`` reads its scalar on the host: a graph break)"""
+_LIST_SCALAR = frozenset({"add", "add_", "sub", "sub_"})
+"""foreach ops given the scalar as a list of the same 0-dim tensor (their ``List`` overload broadcasts it)"""
+
+
+def _with_realized_scalars(
+    name: str, multi: Callable[..., Any], single: Callable[..., Any], xs: Sequence[Tensor], args: tuple, kwargs: dict
+) -> Any:
+    """``multi(xs, *args, **kwargs)`` under torch.compile, with each symbolic scalar realized once
+    (:func:`.compiled.realize`) and read by the elementwise kernel instead of being recomputed per element.
+
+    A scale that torch takes as a Python number only (``alpha``, ``value``) multiplies the other operand
+    first (``x + alpha * y``, ``x + value * (a / b)``): the same arithmetic, which Inductor fuses into the
+    same kernel.
+    """
+    like = xs[0]
+    args = tuple(compiled.realize(a, like) if compiled.is_symbolic(a) else a for a in args)
+    kwargs = {k: compiled.realize(v, like) if compiled.is_symbolic(v) else v for k, v in kwargs.items()}
+    base, inplace = name.rstrip("_"), name.endswith("_")
+    if base in ("addcmul", "addcdiv") and len(args) + len(kwargs) > 2:
+        a, b = args[0], args[1]
+        value = args[2] if len(args) > 2 else kwargs["value"]
+        q = torch._foreach_mul(a, b) if base == "addcmul" else torch._foreach_div(a, b)
+        torch._foreach_mul_(q, value)
+        return torch._foreach_add_(xs, q) if inplace else torch._foreach_add(xs, q)
+    if base in ("add", "sub") and isinstance(kwargs.get("alpha"), Tensor):
+        scaled = torch._foreach_mul(args[0], kwargs.pop("alpha"))
+        args = (scaled, *args[1:])
+    if name in _LIST_SCALAR and isinstance(args[0], Tensor):
+        return multi(xs, [args[0]] * len(xs), *args[1:], **kwargs)
+    if name in _TENSOR_SCALAR or not any(isinstance(a, Tensor) for a in (*args, *kwargs.values())):
+        return multi(xs, *args, **kwargs)
+    return _loop(single, xs, args, kwargs)  # an op without a tensor-scalar overload: one op per tensor, fused anyway
 
 
 # in place

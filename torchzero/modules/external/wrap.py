@@ -105,6 +105,7 @@ class Wrap(Module):
     """
 
     modifies_update_inplace = False  # the wrapped optimizer reads the update as .grad; the sink takes its move
+    compilable = False  # the wrapped optimizer steps eagerly, outside any compiled graph
 
     def __init__(self, opt_cls: Callable[..., torch.optim.Optimizer], fuse: bool | None = None, **kwargs: Any) -> None:
         if isinstance(opt_cls, torch.optim.Optimizer):
