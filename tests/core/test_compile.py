@@ -274,25 +274,56 @@ def test_compile_true_closure_chain_steps_eagerly_with_a_note():
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
 
 
-def test_compile_true_step_with_closure_runs_eagerly_and_deepcopy_recompiles():
+def test_compile_true_step_with_closure_evaluates_it_then_runs_the_compiled_step():
+    """Lightning passes a closure to every step: the closure runs eagerly (forward and backward), then the
+    compiled step; loss, gradients and parameters as in an eager step with the same closure."""
     counter = CompileCounter()
     params, opt, twins, eager = _compiled_pair(CHAINS["adam_long"], backend=counter)
-    x = torch.randn(16)
+    x = torch.randn(8)
 
-    def closure(backward=True):
-        loss = sum((p.sum() * x[: p.numel()].sum()) ** 2 for p in params)
-        if backward:
-            opt.zero_grad()
+    def closure_for(ps, o):
+        def closure():
+            o.zero_grad()
+            loss = sum((p.sum() * x[: p.dim() + 1].sum()) ** 2 for p in ps)
             loss.backward()
-        return loss
+            return loss
 
-    opt.step(closure)  # eager: a closure cannot run inside the compiled graph
-    assert counter.frame_count == 0
-    twin = copy.deepcopy(opt)  # the copy compiles its own step (with its own copy of the backend)
+        return closure
+
+    for _ in range(3):
+        got = opt.step(closure_for(params, opt))
+        expected = eager.step(closure_for(twins, eager))
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert counter.frame_count >= 1
+    assert opt.metrics()["all/Modular/closure_calls"] == 1.0
+    for p, q in zip(params, twins, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_compile_true_deepcopy_compiles_its_own_step():
+    params, opt, twins, eager = _compiled_pair(CHAINS["adam_long"], backend=CompileCounter())
+    twin = copy.deepcopy(opt)
     copies = twin.param_groups[0]["params"]
     for p in copies:
         p.grad = torch.ones_like(p)
     before = [p.detach().clone() for p in copies]
     twin.step()
-    assert twin.compiled and counter.frame_count == 0
+    assert twin.compiled
     assert all(not torch.equal(a, b) for a, b in zip(before, copies, strict=True))
+
+
+@pytest.mark.parametrize("how", ["compile=True", "torch.compile(opt.step)"])
+def test_compiled_step_keeps_the_metrics_of_the_step(how):
+    """Reports written inside a compiled step reach ``opt.metrics()`` (dynamo drops attribute writes on an
+    optimizer, so the reports live in a dict the step changes)."""
+    chain = CHAINS["adam_amsgrad_clip"]
+    if how == "compile=True":
+        params, opt, twins, eager = _compiled_pair(chain, backend=CompileCounter())
+        step = opt.step
+    else:
+        params, opt, twins, eager = _pair(chain)
+        step = torch.compile(opt.step, backend=CompileCounter())
+    _steps(step, eager, params, twins, 2)
+    got, expected = opt.metrics(), eager.metrics()
+    assert set(got) == set(expected) and "all/0.ClipNorm/norm" in got
+    assert got == pytest.approx(expected, rel=1e-6)

@@ -122,6 +122,9 @@ class Modular(torch.optim.Optimizer):
                 bind(self)
         self._compile_options = _compile_options(self, compile)
         self._compiled_run: Callable[..., Any] | None = None
+        self._last_reports: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {}
+        """``"step"``: the reports, info and closure calls of the last successful step (a dict that is changed,
+        not an attribute that is set: dynamo drops attribute writes on an optimizer in a compiled step)"""
 
     # ---------------------------------------------------------------- groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -271,9 +274,26 @@ class Modular(torch.optim.Optimizer):
         also works.  A chain without an ``LR`` module (line searches) has param groups torch.compile cannot
         trace, and runs eagerly.
         """
-        if self._compile_options is not None and closure is None:
-            return self._compiled()(self, closure)
+        if self._compile_options is not None:
+            if closure is None:
+                return self._compiled()(self, None)
+            return self._closure_then_compiled(closure)
         return (_run_eagerly if self._lr_missing_error else _run)(self, closure)
+
+    def _closure_then_compiled(self, closure: Callable[..., Any]) -> Tensor | None:
+        """A compiled chain given a closure (Lightning always passes one): the closure's forward and backward run
+        eagerly, as the eager step would run them first, then the compiled step on the gradients it left."""
+        self._check_ready(closure)
+        negate = S.closure_negated(self.param_groups, False)
+        wrapped = Closure(closure, self._all_params, none_ok=True, negate=negate)
+        with torch.enable_grad():
+            loss = wrapped(True)
+        if loss is not None:
+            check_finite(loss)
+        self._compiled()(self, None)
+        reports, info, _ = self._last_reports["step"]
+        self._last_reports["step"] = (reports, info, wrapped.calls)
+        return wrapped.signed(loss)
 
     @property
     def compiled(self) -> bool:
@@ -283,7 +303,8 @@ class Modular(torch.optim.Optimizer):
         modules into one kernel per (device, dtype) bucket, computes the scalars that change from step to step
         (bias corrections, a scheduled lr) once per step, and keeps temporaries in registers, so a chain such as
         ``Adam, Cautious, LR, WeightDecay`` moves the bytes of torch's fused Adam.  The step count, the lr, betas
-        and momentum a scheduler changes do not recompile it.  A step given a closure runs eagerly.
+        and momentum a scheduler changes do not recompile it.  A step given a closure evaluates it eagerly first
+        (as the eager step does), then runs the compiled step; a chain that needs a closure steps eagerly.
         """
         return self._compile_options is not None
 
@@ -356,13 +377,13 @@ class Modular(torch.optim.Optimizer):
     # ---------------------------------------------------------------- metrics
     def _finish_reports(self, ctx: StepContext, wrapped: Closure | None) -> None:
         """Keep the reports of the step that just succeeded (read by ``metrics`` and ``last_info``)."""
-        self._reports = (ctx.reports, ctx.info, 0 if wrapped is None else wrapped.calls)
+        self._last_reports["step"] = (ctx.reports, ctx.info, 0 if wrapped is None else wrapped.calls)
 
     @property
     def last_info(self) -> dict[str, Any]:
         """The last step's reports by their short name (``step_size``, ``line_search_evals``, ...) and
         ``closure_calls``, the closure evaluations of the step; values as reported (see :meth:`metrics`)."""
-        reports, extra, calls = getattr(self, "_reports", ({}, {}, 0))
+        reports, extra, calls = self._last_reports.get("step", ({}, {}, 0))
         info: dict[str, Any] = {"closure_calls": calls}
         for key, value in reports.items():
             info.setdefault(key.rsplit("/", 1)[1], value)
@@ -377,9 +398,10 @@ class Modular(torch.optim.Optimizer):
         read here, one host sync each); ``sync=False`` returns the reported tensors and numbers unchanged,
         without a sync.  Empty before the first step.
         """
-        if not hasattr(self, "_reports"):
+        last = self._last_reports.get("step")
+        if last is None:
             return {}
-        reports = {**self._reports[0], "all/Modular/closure_calls": self._reports[2]}
+        reports = {**last[0], "all/Modular/closure_calls": last[2]}
         if not sync:
             return reports
         return {k: float(v.item()) if isinstance(v, Tensor) else float(v) for k, v in reports.items()}
@@ -453,6 +475,11 @@ class Modular(torch.optim.Optimizer):
         state = self.__dict__.copy()
         state["_compiled_run"] = None  # compiled again by the copy on its first step
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # an optimizer pickled by a version without compile=True
+        state = {"_compile_options": None, "_compiled_run": None, "_last_reports": {}, **state}
+        super().__setstate__(state)
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__}("]

@@ -139,9 +139,9 @@ def _with_realized_scalars(
     if base in ("addcmul", "addcdiv") and len(args) + len(kwargs) > 2:
         a, b = args[0], args[1]
         value = args[2] if len(args) > 2 else kwargs["value"]
-        q = torch._foreach_mul(a, b) if base == "addcmul" else torch._foreach_div(a, b)
+        q = list(torch._foreach_mul(a, b) if base == "addcmul" else torch._foreach_div(a, b))
         torch._foreach_mul_(q, value)
-        return torch._foreach_add_(xs, q) if inplace else torch._foreach_add(xs, q)
+        return torch._foreach_add_(list(xs), q) if inplace else torch._foreach_add(list(xs), q)
     if base in ("add", "sub") and isinstance(kwargs.get("alpha"), Tensor):
         scaled = torch._foreach_mul(args[0], kwargs.pop("alpha"))
         args = (scaled, *args[1:])
