@@ -236,6 +236,8 @@ _SCALAR_OPS = {
     "addcmul_": (lambda xs, ys, s: ops.addcmul_(xs, ys, ys, s), 1),
     "addcdiv_value": (lambda xs, ys, s: ops.addcdiv_(xs, ys, [y.abs() + 1 for y in ys], value=s), 1),
     "clamp_min_": (lambda xs, ys, s: ops.clamp_min_(xs, s), 0),
+    "maximum_": (lambda xs, ys, s: ops.maximum_(xs, s), 0),
+    "pow_": (lambda xs, ys, s: (ops.abs_(xs), ops.pow_(xs, s)), 0),
     "add": (lambda xs, ys, s: xs.__setitem__(slice(None), ops.add(xs, ys, alpha=s)), 1),
     "mul": (lambda xs, ys, s: xs.__setitem__(slice(None), ops.mul(xs, s)), 0),
 }

@@ -118,8 +118,13 @@ def _has_symbolic(args: tuple, kwargs: dict) -> bool:
 _TENSOR_SCALAR = frozenset({"mul", "mul_", "div", "div_"})
 """foreach ops with an overload that takes the scalar as a 0-dim tensor (``_foreach_add_.Tensor`` also has one,
 but dynamo outside ``fullgraph`` reads its scalar on the host: a graph break)"""
-_LIST_SCALAR = frozenset({"add", "add_", "sub", "sub_"})
-"""foreach ops given the scalar as a list of the same 0-dim tensor (their ``List`` overload broadcasts it)"""
+_LIST_SCALAR = {
+    **dict.fromkeys(("add", "add_", "sub", "sub_", "clamp_min_", "clamp_max_", "pow", "pow_"), 0),
+    **dict.fromkeys(("maximum", "maximum_", "minimum", "minimum_"), 0),
+    **dict.fromkeys(("lerp", "lerp_"), 1),
+}
+"""foreach ops given a realized scalar as a list of the same 0-dim tensor (their ``List`` overload broadcasts
+it), by the position of that scalar among the arguments after the target list"""
 
 
 def _with_realized_scalars(
@@ -145,8 +150,9 @@ def _with_realized_scalars(
     if base in ("add", "sub") and isinstance(kwargs.get("alpha"), Tensor):
         scaled = torch._foreach_mul(args[0], kwargs.pop("alpha"))
         args = (scaled, *args[1:])
-    if name in _LIST_SCALAR and isinstance(args[0], Tensor):
-        return multi(xs, [args[0]] * len(xs), *args[1:], **kwargs)
+    at = _LIST_SCALAR.get(name)
+    if at is not None and len(args) > at and isinstance(args[at], Tensor):
+        return multi(xs, *args[:at], [args[at]] * len(xs), *args[at + 1 :], **kwargs)
     if name in _TENSOR_SCALAR or not any(isinstance(a, Tensor) for a in (*args, *kwargs.values())):
         return multi(xs, *args, **kwargs)
     return _loop(single, xs, args, kwargs)  # an op without a tensor-scalar overload: one op per tensor, fused anyway
