@@ -173,8 +173,10 @@ def test_compile_true_equals_eager_with_inductor():
 def test_compile_true_bf16_is_as_close_to_fp32_as_the_eager_step():
     """bf16: Inductor computes the chain in fp32 and rounds once, where the eager foreach path rounds after every
     op, so the two do not agree bit for bit.  Both are compared with the same chain run in fp32 from the same
-    start on the same gradients: the compiled parameters must be within ``assert_close``'s bf16 tolerance of it
-    (rtol 1.6e-2, about two roundings) after 4 steps, and no further from it than the eager bf16 ones.
+    start on the same gradients: the compiled parameters must be no further from it than the eager bf16 ones, and
+    within rtol 1.6e-2 (``assert_close``'s bf16 rtol, about two roundings of the parameter) plus an atol of
+    4 steps x lr x 2**-5: both runs keep Adam's moments in bf16, whose roundings (2**-8 each, a few per step)
+    move a step's direction by up to about 2**-5 of the step (lr = 1e-2), which shows near zero.
     """
     chain = CHAINS["adam_long"]
     torch.manual_seed(0)
@@ -191,7 +193,7 @@ def test_compile_true_bf16_is_as_close_to_fp32_as_the_eager_step():
         return max((p.float() - r).abs().max().item() for p, r in zip(ps, ref, strict=True))
 
     for p, r in zip(compiled, ref, strict=True):
-        torch.testing.assert_close(p.float(), r, rtol=1.6e-2, atol=1e-5)
+        torch.testing.assert_close(p.float(), r, rtol=1.6e-2, atol=4 * 1e-2 * 2**-5)
     assert error(compiled) <= error(eager)
 
 
