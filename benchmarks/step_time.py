@@ -12,6 +12,7 @@ Also reported: bytes allocated by out-of-place ops during one step, in units of 
     python benchmarks/step_time.py --compiled --threads 1 --workloads "4 x 2M" "transformer 6L" "300 mixed (~1M)"
                                                         # compiled rows (Inductor) beside a measured bytes floor
     python benchmarks/step_time.py --modern --threads 1  # the newer modules beside their reference optimizers
+    python benchmarks/step_time.py --catalogue --threads 1 --workloads "4 x 2M"  # compiled elementwise chains, GB/s
 
 For ``--upstream``, install the release into its own folder first (it has the same import name):
 ``pip install --target /tmp/upstream_site torchzero==0.4.4 scipy numpy``.  It runs in a child process beside
@@ -127,6 +128,38 @@ def _compiled_chains() -> dict[str, Callable[[list[torch.Tensor]], Any]]:
             p, tz.m.Adam(), tz.m.Cautious(), tz.m.LR(1e-3), tz.m.WeightDecay(1e-4)
         ),
     }
+
+
+def _catalogue_chains() -> dict[str, Callable[[list[torch.Tensor]], Any]]:
+    """Elementwise modules of the catalogue, each compiled with ``LR`` (``compile=True``), beside the floor."""
+    _compiled_chains()  # the recompile limits
+    m = tz.m
+    rules = {
+        "SGD(momentum)": lambda: [m.SGD(momentum=0.9)],
+        "SGD(nesterov)": lambda: [m.SGD(momentum=0.9, nesterov=True)],
+        "HeavyBall": lambda: [m.HeavyBall(0.9)],
+        "Adam": lambda: [m.Adam()],
+        "Adam,Cautious,WD": lambda: [m.Adam(), m.Cautious(), m.WeightDecay(1e-4)],
+        "Adamax": lambda: [m.Adamax()],
+        "NAdam": lambda: [m.NAdam()],
+        "RAdam": lambda: [m.RAdam()],
+        "Lion": lambda: [m.Lion()],
+        "RMSprop": lambda: [m.RMSprop()],
+        "Adagrad": lambda: [m.Adagrad()],
+        "Adadelta": lambda: [m.Adadelta()],
+        "EMA,Sign": lambda: [m.EMA(0.9), m.Sign()],
+        "ClipValue,Adam": lambda: [m.ClipValue(1.0), m.Adam()],
+    }
+    chains: dict[str, Callable[[list[torch.Tensor]], Any]] = {"floor": _Floor}
+    for name, make in rules.items():
+        chains[f"tz compiled {name},LR"] = lambda p, make=make: _tz_compiled(p, *make(), tz.m.LR(1e-3))
+    return chains
+
+
+def _own_bytes(row: dict) -> float:
+    """Bytes per parameter a step must move at least: read the parameter and the gradient, write the parameter
+    (12 for fp32), and read and write every state tensor once (twice the state's bytes per parameter)."""
+    return 12 + 2 * row["state_bytes_per_param"]
 
 
 def _chains(compiled: bool = False) -> dict[str, Callable[[list[torch.Tensor]], Any]]:
@@ -405,6 +438,11 @@ def main(argv: list[str] | None = None) -> int:
         help="time the newer modules (ASGD, Adafactor, Lamb, LARS, ADOPT, AdEMAMix, MARS, ScheduleFreeAdamW, Prodigy, "
         "DAdaptAdam) beside their reference optimizers instead of the default chains",
     )
+    ap.add_argument(
+        "--catalogue",
+        action="store_true",
+        help="time compiled elementwise chains of the catalogue against the floor (GB/s effective per chain)",
+    )
     ap.add_argument("--upstream", type=Path, help="folder with the upstream torchzero release installed (--target)")
     ap.add_argument("--impl", choices=["ours", "upstream"], default="ours", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -424,6 +462,20 @@ def main(argv: list[str] | None = None) -> int:
                 rows, f"newer modules against their references, {args.device}, {threads} thread(s), median of "
                 f"{args.steps} steps (state: bytes of opt.state per parameter)", MODERN_COLUMNS,
             )  # fmt: skip
+            all_rows += rows
+            continue
+        if args.catalogue:
+            for w in args.workloads:
+                rows += bench(w, args.steps, args.device, _catalogue_chains())
+            floor = {r["workload"]: r["median_ms"] for r in rows if r["optimizer"] == "floor"}
+            for r in rows:
+                moved = _own_bytes(r)
+                n_params = sum(s.numel() for s in WORKLOADS[r["workload"]]())
+                r["GB_s"] = moved * n_params / r["median_ms"] / 1e6
+                r["vs_floor"] = r["median_ms"] / (floor[r["workload"]] * moved / BYTES_PER_PARAM["floor"])
+                r["threads"] = threads
+            render(rows, f"compiled chains against their own bytes floor, {args.device}, {threads} thread(s)",
+                   {c: c for c in ("workload", "optimizer", "median_ms", "vs_floor", "GB_s", "warmup_s")})  # fmt: skip
             all_rows += rows
             continue
         for w in args.workloads:

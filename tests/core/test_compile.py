@@ -198,7 +198,8 @@ def test_compile_true_bf16_is_as_close_to_fp32_as_the_eager_step():
 
 
 def test_compiled_kernels_compute_step_dependent_scalars_once():
-    """The bias corrections change every step; Inductor must not recompute ``beta ** t`` per element.
+    """The bias corrections change every step; Inductor must not recompute ``beta ** t`` per element, and no
+    foreach op may stay outside its fused kernels.
 
     Each scalar a foreach op gets is realized once per step (``torchzero.foreach.compiled``): no kernel that
     loops over the elements calls ``pow``.  Without the mechanism every loop holds two (and the step is 2-3x
@@ -208,7 +209,7 @@ def test_compiled_kernels_compute_step_dependent_scalars_once():
 
     torch.manual_seed(0)
     params = [torch.randn(64, requires_grad=True) for _ in range(2)]
-    opt = tz.Modular(params, tz.m.Adam(), tz.m.LR(1e-2), compile=True)
+    opt = tz.Modular(params, *CHAINS["adam_long"](), compile=True)
     codes = []
     for _ in range(4):  # dynamo specialises the first step counts, then compiles one graph for all
         for p in params:
@@ -218,6 +219,8 @@ def test_compiled_kernels_compute_step_dependent_scalars_once():
     loops = [k for code in codes for k in code.split('extern "C"')[1:] if "for(int64_t x0" in k]
     assert loops
     assert not [k for k in loops if "pow(" in k], "a kernel over the elements recomputes a step-dependent scalar"
+    # every foreach op is lowered into Inductor's kernels: one left to an eager ATen kernel is a pass of its own
+    assert not [c for c in codes if "aten._foreach" in c]
 
 
 @pytest.mark.parametrize(

@@ -118,13 +118,12 @@ def _has_symbolic(args: tuple, kwargs: dict) -> bool:
 _TENSOR_SCALAR = frozenset({"mul", "mul_", "div", "div_"})
 """foreach ops with an overload that takes the scalar as a 0-dim tensor (``_foreach_add_.Tensor`` also has one,
 but dynamo outside ``fullgraph`` reads its scalar on the host: a graph break)"""
-_LIST_SCALAR = {
-    **dict.fromkeys(("add", "add_", "sub", "sub_", "clamp_min_", "clamp_max_", "pow", "pow_"), 0),
-    **dict.fromkeys(("maximum", "maximum_", "minimum", "minimum_"), 0),
-    **dict.fromkeys(("lerp", "lerp_"), 1),
-}
+_LIST_SCALAR = dict.fromkeys(("add", "add_", "sub", "sub_"), 0)
 """foreach ops given a realized scalar as a list of the same 0-dim tensor (their ``List`` overload broadcasts
-it), by the position of that scalar among the arguments after the target list"""
+it), by the position of that scalar among the arguments after the target list.  Only those Inductor lowers
+with a broadcast operand: ``_foreach_lerp.List`` with 0-dim weights, for one, runs as an eager kernel outside
+the fused loop (an extra pass over the state), so lerp, clamp, pow and maximum take one op per tensor, which
+Inductor fuses."""
 
 
 def _with_realized_scalars(
