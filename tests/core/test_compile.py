@@ -332,3 +332,13 @@ def test_compiled_step_keeps_the_metrics_of_the_step(how):
     got, expected = opt.metrics(), eager.metrics()
     assert set(got) == set(expected) and "all/0.ClipNorm/norm" in got
     assert got == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in CHAINS if n != "wrap"])
+def test_compile_true_traces_every_chain_as_one_graph(name):
+    """``compile=True`` is ``fullgraph=True``: each chain of this file (but ``Wrap``, which it refuses) traces
+    without a graph break and equals the eager step (dynamo's tracing with the counting backend)."""
+    counter = CompileCounter()
+    params, opt, twins, eager = _compiled_pair(CHAINS[name], backend=counter)
+    _steps(opt.step, eager, params, twins, 6)
+    assert 1 <= counter.frame_count <= 3
