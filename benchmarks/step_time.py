@@ -9,9 +9,11 @@ Also reported: bytes allocated by out-of-place ops during one step, in units of 
     python benchmarks/step_time.py --quick              # a smoke run
     python benchmarks/step_time.py --device cuda --threads 1
     python benchmarks/step_time.py --upstream /tmp/upstream_site   # also the upstream torchzero release
-    python benchmarks/step_time.py --compiled           # also torch.compile(opt.step) rows (Inductor)
+    python benchmarks/step_time.py --compiled --threads 1 --workloads "4 x 2M" "transformer 6L" "300 mixed (~1M)"
+                                                        # compiled rows (Inductor) beside a measured bytes floor
     python benchmarks/step_time.py --modern --threads 1  # the newer modules beside their reference optimizers
     python benchmarks/step_time.py --more --threads 1    # Shampoo, SOAP, PSGDKron, Sophia, Lookahead likewise
+    python benchmarks/step_time.py --catalogue --threads 1 --workloads "4 x 2M"  # compiled elementwise chains, GB/s
 
 For ``--upstream``, install the release into its own folder first (it has the same import name):
 ``pip install --target /tmp/upstream_site torchzero==0.4.4 scipy numpy``.  It runs in a child process beside
@@ -60,6 +62,7 @@ def _transformer() -> list[torch.Size]:
 WORKLOADS: dict[str, Callable[[], list[torch.Size]]] = {
     "300 mixed (~1M)": _mixed,
     "4 large (~20M)": lambda: [torch.Size([5_000_000])] * 4,
+    "4 x 2M": lambda: [torch.Size([2_000_000])] * 4,
     "transformer 6L": _transformer,
     "300 one-element": lambda: [torch.Size([1])] * 300,
 }
@@ -85,18 +88,79 @@ class _Compiled:
         self.step = torch.compile(opt.step)
 
 
+class _Floor:
+    """The memory floor: ``x += a * y`` over tensors of the workload's sizes (one read of x and y, one write of
+    x: 12 bytes per fp32 element), one foreach kernel per step.  A step that moves ``B`` bytes per parameter
+    cannot run faster than this row's time times ``B / 12``."""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.x = [p.detach() for p in params]
+        self.y = [p.grad for p in params]
+        self.state: dict = {}
+
+    def step(self) -> None:
+        torch._foreach_add_(self.x, self.y, alpha=1e-3)
+
+
+BYTES_PER_PARAM = {"floor": 12, "Adam": 28, "Adam,LR": 28, "Adam,Cautious,LR,WD": 28}
+"""bytes an fp32 step must move per parameter, by the chain a row's name ends with: Adam reads the parameter,
+gradient and both moments and writes back all but the gradient (7 x 4 bytes); Cautious and decoupled weight
+decay need nothing more (the gradient and the parameter are already read)"""
+
+
+def _tz_compiled(params: list[torch.Tensor], *modules: Any) -> Any:
+    """``tz.Modular(..., compile=True)``; a version without it compiles ``opt.step`` (the "before" rows)."""
+    try:
+        return tz.Modular(params, *modules, compile=True)
+    except TypeError:
+        return _Compiled(tz.Modular(params, *modules))
+
+
 def _compiled_chains() -> dict[str, Callable[[list[torch.Tensor]], Any]]:
     # every optimizer instance compiles the same code objects again; without a higher limit dynamo would give up
     # after 8 and run the later ones eagerly, which would then be timed as "compiled"
     torch._dynamo.config.recompile_limit = 256
     torch._dynamo.config.accumulated_recompile_limit = 4096
     return {
+        "floor": _Floor,
         "torch Adam compiled": lambda p: _Compiled(torch.optim.Adam(p, lr=1e-3, foreach=True)),
-        "tz Adam,LR compiled": lambda p: _Compiled(tz.Modular(p, tz.m.Adam(), tz.m.LR(1e-3))),
-        "tz Adam,Cautious,LR,WD compiled": lambda p: _Compiled(
-            tz.Modular(p, tz.m.Adam(), tz.m.Cautious(), tz.m.LR(1e-3), tz.m.WeightDecay(1e-4))
+        "tz compiled Adam,LR": lambda p: _tz_compiled(p, tz.m.Adam(), tz.m.LR(1e-3)),
+        "tz compiled Adam,Cautious,LR,WD": lambda p: _tz_compiled(
+            p, tz.m.Adam(), tz.m.Cautious(), tz.m.LR(1e-3), tz.m.WeightDecay(1e-4)
         ),
     }
+
+
+def _catalogue_chains() -> dict[str, Callable[[list[torch.Tensor]], Any]]:
+    """Elementwise modules of the catalogue, each compiled with ``LR`` (``compile=True``), beside the floor."""
+    _compiled_chains()  # the recompile limits
+    m = tz.m
+    rules = {
+        "SGD(momentum)": lambda: [m.SGD(momentum=0.9)],
+        "SGD(nesterov)": lambda: [m.SGD(momentum=0.9, nesterov=True)],
+        "HeavyBall": lambda: [m.HeavyBall(0.9)],
+        "Adam": lambda: [m.Adam()],
+        "Adam,Cautious,WD": lambda: [m.Adam(), m.Cautious(), m.WeightDecay(1e-4)],
+        "Adamax": lambda: [m.Adamax()],
+        "NAdam": lambda: [m.NAdam()],
+        "RAdam": lambda: [m.RAdam()],
+        "Lion": lambda: [m.Lion()],
+        "RMSprop": lambda: [m.RMSprop()],
+        "Adagrad": lambda: [m.Adagrad()],
+        "Adadelta": lambda: [m.Adadelta()],
+        "EMA,Sign": lambda: [m.EMA(0.9), m.Sign()],
+        "ClipValue,Adam": lambda: [m.ClipValue(1.0), m.Adam()],
+    }
+    chains: dict[str, Callable[[list[torch.Tensor]], Any]] = {"floor": _Floor}
+    for name, make in rules.items():
+        chains[f"tz compiled {name},LR"] = lambda p, make=make: _tz_compiled(p, *make(), tz.m.LR(1e-3))
+    return chains
+
+
+def _own_bytes(row: dict) -> float:
+    """Bytes per parameter a step must move at least: read the parameter and the gradient, write the parameter
+    (12 for fp32), and read and write every state tensor once (twice the state's bytes per parameter)."""
+    return 12 + 2 * row["state_bytes_per_param"]
 
 
 def _chains(compiled: bool = False) -> dict[str, Callable[[list[torch.Tensor]], Any]]:
@@ -117,7 +181,9 @@ def _chains(compiled: bool = False) -> dict[str, Callable[[list[torch.Tensor]], 
         )
     if hasattr(tz.m, "HeavyBall"):
         chains["tz HeavyBall,LR"] = lambda p: tz.Modular(p, tz.m.HeavyBall(0.9), tz.m.LR(1e-3))
-    if compiled:
+    if compiled:  # the compiled rows beside the eager references they are measured against
+        keep = ("torch Adam foreach", "torch Adam fused", "tz Adam,LR", "tz Adam,Cautious,LR,WD")
+        chains = {k: v for k, v in chains.items() if k in keep}
         chains.update(_compiled_chains())
     return chains
 
@@ -395,13 +461,18 @@ def bench(workload: str, steps: int, device: str, chains: dict) -> list[dict]:
         except (RuntimeError, ValueError) as e:  # e.g. fused not supported here
             print(f"  skip {name}: {e}", file=sys.stderr)
     times: dict[str, list[float]] = {n: [] for n in runs}
+    warmup = dict.fromkeys(runs, 0.0)
     for _ in range(5):  # warm-up: lazy state, layouts, kernels (and compiling: dynamo's first steps specialise)
         for name, (opt, _) in list(runs.items()):
+            t0 = time.perf_counter()
             try:
                 opt.step()
             except (RuntimeError, ValueError) as e:  # e.g. prodigyopt overflows on one-element tensors
                 print(f"  skip {name}: {e}", file=sys.stderr)
                 del runs[name]
+                continue
+            _sync(device)
+            warmup[name] += time.perf_counter() - t0
     times = {n: times[n] for n in runs}
     for _ in range(steps):
         for name, (opt, _) in runs.items():
@@ -414,15 +485,17 @@ def bench(workload: str, steps: int, device: str, chains: dict) -> list[dict]:
     param_bytes = sum(s.numel() for s in shapes) * 4
     for name, (opt, _params) in runs.items():
         counter = _AllocCounter()
-        if not isinstance(opt, _Compiled):  # a compiled graph's buffers are not seen by a dispatch mode
+        # a compiled graph's buffers are not seen by a dispatch mode
+        if not isinstance(opt, (_Compiled, _Floor)) and not getattr(opt, "compiled", False):
             with counter:
                 opt.step()
         row = {
             "workload": workload,
             "optimizer": name,
             "median_ms": 1e3 * statistics.median(times[name]),
-            "alloc_x_params": float("nan") if isinstance(opt, _Compiled) else counter.bytes / param_bytes,
+            "alloc_x_params": counter.bytes / param_bytes if counter.bytes else float("nan"),
             "state_bytes_per_param": state_bytes(opt) / (param_bytes // 4),
+            "warmup_s": warmup[name],
         }
         if device.startswith("cuda"):
             gc.collect()
@@ -432,8 +505,18 @@ def bench(workload: str, steps: int, device: str, chains: dict) -> list[dict]:
             row["peak_extra_x_params"] = (torch.cuda.max_memory_allocated() - base) / param_bytes
         rows.append(row)
     base = {r["workload"]: r["median_ms"] for r in rows if r["optimizer"] == "torch Adam foreach"}
+    fused = {r["workload"]: r["median_ms"] for r in rows if r["optimizer"] == "torch Adam fused"}
+    floor = {r["workload"]: r["median_ms"] for r in rows if r["optimizer"] == "floor"}
+    n_params = param_bytes // 4
     for r in rows:
         r["vs_adam_foreach"] = r["median_ms"] / base[r["workload"]] if r["workload"] in base else float("nan")
+        r["vs_fused"] = r["median_ms"] / fused[r["workload"]] if r["workload"] in fused else float("nan")
+        moved = next((b for k, b in BYTES_PER_PARAM.items() if r["optimizer"].endswith(k)), None)
+        if r["optimizer"].startswith("torch Adam"):
+            moved = BYTES_PER_PARAM["Adam"]
+        r["GB_s"] = moved * n_params / r["median_ms"] / 1e6 if moved else float("nan")
+        own_floor = floor[r["workload"]] * moved / BYTES_PER_PARAM["floor"] if moved and r["workload"] in floor else 0
+        r["vs_floor"] = r["median_ms"] / own_floor if own_floor else float("nan")
     del runs
     gc.collect()
     return rows
@@ -466,6 +549,9 @@ MODERN_COLUMNS = {
 DEFAULT_COLUMNS = {
     c: c for c in ("workload", "optimizer", "median_ms", "vs_adam_foreach", "alloc_x_params", "state_bytes_per_param")
 }
+COMPILED_COLUMNS = {c: c for c in ("workload", "optimizer", "median_ms", "vs_fused", "vs_floor", "GB_s", "warmup_s")}
+"""``--compiled``: time against torch's fused Adam and against the row's own bytes floor (the measured axpy scaled
+by the bytes the step must move), effective GB/s, and the warm-up steps' time (compiling included)"""
 
 
 def render(rows: list[dict], title: str, columns: dict[str, str] = DEFAULT_COLUMNS) -> None:
@@ -512,6 +598,11 @@ def main(argv: list[str] | None = None) -> int:
         help="time Shampoo, SOAP, PSGDKron (on layer-shaped tensors), Sophia and Lookahead beside their reference "
         "optimizers instead of the default chains",
     )
+    ap.add_argument(
+        "--catalogue",
+        action="store_true",
+        help="time compiled elementwise chains of the catalogue against the floor (GB/s effective per chain)",
+    )
     ap.add_argument("--upstream", type=Path, help="folder with the upstream torchzero release installed (--target)")
     ap.add_argument("--impl", choices=["ours", "upstream"], default="ours", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -548,6 +639,20 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             all_rows += rows
             continue
+        if args.catalogue:
+            for w in args.workloads:
+                rows += bench(w, args.steps, args.device, _catalogue_chains())
+            floor = {r["workload"]: r["median_ms"] for r in rows if r["optimizer"] == "floor"}
+            for r in rows:
+                moved = _own_bytes(r)
+                n_params = sum(s.numel() for s in WORKLOADS[r["workload"]]())
+                r["GB_s"] = moved * n_params / r["median_ms"] / 1e6
+                r["vs_floor"] = r["median_ms"] / (floor[r["workload"]] * moved / BYTES_PER_PARAM["floor"])
+                r["threads"] = threads
+            render(rows, f"compiled chains against their own bytes floor, {args.device}, {threads} thread(s)",
+                   {c: c for c in ("workload", "optimizer", "median_ms", "vs_floor", "GB_s", "warmup_s")})  # fmt: skip
+            all_rows += rows
+            continue
         for w in args.workloads:
             rows += bench(w, args.steps, args.device, _chains(args.compiled))
             if args.upstream is not None:
@@ -557,7 +662,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.impl == "upstream":
             all_rows += rows
             continue
-        render(rows, f"step time, {args.device}, {threads} thread(s), median of {args.steps} steps")
+        render(
+            rows, f"step time, {args.device}, {threads} thread(s), median of {args.steps} steps",
+            COMPILED_COLUMNS if args.compiled else DEFAULT_COLUMNS,
+        )  # fmt: skip
         all_rows += rows
     if args.json:
         args.json.write_text(json.dumps(all_rows, indent=1))

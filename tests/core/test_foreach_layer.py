@@ -261,3 +261,58 @@ def test_l1_norms_with_a_buffer_equal_the_foreach_norm(dtype):
     for a, b in zip(summed, ops.norm(xs, 1), strict=True):
         torch.testing.assert_close(a, b, **tol)
     assert all(torch.equal(a, b) for a, b in zip(reduce.l1_norms(xs), ops.norm(xs, 1), strict=True))
+
+
+_SCALAR_OPS = {
+    # name: (call, number of list arguments after the target)
+    "add_": (lambda xs, ys, s: ops.add_(xs, s), 0),
+    "add_alpha": (lambda xs, ys, s: ops.add_(xs, ys, alpha=s), 1),
+    "sub_alpha": (lambda xs, ys, s: ops.sub_(xs, ys, alpha=s), 1),
+    "sub_": (lambda xs, ys, s: ops.sub_(xs, s), 0),
+    "mul_": (lambda xs, ys, s: ops.mul_(xs, s), 0),
+    "div_": (lambda xs, ys, s: ops.div_(xs, s), 0),
+    "lerp_": (lambda xs, ys, s: ops.lerp_(xs, ys, s), 1),
+    "addcmul_": (lambda xs, ys, s: ops.addcmul_(xs, ys, ys, s), 1),
+    "addcdiv_value": (lambda xs, ys, s: ops.addcdiv_(xs, ys, [y.abs() + 1 for y in ys], value=s), 1),
+    "clamp_min_": (lambda xs, ys, s: ops.clamp_min_(xs, s), 0),
+    "maximum_": (lambda xs, ys, s: ops.maximum_(xs, s), 0),
+    "pow_": (lambda xs, ys, s: (ops.abs_(xs), ops.pow_(xs, s)), 0),
+    "add": (lambda xs, ys, s: xs.__setitem__(slice(None), ops.add(xs, ys, alpha=s)), 1),
+    "mul": (lambda xs, ys, s: xs.__setitem__(slice(None), ops.mul(xs, s)), 0),
+}
+
+
+@pytest.mark.parametrize("name", list(_SCALAR_OPS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scalars_realized_under_compile_give_the_eager_result(name, dtype):
+    """Under torch.compile each float scalar of a foreach op becomes a 0-dim tensor computed once per step
+    (``torchzero.foreach.compiled``); the op must compute what it computes with the Python number.
+
+    Traced with the eager backend (no Inductor), so the same kernels run: equal up to the rounding of a
+    multiply-add that the eager foreach kernel may fuse (rtol 1e-6 for fp32, 1e-13 for fp64).
+    """
+    from torch._dynamo.testing import CompileCounter
+
+    call, _ = _SCALAR_OPS[name]
+    torch.manual_seed(0)
+    xs = [torch.randn(7, dtype=dtype), torch.randn(3, 2, dtype=dtype)]
+    ys = [torch.randn_like(x) for x in xs]
+    expected = [x.clone() for x in xs]
+
+    def run(target, t):
+        with torch.no_grad():  # as in a step: with autograd on, ops take the per-tensor path
+            call(target, ys, 0.9**t)  # a float that changes with t: symbolic once dynamo sees it change
+        return target
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(run, backend=counter, fullgraph=True)
+    got = [x.clone() for x in xs]
+    for t in range(1, 5):
+        got = compiled(got, t)
+        expected = run(expected, t)
+    torch._dynamo.reset()
+    assert counter.frame_count <= 2  # the scalar is symbolic from the second step on, not a new graph per step
+    tol = {"rtol": 1e-6, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-13, "atol": 1e-15}
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, **tol)

@@ -173,9 +173,11 @@ class Segment:
         On CPU they are kept by the plan and handed out again at the next step (no allocation per step, no page
         faults on large tensors); they are not state and are never saved, but they are memory the optimizer holds
         (``plan.kept_scratch()``).  On other devices (a caching allocator hands the freed blocks of one step to
-        the next, and to the model in between) and with autograd on (differentiable mode) they are fresh tensors.
+        the next, and to the model in between) and with autograd on (differentiable mode) they are fresh tensors,
+        and so they are under torch.compile: a temporary of the graph, which Inductor keeps in registers, where a
+        kept buffer would be written to memory at every step (4 bytes per parameter).
         """
-        if torch.is_grad_enabled() or self.device.type != "cpu":
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or self.device.type != "cpu":
             return [torch.empty_like(u) for u in self.update]
         return self.ctx.opt.plan.scratch((self.module.key, name, self.start, self.stop), self.update)
 

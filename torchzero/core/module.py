@@ -35,6 +35,8 @@ class Module:
       ``modifies_update_inplace``.
     * ``modifies_update_inplace``: the module may write into the incoming update tensors (the default).
       A module that always hands on new tensors sets it to False, which spares that copy.
+    * ``compilable``: ``torch.compile`` can trace the module's step into the step's one graph; a module that
+      must run eagerly (a wrapped torch optimizer) sets it to False and ``tz.Modular(..., compile=True)`` refuses it.
     * ``uniform_settings``: the module treats all parameters as one vector (a line search, L-BFGS, finite
       differences) and reads its settings with ``ctx.settings``, so they must be equal in every param
       group; the optimizer checks this when it is built, when a group is added and before each step.
@@ -90,6 +92,9 @@ class Module:
     supports_sharding: ClassVar[bool] = True
     sharding_note: ClassVar[str] = ""
     """why a module with ``supports_sharding = False`` cannot run on FSDP2 shards (shown in the error)"""
+    compilable: ClassVar[bool] = True
+    """the module's step can be traced into one graph by ``torch.compile`` (``tz.Modular(..., compile=True)``);
+    False for one that must run eagerly (a wrapped torch optimizer)"""
     schema: Mapping[str, Setting | Constraint] = {}
     """allowed values of each setting (and constructor option) by key"""
     cross_checks: Sequence[Rule] = ()

@@ -80,10 +80,10 @@ PRECISION_KEYS: dict[str, Any] = dict(precision.KEYS)
 
 def same_value(a: Any, b: Any) -> bool:
     """Equality that never syncs with a device: tensors compare by identity."""
-    if a is b:
-        return True
     if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return False
+        return a is b
+    if not isinstance(a, tuple) and a is b:  # dynamo cannot trace `is` between two tuples (Lion's betas)
+        return True
     try:
         return bool(a == b)
     except Exception:  # values with odd __eq__

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import shard
+from . import compiled, shard
 
 TensorList = list[Tensor]
 
@@ -146,6 +146,8 @@ def _make(
             if inplace:
                 return None
             out = [shard.wrap_local(o, x) if shard.is_dtensor(x) else o for o, x in zip(out, xs, strict=True)]
+        elif torch.compiler.is_compiling() and _has_symbolic(args, kwargs) and compiled.realizes(xs[0]):
+            out = _with_realized_scalars(name, multi, single, xs, args, kwargs)
         else:
             out = multi(xs, *args, **kwargs)
         if inplace:
@@ -159,6 +161,52 @@ def _make(
     op.__name__ = name
     op.__doc__ = f"``torch._foreach_{name}`` with a per-tensor reference path."
     return op
+
+
+def _has_symbolic(args: tuple, kwargs: dict) -> bool:
+    return any(map(compiled.is_symbolic, args)) or any(map(compiled.is_symbolic, kwargs.values()))
+
+
+_TENSOR_SCALAR = frozenset({"mul", "mul_", "div", "div_"})
+"""foreach ops with an overload that takes the scalar as a 0-dim tensor (``_foreach_add_.Tensor`` also has one,
+but dynamo outside ``fullgraph`` reads its scalar on the host: a graph break)"""
+_LIST_SCALAR = dict.fromkeys(("add", "add_", "sub", "sub_"), 0)
+"""foreach ops given a realized scalar as a list of the same 0-dim tensor (their ``List`` overload broadcasts
+it), by the position of that scalar among the arguments after the target list.  Only those Inductor lowers
+with a broadcast operand: ``_foreach_lerp.List`` with 0-dim weights, for one, runs as an eager kernel outside
+the fused loop (an extra pass over the state), so lerp, clamp, pow and maximum take one op per tensor, which
+Inductor fuses."""
+
+
+def _with_realized_scalars(
+    name: str, multi: Callable[..., Any], single: Callable[..., Any], xs: Sequence[Tensor], args: tuple, kwargs: dict
+) -> Any:
+    """``multi(xs, *args, **kwargs)`` under torch.compile, with each symbolic scalar realized once
+    (:func:`.compiled.realize`) and read by the elementwise kernel instead of being recomputed per element.
+
+    A scale that torch takes as a Python number only (``alpha``, ``value``) multiplies the other operand
+    first (``x + alpha * y``, ``x + value * (a / b)``): the same arithmetic, which Inductor fuses into the
+    same kernel.
+    """
+    like = xs[0]
+    args = tuple(compiled.realize(a, like) if compiled.is_symbolic(a) else a for a in args)
+    kwargs = {k: compiled.realize(v, like) if compiled.is_symbolic(v) else v for k, v in kwargs.items()}
+    base, inplace = name.rstrip("_"), name.endswith("_")
+    if base in ("addcmul", "addcdiv") and len(args) + len(kwargs) > 2:
+        a, b = args[0], args[1]
+        value = args[2] if len(args) > 2 else kwargs["value"]
+        q = list(torch._foreach_mul(a, b) if base == "addcmul" else torch._foreach_div(a, b))
+        torch._foreach_mul_(q, value)
+        return torch._foreach_add_(list(xs), q) if inplace else torch._foreach_add(list(xs), q)
+    if base in ("add", "sub") and isinstance(kwargs.get("alpha"), Tensor):
+        scaled = torch._foreach_mul(args[0], kwargs.pop("alpha"))
+        args = (scaled, *args[1:])
+    at = _LIST_SCALAR.get(name)
+    if at is not None and len(args) > at and isinstance(args[at], Tensor):
+        return multi(xs, *args[:at], [args[at]] * len(xs), *args[at + 1 :], **kwargs)
+    if name in _TENSOR_SCALAR or not any(isinstance(a, Tensor) for a in (*args, *kwargs.values())):
+        return multi(xs, *args, **kwargs)
+    return _loop(single, xs, args, kwargs)  # an op without a tensor-scalar overload: one op per tensor, fused anyway
 
 
 # in place

@@ -106,6 +106,7 @@ class Wrap(Module):
 
     modifies_update_inplace = False  # the wrapped optimizer reads the update as .grad; the sink takes its move
     writes_params = True  # its optimizer writes the parameters and keeps its own state: no state_dtype/param_update
+    compilable = False  # the wrapped optimizer steps eagerly, outside any compiled graph
 
     def __init__(self, opt_cls: Callable[..., torch.optim.Optimizer], fuse: bool | None = None, **kwargs: Any) -> None:
         if isinstance(opt_cls, torch.optim.Optimizer):
