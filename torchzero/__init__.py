@@ -8,11 +8,13 @@ chain from one line of text (command lines, sweeps).
 from . import foreach
 from . import modules as m
 from .core import Chain, Closure, Modular, Module, NonFiniteLossError, Segment, StepContext, Transform
+from .foreach.shard import mean_over_ranks
 from .spec import SpecError, from_spec
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "mean_over_ranks",
     "Chain", "Closure", "Modular", "Module", "NonFiniteLossError", "Segment", "SpecError", "StepContext", "Transform",
     "from_spec",
     "foreach", "m", "__version__",

@@ -132,7 +132,9 @@ class Modular(torch.optim.Optimizer):
         self.reuse_evaluation = reuse_evaluation
         self.grad_as_scratch = grad_as_scratch
         self._last_reports: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {}
-        """``"step"`` -> the reports, free-form info and closure calls of the last step (``metrics``, ``last_info``)"""
+        """``"step"`` -> the reports, free-form info and closure calls of the last successful step (``metrics``,
+        ``last_info``); a dict that is changed, not an attribute that is set: dynamo drops attribute writes on an
+        optimizer in a compiled step"""
         if not isinstance(update_rms, bool):
             raise TypeError(f"update_rms is True or False (report each update rule's RMS or not), got {update_rms!r}")
         self.update_rms = update_rms
@@ -165,9 +167,6 @@ class Modular(torch.optim.Optimizer):
         self._eager_steps = {"left": 1}
         """compile=True: the first step runs eagerly and creates the state, so that no compiled graph creates it
         (one compile fewer; the state is then a static address from the first compiled step on)"""
-        self._last_reports: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {}
-        """``"step"``: the reports, info and closure calls of the last successful step (a dict that is changed,
-        not an attribute that is set: dynamo drops attribute writes on an optimizer in a compiled step)"""
 
     # ---------------------------------------------------------------- groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:

@@ -255,8 +255,34 @@ def agreed_loss(loss: Tensor, same_value: bool = True) -> Tensor:
     if same_value and high != low:
         raise ValueError(
             f"the closure returned different losses on the ranks of this sharded run (from {low} to {high}). "
-            "Every rank must take the same decisions: return the loss averaged over the ranks, e.g. "
-            "`avg = loss.detach().clone(); dist.all_reduce(avg); loss = loss + (avg / world - loss.detach())` "
+            "Every rank must take the same decisions: return the loss averaged over the ranks, "
+            "`return tz.mean_over_ranks(loss)` (its value is the mean, its gradient this rank's own) "
             "(the adapters of torchzero_accelerate and torchzero_lightning do this). The step was not taken."
         )
     return loss
+
+
+def mean_over_ranks(loss: Tensor) -> Tensor:
+    """``loss`` with the value of its mean over the processes of the default group, and its own gradient.
+
+    A closure of a sharded run returns this, so that every rank takes the same decisions (line searches, trust
+    tests): ``loss + (mean - loss.detach())`` keeps this rank's graph (the backward pass is the rank's own, as
+    FSDP's gradient reduction expects) and carries the mean as its value.  One all-reduce of one number; outside
+    an initialised process group, ``loss`` as it is.
+
+    Example::
+
+        def closure(backward=True):
+            loss = tz.mean_over_ranks(loss_fn(model(x), y))
+            if backward:
+                opt.zero_grad()
+                loss.backward()
+            return loss
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return loss
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    return loss + (total / dist.get_world_size() - loss.detach())
