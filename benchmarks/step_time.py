@@ -617,26 +617,25 @@ def main(argv: list[str] | None = None) -> int:
     for threads in args.threads:
         torch.set_num_threads(threads)
         rows = []
-        if args.more:
+        if args.more or args.modern:  # the newer modules beside their reference optimizers
+            bench_refs, what = (
+                (bench_more, "matrix modules, Sophia and Lookahead") if args.more else (bench_modern, "newer modules")
+            )
             for w in args.workloads:
-                rows += bench_more(w, args.steps, args.device)
+                rows += bench_refs(w, args.steps, args.device)
             for r in rows:
                 r["threads"] = threads
+            detail = (
+                f"({max(8, args.steps // 4)} for matrix modules)"
+                if args.more
+                else "(state: opt.state and kept scratch, bytes per parameter)"
+            )
             render(
-                rows, f"matrix modules, Sophia and Lookahead against their references, {args.device}, {threads} "
-                f"thread(s), median of {args.steps} steps ({max(8, args.steps // 4)} for matrix modules)", MODERN_COLUMNS,
-            )  # fmt: skip
-            all_rows += rows
-            continue
-        if args.modern:
-            for w in args.workloads:
-                rows += bench_modern(w, args.steps, args.device)
-            for r in rows:
-                r["threads"] = threads
-            render(
-                rows, f"newer modules against their references, {args.device}, {threads} thread(s), median of "
-                f"{args.steps} steps (state: opt.state and kept scratch, bytes per parameter)", MODERN_COLUMNS,
-            )  # fmt: skip
+                rows,
+                f"{what} against their references, {args.device}, {threads} thread(s), median of {args.steps} steps "
+                f"{detail}",
+                MODERN_COLUMNS,
+            )
             all_rows += rows
             continue
         if args.catalogue:
