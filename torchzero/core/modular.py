@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..foreach import Layout, ops
+from ..foreach import Layout, ops, shard
 from . import precision, schema, sink
 from . import settings as S
 from .closure import Closure, check_finite
@@ -355,7 +355,7 @@ class Modular(torch.optim.Optimizer):
         grads = [p.grad for p in params]
         if not params or any(g is None for g in grads):
             return None
-        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads if g is not None]  # a DTensor's shard
+        local = [shard.local(g) for g in grads if g is not None]  # a DTensor's shard
         if any(bool(g.any()) for g in local):
             return None
 

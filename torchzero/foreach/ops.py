@@ -251,7 +251,7 @@ addcdiv = _make("addcdiv", lambda x, a, b, value=1: x.addcdiv(a, b, value=value)
 def copy_(xs: Sequence[Tensor], src: Sequence[Tensor]) -> None:
     """``torch._foreach_copy_`` (dtypes may differ); tensor by tensor for DTensors (FSDP2 shards), which have no
     sharding rule for the foreach copy."""
-    if xs and type(xs[0]).__name__ == "DTensor":
+    if xs and shard.is_dtensor(xs[0]):
         for x, y in zip(xs, src, strict=True):
             x.copy_(y)
         return
@@ -342,7 +342,7 @@ def into(
         out is None
         or not xs
         or xs[0].device.type != "cpu"
-        or type(xs[0]).__name__ == "DTensor"
+        or shard.is_dtensor(xs[0])
         or torch.is_grad_enabled()
         or is_reference_mode()
     ):

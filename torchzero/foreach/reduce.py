@@ -108,7 +108,7 @@ def l1_norms(xs: Sequence[Tensor], scratch: Sequence[Tensor] | None = None) -> l
         scratch is not None
         and xs
         and xs[0].device.type == "cpu"
-        and type(xs[0]).__name__ != "DTensor"  # sharded: the foreach norm has the sharding rule
+        and not shard.is_dtensor(xs[0])  # sharded: the foreach norm has the sharding rule
         and not torch.is_grad_enabled()
     ):
         return [torch.abs(x, out=b).sum() for x, b in zip(xs, scratch, strict=True)]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import ops
+from . import ops, shard
 
 
 def wide_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -27,7 +27,7 @@ def flat_like(tensors: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor | N
     """One contiguous buffer of ``dtype`` holding as many elements as ``tensors``, and its views shaped like them
     (one allocation for a whole bucket; contents undefined).  Sharded tensors (DTensors) get one buffer each, of
     their own kind (the flat buffer is None then)."""
-    if any(_is_dtensor(t) for t in tensors):
+    if shard.any_dtensor(tensors):
         return None, [torch.empty_like(t, dtype=dtype) for t in tensors]
     sizes = [t.numel() for t in tensors]
     flat = torch.empty(sum(sizes), dtype=dtype, device=tensors[0].device)
@@ -92,11 +92,7 @@ def _round_half_stochastic_(x: Tensor, generator: torch.Generator) -> None:
     torch.where(take, other, near.float(), out=x)
 
 
-def _is_dtensor(t: Tensor) -> bool:
-    return type(t).__name__ == "DTensor"  # no import of torch.distributed on the step path
-
-
 def _local(ts: Sequence[Tensor]) -> list[Tensor]:
     """The local shards of sharded tensors (FSDP2 DTensors: parameters, updates and buffers share placements, and
     the math here is elementwise), the tensors themselves otherwise."""
-    return [t.to_local() if _is_dtensor(t) else t for t in ts]  # type: ignore[attr-defined]
+    return [shard.local(t) for t in ts]
