@@ -249,9 +249,10 @@ addcdiv = _make("addcdiv", lambda x, a, b, value=1: x.addcdiv(a, b, value=value)
 
 
 def copy_(xs: Sequence[Tensor], src: Sequence[Tensor]) -> None:
-    """``torch._foreach_copy_`` (dtypes may differ); tensor by tensor for DTensors (FSDP2 shards), which have no
-    sharding rule for the foreach copy."""
-    if xs and shard.is_dtensor(xs[0]):
+    """``torch._foreach_copy_`` (dtypes may differ).  DTensors (FSDP2 shards) have no sharding rule for the foreach
+    copy: inside a sharded step whose sources are laid out alike it runs on the local shards (:func:`_make`),
+    elsewhere tensor by tensor."""
+    if xs and shard.is_dtensor(xs[0]) and not _on_local_shards(xs, (src,)):
         for x, y in zip(xs, src, strict=True):
             x.copy_(y)
         return
